@@ -1,0 +1,126 @@
+// isola::interpreter: one isolated CPython interpreter (Py_NewInterpreterFromConfig) with a
+// worker thread that owns its long-lived thread state and runs its work.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <isola/attach.hpp>
+#include <isola/value.hpp>
+
+namespace isola {
+
+/// Every field of CPython's PyInterpreterConfig. The default is the isolated configuration:
+/// own GIL, own object allocator, strict extension checks, threads allowed, no fork/exec,
+/// no daemon threads.
+struct interpreter_config {
+  enum class gil_mode { own, shared };
+  gil_mode gil = gil_mode::own;
+  bool use_main_obmalloc = false;
+  bool allow_fork = false;
+  bool allow_exec = false;
+  bool allow_threads = true;
+  bool allow_daemon_threads = false;
+  bool check_multi_interp_extensions = true;
+
+  /// Extra sys.path entries for this interpreter, put in front of the runtime's.
+  std::vector<std::string> sys_path;
+  /// A name for log lines ("worker-3"); the interpreter id is always logged as well.
+  std::string name;
+
+  static interpreter_config isolated() { return {}; }
+  /// CPython's legacy settings: shares the main GIL and allocator, loads any extension.
+  static interpreter_config legacy();
+
+  /// Empty if valid, else a message naming the conflicting fields and the fix
+  /// (e.g. an own GIL needs its own allocator: use_main_obmalloc=false).
+  std::string validate() const;
+};
+
+/// One isolated interpreter.
+/// - Created by the constructor on a new worker thread (throws isola::error with
+///   errc::creation_failed and CPython's reason if that fails, std::invalid_argument for an
+///   invalid config, isola::error{no_runtime} without a runtime).
+/// - Every operation runs on the worker, one at a time in submission order. Blocking forms
+///   release the caller's GIL while they wait. Called from a thread that is already attached
+///   to this interpreter (a nested call from Python, an attach_guard), they run inline instead,
+///   so they cannot deadlock on themselves.
+/// - Python exceptions come back as isola::python_error; the interpreter stays usable.
+///   SystemExit ends the call with a python_error of type "SystemExit", never the process.
+/// - Globals live in the interpreter's __main__ module.
+/// - close() (and the destructor) refuses new work, lets queued work finish, waits for
+///   attached threads, then ends the interpreter on its worker thread and joins it.
+/// - Thread-safe: any thread may call any member concurrently, except destroying the object
+///   while another thread still uses it.
+class interpreter {
+ public:
+  explicit interpreter(interpreter_config config = {});
+  ~interpreter();
+  interpreter(interpreter&&) noexcept;
+  interpreter& operator=(interpreter&&) noexcept;
+  interpreter(const interpreter&) = delete;
+  interpreter& operator=(const interpreter&) = delete;
+
+  /// CPython's interpreter id; also what isola.interpreter_id() returns inside it.
+  std::int64_t id() const noexcept;
+  interpreter_handle handle() const noexcept;
+  const interpreter_config& config() const noexcept;
+
+  /// Runs statements in __main__.
+  void exec(std::string_view code);
+  std::future<void> exec_async(std::string code);
+
+  /// Evaluates one expression in __main__ and converts the result.
+  value eval(std::string_view expression);
+  std::future<value> eval_async(std::string expression);
+
+  /// Calls "package.module:function" (or "module:obj.method") with positional and keyword
+  /// arguments. The module is imported if needed.
+  value call_with(std::string_view target, std::vector<value> args = {},
+                  std::vector<std::pair<std::string, value>> kwargs = {});
+  std::future<value> call_with_async(std::string target, std::vector<value> args = {},
+                                     std::vector<std::pair<std::string, value>> kwargs = {});
+  template <typename... Args>
+  value call(std::string_view target, Args&&... args) {
+    return call_with(target, {value(std::forward<Args>(args))...});
+  }
+  template <typename... Args>
+  std::future<value> call_async(std::string target, Args&&... args) {
+    return call_with_async(std::move(target), {value(std::forward<Args>(args))...});
+  }
+
+  /// Runs a file as __main__ would: __file__ is set, sys.argv becomes {path, argv...}.
+  void run_file(const std::filesystem::path& path, std::vector<std::string> argv = {});
+  std::future<void> run_file_async(std::filesystem::path path, std::vector<std::string> argv = {});
+
+  void set_global(std::string_view name, value v);
+  std::future<void> set_global_async(std::string name, value v);
+  /// Throws python_error (NameError) if the global does not exist.
+  value get_global(std::string_view name);
+  std::future<value> get_global_async(std::string name);
+
+  /// Raises exception_type (a builtin exception name such as "KeyboardInterrupt" or
+  /// "TimeoutError") in the worker's running Python code at its next bytecode boundary.
+  /// Returns false if no task was running. Code blocked inside C does not see it until it
+  /// returns to the interpreter loop.
+  bool interrupt(std::string_view exception_type = "KeyboardInterrupt");
+
+  /// Ends the interpreter (idempotent; safe from any thread but its own worker and threads
+  /// attached to it, which get std::logic_error). Logs a warning while it waits long.
+  void close();
+  bool closed() const noexcept;
+
+  class impl;
+
+ private:
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace isola

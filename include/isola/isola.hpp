@@ -1,0 +1,10 @@
+// Umbrella header: everything a program embedding isola needs.
+#pragma once
+
+#include <isola/attach.hpp>
+#include <isola/error.hpp>
+#include <isola/interpreter.hpp>
+#include <isola/log.hpp>
+#include <isola/runtime.hpp>
+#include <isola/value.hpp>
+#include <isola/version.hpp>

@@ -1,0 +1,26 @@
+// Logging: one spdlog logger per part of isola ("isola.runtime", "isola.interp", ...).
+#pragma once
+
+#include <memory>
+#include <string_view>
+
+#include <spdlog/logger.h>
+
+namespace isola {
+
+/// The logger of one part, created on first use and registered with spdlog under its name.
+/// - Loggers are asynchronous with a bounded queue that drops the oldest line when full, so a
+///   thread that holds a GIL never blocks on a slow sink, and logging never throws.
+/// - The initial level comes from ISOLA_LOG_LEVEL (trace, debug, info, warn, error, critical,
+///   off), else warn.
+std::shared_ptr<spdlog::logger> logger(std::string_view part);
+
+/// Sets the level of every isola logger, existing and future. Throws std::invalid_argument
+/// naming the accepted levels for an unknown name.
+void set_log_level(std::string_view level);
+void set_log_level(spdlog::level::level_enum level);
+
+/// Asks every isola logger to write out its queued lines (tools call it before they exit).
+void flush_logs();
+
+}  // namespace isola

@@ -1,0 +1,143 @@
+// The worker thread behind one interpreter: it creates the interpreter, owns its long-lived
+// thread state, runs queued tasks with the GIL held, and ends the interpreter on close.
+#pragma once
+
+#include "python.hpp"
+
+#include "pyexec.hpp"
+#include "state.hpp"
+
+#include <isola/interpreter.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+namespace isola::detail {
+
+/// A unit of work for a worker. run() is called on the worker with the interpreter attached;
+/// fail() instead when the task will never run (the interpreter closed first).
+struct task {
+  virtual ~task() = default;
+  virtual void run() = 0;
+  virtual void fail(std::exception_ptr e) = 0;
+};
+
+/// A task that runs fn (which may throw py::error_already_set) and fulfils a promise.
+template <typename R, typename F>
+struct promise_task final : task {
+  explicit promise_task(F f) : fn(std::move(f)) {}
+  F fn;
+  std::promise<R> promise;
+  void run() override;
+  void fail(std::exception_ptr e) override { promise.set_exception(std::move(e)); }
+};
+
+/// Releases the calling thread's GIL (whatever interpreter it is attached to) for a scope.
+class release_gil {
+ public:
+  release_gil() noexcept : saved_(current_tstate() ? PyEval_SaveThread() : nullptr) {}
+  ~release_gil() {
+    if (saved_ != nullptr) PyEval_RestoreThread(saved_);
+  }
+  release_gil(const release_gil&) = delete;
+  release_gil& operator=(const release_gil&) = delete;
+
+ private:
+  PyThreadState* saved_;
+};
+
+/// One interpreter and its thread. Thread-safe; see isola::interpreter for the contract.
+class worker : public std::enable_shared_from_this<worker> {
+ public:
+  /// Starts the thread and waits until the interpreter exists (or throws why it could not).
+  static std::shared_ptr<worker> start(interpreter_config config);
+  explicit worker(interpreter_config config);  ///< validates only; use start()
+  ~worker();
+
+  const std::shared_ptr<interp_state>& state() const noexcept { return state_; }
+  const interpreter_config& config() const noexcept { return config_; }
+
+  /// Queues a task. Throws isola::error (interpreter_closing / interpreter_closed) if the
+  /// interpreter no longer takes work.
+  void post(std::unique_ptr<task> t);
+
+  /// Runs fn on the worker (or inline if this thread is attached here) and returns its result;
+  /// waits with the caller's GIL released.
+  template <typename F>
+  auto run(F fn) -> decltype(fn());
+
+  /// Queues fn and returns a future of its result.
+  template <typename F>
+  auto run_async(F fn) -> std::future<decltype(fn())>;
+
+  bool interrupt(std::string_view exception_type);
+  void close();
+  bool closed() const noexcept;
+
+  std::size_t queued() const;
+
+ private:
+  void launch();
+  void thread_main(std::promise<void>& created);
+  void create_interpreter();
+  void end_interpreter();
+
+  interpreter_config config_;
+  std::shared_ptr<interp_state> state_;
+  std::thread thread_;
+  unsigned long thread_ident_ = 0;  ///< PyThread_get_thread_ident() of the worker
+  PyThreadState* tstate_ = nullptr;  ///< the worker's long-lived thread state
+
+  mutable std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<std::unique_ptr<task>> queue_;
+  bool stopping_ = false;
+  bool running_task_ = false;  ///< read and written with the interpreter's GIL held
+
+  std::mutex close_mu_;
+  std::atomic<bool> closed_{false};
+};
+
+template <typename R, typename F>
+void promise_task<R, F>::run() {
+  try {
+    if constexpr (std::is_void_v<R>) {
+      fn();
+      promise.set_value();
+    } else {
+      promise.set_value(fn());
+    }
+  } catch (const py::error_already_set&) {
+    promise.set_exception(std::make_exception_ptr(fetch_python_error()));
+  } catch (...) {
+    promise.set_exception(std::current_exception());
+  }
+}
+
+template <typename F>
+auto worker::run_async(F fn) -> std::future<decltype(fn())> {
+  using R = decltype(fn());
+  auto t = std::make_unique<promise_task<R, F>>(std::move(fn));
+  auto fut = t->promise.get_future();
+  post(std::move(t));
+  return fut;
+}
+
+template <typename F>
+auto worker::run(F fn) -> decltype(fn()) {
+  if (attached_here(*state_)) return with_python_errors(fn);
+  auto fut = run_async(std::move(fn));
+  {
+    release_gil unlocked;
+    fut.wait();
+  }
+  return fut.get();
+}
+
+}  // namespace isola::detail

@@ -1,0 +1,110 @@
+// Logging setup: asynchronous spdlog loggers that never block a GIL-holding thread and never
+// throw; the level comes from ISOLA_LOG_LEVEL or set_log_level().
+#include <isola/log.hpp>
+
+#include <cstdlib>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+
+#include <spdlog/async.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+namespace isola {
+namespace {
+
+std::optional<spdlog::level::level_enum> parse_level(std::string_view name) {
+  if (name == "warning") return spdlog::level::warn;
+  auto lvl = spdlog::level::from_str(std::string(name));
+  // from_str returns off for unknown names; only accept "off" when asked for.
+  if (lvl == spdlog::level::off && name != "off") return std::nullopt;
+  return lvl;
+}
+
+struct log_registry {
+  std::mutex mu;
+  std::shared_ptr<spdlog::details::thread_pool> pool;
+  spdlog::sink_ptr sink;
+  std::unordered_map<std::string, std::shared_ptr<spdlog::logger>> loggers;
+  spdlog::level::level_enum level = spdlog::level::warn;
+
+  log_registry() {
+    if (const char* env = std::getenv("ISOLA_LOG_LEVEL")) {
+      if (auto lvl = parse_level(env)) {
+        level = *lvl;
+      } else {
+        std::fprintf(stderr,
+                     "isola: ignoring ISOLA_LOG_LEVEL=%s; use trace, debug, info, warn, error, "
+                     "critical or off\n",
+                     env);
+      }
+    }
+    // 8192 queued lines, one background thread. Full queue: the oldest line is dropped rather
+    // than blocking the logging thread (which may hold a GIL).
+    pool = std::make_shared<spdlog::details::thread_pool>(8192, 1);
+    sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  }
+  ~log_registry() {
+    for (auto& [name, l] : loggers) {
+      l->flush();
+      spdlog::drop(name);
+    }
+  }
+};
+
+log_registry& registry() {
+  static log_registry r;
+  return r;
+}
+
+}  // namespace
+
+std::shared_ptr<spdlog::logger> logger(std::string_view part) {
+  auto& r = registry();
+  std::lock_guard lock(r.mu);
+  std::string name = part.starts_with("isola") ? std::string(part) : "isola." + std::string(part);
+  if (auto it = r.loggers.find(name); it != r.loggers.end()) return it->second;
+  auto l = std::make_shared<spdlog::async_logger>(name, r.sink, r.pool,
+                                                  spdlog::async_overflow_policy::overrun_oldest);
+  l->set_level(r.level);
+  l->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%n] [%^%l%$] %v");
+  l->flush_on(spdlog::level::err);
+  // Another library may already have registered the name; ours stays usable either way.
+  try {
+    spdlog::register_logger(l);
+  } catch (const spdlog::spdlog_ex&) {
+  }
+  r.loggers.emplace(name, l);
+  return l;
+}
+
+void set_log_level(spdlog::level::level_enum level) {
+  auto& r = registry();
+  std::lock_guard lock(r.mu);
+  r.level = level;
+  for (auto& [name, l] : r.loggers) l->set_level(level);
+}
+
+void set_log_level(std::string_view level) {
+  auto lvl = parse_level(level);
+  if (!lvl) {
+    throw std::invalid_argument("unknown log level '" + std::string(level) +
+                                "'; use trace, debug, info, warn, error, critical or off");
+  }
+  set_log_level(*lvl);
+}
+
+void flush_logs() {
+  auto& r = registry();
+  std::vector<std::shared_ptr<spdlog::logger>> all;
+  {
+    std::lock_guard lock(r.mu);
+    for (auto& [name, l] : r.loggers) all.push_back(l);
+  }
+  for (auto& l : all) l->flush();
+}
+
+}  // namespace isola

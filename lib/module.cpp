@@ -1,0 +1,122 @@
+// The builtin `isola` module: multi-phase init, per-interpreter-GIL safe, no GIL needed on
+// free-threaded 3.13. Core functions: interpreter_id() and log(level, msg).
+#include "module.hpp"
+
+#include "py.hpp"
+
+#include <isola/log.hpp>
+#include <isola/version.hpp>
+
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace isola::detail {
+namespace {
+
+std::vector<module_part>& parts() {
+  static std::vector<module_part> p;
+  return p;
+}
+
+PyObject* interpreter_id(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(PyInterpreterState_GetID(PyInterpreterState_Get()));
+}
+
+PyObject* log(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_Format(PyExc_TypeError, "isola.log(level, message) takes 2 arguments (%zd given)", nargs);
+    return nullptr;
+  }
+  spdlog::level::level_enum level;
+  if (PyLong_Check(args[0])) {
+    long n = PyLong_AsLong(args[0]);  // the logging module's numbers
+    if (n == -1 && PyErr_Occurred()) return nullptr;
+    level = n >= 50   ? spdlog::level::critical
+            : n >= 40 ? spdlog::level::err
+            : n >= 30 ? spdlog::level::warn
+            : n >= 20 ? spdlog::level::info
+            : n >= 10 ? spdlog::level::debug
+                      : spdlog::level::trace;
+  } else if (PyUnicode_Check(args[0])) {
+    std::string name = py::to_string(args[0]);
+    if (name == "warning") name = "warn";
+    if (name == "error") name = "err";
+    level = spdlog::level::from_str(name);
+    if (level == spdlog::level::off) {
+      PyErr_Format(PyExc_ValueError,
+                   "isola.log: unknown level %R; use 'debug', 'info', 'warning', 'error', "
+                   "'critical' or a logging level number",
+                   args[0]);
+      return nullptr;
+    }
+  } else {
+    PyErr_Format(PyExc_TypeError, "isola.log: level must be str or int, not %s",
+                 Py_TYPE(args[0])->tp_name);
+    return nullptr;
+  }
+  std::string msg = py::to_string(args[1]);
+  auto id = PyInterpreterState_GetID(PyInterpreterState_Get());
+  // Release the GIL around the call: it only queues the line, but other threads of this
+  // interpreter need not wait for even that.
+  Py_BEGIN_ALLOW_THREADS
+  logger("isola.python")->log(level, "[interp {}] {}", id, msg);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyMethodDef core_methods[] = {
+    {"interpreter_id", interpreter_id, METH_NOARGS,
+     "interpreter_id() -> int\n\nThe id of the interpreter this code runs in (0 is the main "
+     "interpreter); the same id isola's C++ API and log lines use."},
+    {"log", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(log)), METH_FASTCALL,
+     "log(level, message)\n\nWrites a line to isola's log (logger 'isola.python'), tagged with "
+     "this interpreter's id. level: 'debug', 'info', 'warning', 'error', 'critical' or a "
+     "logging module number."},
+    {nullptr, nullptr, 0, nullptr}};
+
+module_part_registrar core_part({"core", core_methods, nullptr});
+
+int exec_module(PyObject* m) {
+  for (const auto& part : parts()) {
+    if (part.methods != nullptr && PyModule_AddFunctions(m, part.methods) < 0) return -1;
+    if (part.exec != nullptr && part.exec(m) < 0) return -1;
+  }
+  return PyModule_AddStringConstant(m, "__version__", ISOLA_VERSION);
+}
+
+PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, reinterpret_cast<void*>(exec_module)},
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, nullptr}};
+
+PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    "isola",
+    "isola: the host process's services for this interpreter (ids, logging, channels, shared "
+    "values).",
+    0,
+    nullptr,
+    slots,
+    nullptr,
+    nullptr,
+    nullptr,
+};
+
+PyObject* init_isola() { return PyModuleDef_Init(&module_def); }
+
+}  // namespace
+
+void register_module_part(const module_part& part) { parts().push_back(part); }
+
+void add_isola_to_inittab() {
+  if (PyImport_AppendInittab("isola", init_isola) != 0) {
+    throw std::runtime_error("isola: could not add the 'isola' module to CPython's inittab");
+  }
+}
+
+}  // namespace isola::detail

@@ -1,0 +1,157 @@
+// isola::runtime: CPython's lifetime in the process. Start-up registers the `isola` module and
+// initialises from an isolated PyConfig; shutdown ends interpreters LIFO, then Py_Finalize.
+#include "python.hpp"
+
+#include "module.hpp"
+#include "pyexec.hpp"
+#include "state.hpp"
+#include "workarounds.hpp"
+
+#include <isola/log.hpp>
+#include <isola/runtime.hpp>
+#include <isola/version.hpp>
+
+#include <stdexcept>
+
+namespace isola {
+namespace {
+
+void check_status(PyStatus status, PyConfig* config, const char* what) {
+  if (!PyStatus_Exception(status)) return;
+  std::string msg = std::string("isola::runtime: ") + what + " failed";
+  if (status.func != nullptr) msg += std::string(" in ") + status.func;
+  if (status.err_msg != nullptr) msg += std::string(": ") + status.err_msg;
+  if (PyStatus_IsExit(status)) msg += " (exit code " + std::to_string(status.exitcode) + ")";
+  if (config != nullptr) PyConfig_Clear(config);
+  throw std::runtime_error(msg);
+}
+
+}  // namespace
+
+runtime::runtime(runtime_options options) : options_(std::move(options)) {
+  auto& rt = detail::runtime();
+  std::lock_guard lock(rt.mu);
+  if (rt.phase.load() != detail::runtime_phase::none) {
+    throw std::logic_error(
+        "isola::runtime: a runtime already exists or existed in this process; CPython can be "
+        "initialised only once per process, so create one isola::runtime (in main) and share it");
+  }
+  if (Py_IsInitialized()) {
+    throw std::logic_error(
+        "isola::runtime: CPython was already initialised by someone else in this process; "
+        "isola must own the interpreter's lifetime, so do not call Py_Initialize yourself");
+  }
+  auto log = logger("isola.runtime");
+
+  detail::add_isola_to_inittab();
+
+  PyConfig config;
+  PyConfig_InitIsolatedConfig(&config);
+  config.use_environment = options_.use_environment ? 1 : 0;
+  config.install_signal_handlers = options_.install_signal_handlers ? 1 : 0;
+  config.parse_argv = 0;
+  check_status(PyConfig_SetBytesString(&config, &config.program_name,
+                                       options_.program_name.c_str()),
+               &config, "setting program_name");
+  if (!options_.python_home.empty()) {
+    check_status(PyConfig_SetBytesString(&config, &config.home, options_.python_home.c_str()),
+                 &config, "setting python_home");
+  }
+  std::vector<char*> argv;
+  std::vector<std::string> args = options_.argv;
+  if (args.empty()) args.push_back("");
+  for (auto& a : args) argv.push_back(a.data());
+  check_status(PyConfig_SetBytesArgv(&config, static_cast<Py_ssize_t>(argv.size()), argv.data()),
+               &config, "setting argv");
+  check_status(Py_InitializeFromConfig(&config), &config, "Py_InitializeFromConfig");
+  PyConfig_Clear(&config);
+
+  rt.sys_path = options_.sys_path;
+  try {
+    detail::with_python_errors([&] { detail::prepend_sys_path(rt.sys_path); });
+  } catch (const python_error& e) {
+    log->error("could not extend sys.path of the main interpreter: {}", e.what());
+  }
+
+  auto main = std::make_shared<detail::interp_state>();
+  main->id = 0;
+  main->is_main = true;
+  main->name = "main";
+  main->interp = PyInterpreterState_Main();
+  rt.main = main;
+  rt.owner_thread = std::this_thread::get_id();
+  rt.main_tstate = PyEval_SaveThread();  // the main GIL is free between calls
+  rt.phase = detail::runtime_phase::running;
+  log->info("CPython {} initialised (isola {})", Py_GetVersion(), ISOLA_VERSION);
+}
+
+runtime::~runtime() {
+  auto& rt = detail::runtime();
+  auto log = logger("isola.runtime");
+  rt.phase = detail::runtime_phase::finalizing;
+
+  // End every live interpreter, newest first (CPython 3.13.0 crashes in some extension
+  // modules' teardown when interpreters end in creation order; see docs/interpreters.md).
+  for (;;) {
+    std::shared_ptr<detail::interp_state> s;
+    {
+      std::lock_guard lock(rt.mu);
+      if (rt.live.empty()) break;
+      s = rt.live.back();
+    }
+    log->info("[interp {}] ending at runtime shutdown", s->id);
+    try {
+      if (s->closer) s->closer();
+    } catch (const std::exception& e) {
+      log->error("[interp {}] could not be ended at shutdown: {}", s->id, e.what());
+    }
+    detail::unregister_interp(s.get());
+  }
+
+  // Threads attached to the main interpreter must leave before Py_Finalize.
+  {
+    std::unique_lock lock(rt.main->mu);
+    rt.main->phase = detail::interp_phase::closing;
+    detail::wait_for_guards(*rt.main, lock);
+  }
+
+  PyThreadState* ts = rt.main_tstate;
+  if (std::this_thread::get_id() != rt.owner_thread) {
+    // Thread states are bound to their thread: finalise through a fresh one here.
+    log->warn("isola::runtime destroyed on another thread than the one that created it");
+    ts = PyThreadState_New(PyInterpreterState_Main());
+  }
+  PyEval_RestoreThread(ts);
+  if (Py_FinalizeEx() < 0) log->error("Py_FinalizeEx reported an error while flushing buffers");
+  {
+    std::lock_guard lock(rt.main->mu);
+    rt.main->phase = detail::interp_phase::closed;
+    rt.main->interp = nullptr;
+    rt.main->cv.notify_all();
+  }
+  rt.main_tstate = nullptr;
+  rt.phase = detail::runtime_phase::finalized;
+  log->info("CPython finalised");
+  flush_logs();
+}
+
+bool runtime::running() noexcept {
+  return detail::runtime().phase.load() == detail::runtime_phase::running;
+}
+
+interpreter_handle runtime::main_interpreter() const {
+  return interpreter_handle(detail::runtime().main);
+}
+
+std::string runtime::python_version() {
+  std::string v = Py_GetVersion();
+  return v.substr(0, v.find(' '));
+}
+
+std::size_t runtime::live_interpreters() const {
+  auto& rt = detail::runtime();
+  std::lock_guard lock(rt.mu);
+  return rt.live.size();
+}
+
+}  // namespace isola

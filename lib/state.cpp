@@ -1,0 +1,60 @@
+// Process-wide bookkeeping: the runtime's state, the live-interpreter list, guard waiting.
+#include "state.hpp"
+
+#include "python.hpp"
+
+#include <isola/error.hpp>
+#include <isola/log.hpp>
+
+#include <algorithm>
+
+namespace isola::detail {
+
+std::string interp_state::label() const {
+  std::string l = "interpreter " + std::to_string(id);
+  if (!name.empty()) l += " (" + name + ")";
+  return l;
+}
+
+runtime_state& runtime() noexcept {
+  static runtime_state rt;
+  return rt;
+}
+
+void register_interp(const std::shared_ptr<interp_state>& s) {
+  auto& rt = runtime();
+  std::lock_guard lock(rt.mu);
+  if (rt.phase.load() != runtime_phase::running) {
+    throw isola::error(rt.phase.load() == runtime_phase::finalizing ? isola::errc::runtime_finalizing
+                                                                    : isola::errc::no_runtime,
+                       "cannot create an interpreter: no isola::runtime is running; create one "
+                       "(isola::runtime rt;) before any interpreter");
+  }
+  rt.live.push_back(s);
+}
+
+void unregister_interp(const interp_state* s) {
+  auto& rt = runtime();
+  std::lock_guard lock(rt.mu);
+  std::erase_if(rt.live, [s](const auto& p) { return p.get() == s; });
+}
+
+void wait_for_guards(interp_state& s, std::unique_lock<std::mutex>& lock,
+                     std::chrono::milliseconds warn_every) {
+  auto started = std::chrono::steady_clock::now();
+  while (s.guards > 0) {
+    if (s.cv.wait_for(lock, warn_every, [&] { return s.guards == 0; })) break;
+    auto waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
+    logger("isola.attach")
+        ->warn("[interp {}] closing {} waits for {} attached thread(s) ({:.1f} s so far); "
+               "end their isola::attach_guard scopes",
+               s.id, s.label(), s.guards, waited.count());
+  }
+}
+
+bool attached_here(const interp_state& s) noexcept {
+  PyThreadState* cur = current_tstate();
+  return cur != nullptr && PyInterpreterState_GetID(PyThreadState_GetInterpreter(cur)) == s.id;
+}
+
+}  // namespace isola::detail

@@ -1,0 +1,70 @@
+// Process-wide bookkeeping shared by the runtime, safe attach and the interpreters. It holds
+// plain C++ data and ids only: no PyObject* lives here.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+struct _is;  // PyInterpreterState, without pulling <Python.h> into every includer
+struct _ts;  // PyThreadState
+
+namespace isola::detail {
+
+enum class interp_phase { running, closing, closed };
+
+/// What a handle, a guard, an interpreter object and the runtime share about one interpreter.
+/// - `interp` is valid while phase != closed; it is only dereferenced by threads holding a
+///   guard (guards > 0 keeps the interpreter alive) or by the worker that owns it.
+/// - `closer` ends the interpreter (blocking, idempotent); the runtime calls it at shutdown.
+struct interp_state {
+  std::int64_t id = -1;
+  bool is_main = false;
+  std::string name;
+
+  mutable std::mutex mu;
+  std::condition_variable cv;  ///< signalled when guards drop or phase changes
+  interp_phase phase = interp_phase::running;
+  int guards = 0;
+  _is* interp = nullptr;
+  std::function<void()> closer;
+
+  std::string label() const;  ///< "interpreter 3" or "interpreter 3 (worker-1)"
+};
+
+enum class runtime_phase { none, running, finalizing, finalized };
+
+/// The one runtime's bookkeeping (there is at most one runtime per process).
+struct runtime_state {
+  std::mutex mu;
+  std::atomic<runtime_phase> phase{runtime_phase::none};
+  std::thread::id owner_thread;
+  _ts* main_tstate = nullptr;
+  std::shared_ptr<interp_state> main;
+  /// Live interpreters in creation order; ended from the back at shutdown (LIFO).
+  std::vector<std::shared_ptr<interp_state>> live;
+  std::vector<std::string> sys_path;
+};
+
+runtime_state& runtime() noexcept;
+
+/// Adds to / removes from the live list (interp/ calls these around an interpreter's life).
+void register_interp(const std::shared_ptr<interp_state>& s);
+void unregister_interp(const interp_state* s);
+
+/// Waits until no attach guard holds the interpreter, logging every `warn_every` it waits.
+/// Call with `lock` held on s.mu; phase must already refuse new guards.
+void wait_for_guards(interp_state& s, std::unique_lock<std::mutex>& lock,
+                     std::chrono::milliseconds warn_every = std::chrono::seconds(2));
+
+/// True if the calling thread currently has a thread state of this interpreter attached.
+bool attached_here(const interp_state& s) noexcept;
+
+}  // namespace isola::detail

@@ -1,0 +1,18 @@
+// Converting isola::value to and from Python objects in the current interpreter.
+#pragma once
+
+#include "py.hpp"
+
+#include <isola/value.hpp>
+
+namespace isola::detail {
+
+/// Copies a Python object into C++-owned memory. Raises (Python) TypeError naming the type for
+/// unsupported objects and ValueError for cyclic or too deep structures, then throws
+/// py::error_already_set.
+value from_python(PyObject* o);
+
+/// Makes new Python objects in the current interpreter. TypeError for unhashable dict keys.
+py::object to_python(const value& v);
+
+}  // namespace isola::detail

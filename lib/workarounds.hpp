@@ -1,0 +1,28 @@
+// Set-up applied inside each interpreter isola creates: sys.path entries, and the workarounds
+// for CPython's own-GIL teardown crashes (docs/interpreters.md lists them with versions).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace isola::detail {
+
+/// Puts entries at the front of sys.path (in order), skipping ones already there.
+void prepend_sys_path(const std::vector<std::string>& entries);
+
+/// A C accelerator module that crashes CPython at own-GIL interpreter teardown on some
+/// versions, and the pure-Python fallback the stdlib uses when it is missing.
+struct module_workaround {
+  const char* module;    ///< e.g. "_datetime"
+  const char* fallback;  ///< e.g. "_pydatetime" (what `import datetime` then uses)
+  const char* reason;
+};
+
+/// The workarounds that apply to the running CPython version.
+std::vector<module_workaround> module_workarounds();
+
+/// In an own-GIL interpreter, blocks each affected accelerator (sys.modules[name] = None) so
+/// the stdlib falls back to its pure-Python version. Needs the interpreter attached.
+void apply_module_workarounds();
+
+}  // namespace isola::detail
