@@ -7,6 +7,7 @@
 #include "worker.hpp"
 
 #include <isola/interpreter.hpp>
+#include <isola/log.hpp>
 
 #include <cerrno>
 #include <fstream>
@@ -155,7 +156,15 @@ interpreter::interpreter(interpreter_config config)
     : impl_(std::make_shared<impl>(std::move(config))) {}
 
 interpreter::~interpreter() {
-  if (impl_) impl_->worker->close();
+  if (!impl_) return;
+  try {
+    impl_->worker->close();
+  } catch (const std::exception& e) {
+    // Closing from its own worker or an attached thread cannot wait for itself; the runtime
+    // ends the interpreter at shutdown instead.
+    logger("isola.interp")->error("[interp {}] not closed by its destructor: {}", id(), e.what());
+    detail::defer_release(impl_->worker);
+  }
 }
 
 interpreter::interpreter(interpreter&&) noexcept = default;

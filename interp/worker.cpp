@@ -58,7 +58,9 @@ void worker::launch() {
   {
     std::lock_guard serial(close_mu_);
     try {
-      thread_ = std::thread([this, &created] { thread_main(created); });
+      // The promise moves into the thread: set_value() may still be touching it after get()
+      // has returned here.
+      thread_ = std::thread([this, p = std::move(created)]() mutable { thread_main(p); });
     } catch (...) {
       unregister_interp(state_.get());
       closed_ = true;
@@ -121,7 +123,7 @@ void worker::create_interpreter() {
   }
   try {
     with_python_errors([&] {
-      if (config_.gil == interpreter_config::gil_mode::own) apply_module_workarounds();
+      if (!config_.use_main_obmalloc) apply_module_workarounds();
       std::vector<std::string> paths = config_.sys_path;
       const auto& rt_paths = runtime().sys_path;
       paths.insert(paths.end(), rt_paths.begin(), rt_paths.end());
@@ -165,7 +167,7 @@ void worker::thread_main(std::promise<void>& created) {
   }
   log->debug("[interp {}] created in {:.2f} ms", state_->id,
              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  created.set_value();  // `created` dies with the constructor's frame after this
+  created.set_value();
 
   for (;;) {
     std::unique_ptr<task> t;

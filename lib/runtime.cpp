@@ -83,6 +83,7 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
   rt.main_tstate = PyEval_SaveThread();  // the main GIL is free between calls
   rt.phase = detail::runtime_phase::running;
   log->info("CPython {} initialised (isola {})", Py_GetVersion(), ISOLA_VERSION);
+  if (const char* bug = detail::known_unfixed_bug()) log->warn("{}", bug);
 }
 
 runtime::~runtime() {
@@ -106,6 +107,14 @@ runtime::~runtime() {
       log->error("[interp {}] could not be ended at shutdown: {}", s->id, e.what());
     }
     detail::unregister_interp(s.get());
+  }
+
+  {
+    std::vector<std::shared_ptr<void>> deferred;
+    {
+      std::lock_guard lock(rt.mu);
+      deferred.swap(rt.deferred);
+    }
   }
 
   // Threads attached to the main interpreter must leave before Py_Finalize.

@@ -39,6 +39,12 @@ void unregister_interp(const interp_state* s) {
   std::erase_if(rt.live, [s](const auto& p) { return p.get() == s; });
 }
 
+void defer_release(std::shared_ptr<void> p) {
+  auto& rt = runtime();
+  std::lock_guard lock(rt.mu);
+  rt.deferred.push_back(std::move(p));
+}
+
 void wait_for_guards(interp_state& s, std::unique_lock<std::mutex>& lock,
                      std::chrono::milliseconds warn_every) {
   auto started = std::chrono::steady_clock::now();

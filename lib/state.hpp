@@ -51,6 +51,9 @@ struct runtime_state {
   /// Live interpreters in creation order; ended from the back at shutdown (LIFO).
   std::vector<std::shared_ptr<interp_state>> live;
   std::vector<std::string> sys_path;
+  /// Objects that could not be released where their owner ended (an interpreter destroyed
+  /// from its own worker); released after the live interpreters have ended.
+  std::vector<std::shared_ptr<void>> deferred;
 };
 
 runtime_state& runtime() noexcept;
@@ -58,6 +61,9 @@ runtime_state& runtime() noexcept;
 /// Adds to / removes from the live list (interp/ calls these around an interpreter's life).
 void register_interp(const std::shared_ptr<interp_state>& s);
 void unregister_interp(const interp_state* s);
+
+/// Keeps p alive until the runtime has ended every interpreter.
+void defer_release(std::shared_ptr<void> p);
 
 /// Waits until no attach guard holds the interpreter, logging every `warn_every` it waits.
 /// Call with `lock` held on s.mu; phase must already refuse new guards.

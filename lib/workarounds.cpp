@@ -22,22 +22,35 @@ void prepend_sys_path(const std::vector<std::string>& entries) {
 std::vector<module_workaround> module_workarounds() {
   std::vector<module_workaround> out;
   const unsigned long v = Py_Version;
-  // _datetime keeps static types whose per-interpreter state is torn down with the first
-  // interpreter that ends, so later teardowns crash: CPython 3.12.x and 3.13.0.
-  if (v < 0x030D01F0) {
+  // gh-136421/gh-136423: _datetime's static types get per-interpreter objects allocated by the
+  // first interpreter that imports it; ending interpreters in any other order than
+  // last-importer-first frees them with the wrong allocator (3.13.0: segfault in
+  // Py_EndInterpreter, also via `import sqlite3`). On 3.12 the module is refused in isolated
+  // interpreters, but its init has already run, so the second import crashes (gh-110415).
+  // Fixed upstream by gh-136583 (main interpreter owns the types), not in 3.12/3.13.
+  if (v < 0x030E0000) {
     out.push_back({"_datetime", "_pydatetime",
-                   "CPython <= 3.13.0 crashes at own-GIL interpreter teardown after import "
-                   "datetime"});
+                   "CPython 3.12/3.13 crash when own-allocator interpreters that imported "
+                   "datetime (or sqlite3) end (gh-136421, gh-110415)"});
   }
+  // 3.12: _decimal is refused in isolated interpreters after its init ran; the second import
+  // in another interpreter crashes (same class as gh-110415).
   if (v < 0x030D0000) {
     out.push_back({"_decimal", "_pydecimal",
-                   "CPython 3.12 crashes at own-GIL interpreter teardown after import decimal"});
-    out.push_back({"_asyncio", "asyncio's pure-Python futures and tasks",
-                   "CPython 3.12 crashes at own-GIL interpreter teardown after import asyncio"});
-    out.push_back({"_hashlib", "hashlib's builtin _md5/_sha1/_sha2/_sha3/_blake2",
-                   "CPython 3.12 crashes at own-GIL interpreter teardown after import hashlib"});
+                   "CPython 3.12 crashes on the second import of decimal in isolated "
+                   "interpreters (gh-110415)"});
   }
   return out;
+}
+
+const char* known_unfixed_bug() {
+  const unsigned long v = Py_Version;
+  if (v >= 0x030C0000 && v < 0x030C04F0) {
+    return "CPython 3.12.0-3.12.3 can crash in Py_Finalize after an isolated interpreter passed "
+           "keyword arguments to a C function of an extension module (hashlib, ssl, asyncio: "
+           "gh-119213, fixed in 3.12.4); isola cannot work around it: use CPython >= 3.12.4";
+  }
+  return nullptr;
 }
 
 void apply_module_workarounds() {

@@ -21,8 +21,13 @@ struct module_workaround {
 /// The workarounds that apply to the running CPython version.
 std::vector<module_workaround> module_workarounds();
 
-/// In an own-GIL interpreter, blocks each affected accelerator (sys.modules[name] = None) so
-/// the stdlib falls back to its pure-Python version. Needs the interpreter attached.
+/// In an interpreter with its own object allocator, blocks each affected accelerator
+/// (sys.modules[name] = None) so the stdlib falls back to its pure-Python version. Needs the
+/// interpreter attached.
 void apply_module_workarounds();
+
+/// A CPython bug of the running version that isola cannot work around (the runtime logs it
+/// as a warning at start-up), or nullptr.
+const char* known_unfixed_bug();
 
 }  // namespace isola::detail

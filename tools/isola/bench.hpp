@@ -1,0 +1,69 @@
+// The registry behind `isola bench SUITE`: each suite lives in its own bench_<suite>.cpp,
+// registers itself with a bench_suite_registrar, and returns its figures as a bench_report
+// that cmd_bench.cpp prints as a table or as one JSON object.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace isola::cli {
+
+/// One measured figure. key is what JSON consumers see ("create_ms_isola").
+struct bench_metric {
+  std::string key;
+  double value = 0;
+  std::string unit;         ///< "ms", "MB", "x", "s"; empty for plain counts
+  int precision = 2;        ///< decimals kept in the table and in JSON
+  std::string description;  ///< one line for the table
+};
+
+/// What a suite measured, plus the settings it used (echoed as "params" in JSON).
+struct bench_report {
+  std::vector<bench_metric> results;
+  std::vector<std::pair<std::string, double>> params;
+
+  void add(std::string key, double value, std::string unit, int precision,
+           std::string description) {
+    results.push_back({std::move(key), value, std::move(unit), precision, std::move(description)});
+  }
+};
+
+/// Given to a running suite: where to report progress (stderr, unless --quiet).
+class bench_context {
+ public:
+  bench_context(std::string suite, bool quiet) : suite_(std::move(suite)), quiet_(quiet) {}
+  /// Prints "[suite] message" on stderr; for the long parts of a suite.
+  void progress(const std::string& message) const;
+
+ private:
+  std::string suite_;
+  bool quiet_;
+};
+
+/// Runs a suite with its parsed options. Throws on failure (exit status 1).
+using bench_runner = std::function<bench_report(const bench_context&)>;
+
+/// A suite: its name (the subcommand), a one-line description for `isola bench --help`, and
+/// setup, which adds the suite's own options to its subcommand and returns the runner that
+/// will read them. Options every suite has (--json, --quiet, --log-level) are added for it.
+struct bench_suite {
+  std::string name;
+  std::string description;
+  std::function<bench_runner(CLI::App&)> setup;
+};
+
+/// All registered suites, in registration order.
+std::vector<bench_suite>& bench_suites();
+
+/// Registers a suite from a static initialiser in its bench_<suite>.cpp.
+struct bench_suite_registrar {
+  explicit bench_suite_registrar(bench_suite s) { bench_suites().push_back(std::move(s)); }
+};
+
+/// The median of samples (the mean of the middle two for an even count); 0 if empty.
+double median(std::vector<double> samples);
+
+}  // namespace isola::cli

@@ -1,0 +1,146 @@
+// `isola bench SUITE`: one subcommand per registered suite, the options all suites share, and
+// the output: a readable table, or with --json one object
+// {"suite", "isola", "python", "cores", "params", "results"}.
+#include "bench.hpp"
+#include "cli.hpp"
+#include <boost/json.hpp>
+
+#include <isola/runtime.hpp>
+#include <isola/version.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include <fmt/core.h>
+
+namespace isola::cli {
+
+std::vector<bench_suite>& bench_suites() {
+  static std::vector<bench_suite> s;
+  return s;
+}
+
+double median(std::vector<double> samples) {
+  if (samples.empty()) return 0;
+  std::sort(samples.begin(), samples.end());
+  std::size_t n = samples.size();
+  return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+}
+
+void bench_context::progress(const std::string& message) const {
+  if (!quiet_) fmt::print(stderr, "[{}] {}\n", suite_, message);
+}
+
+namespace {
+
+struct common_options {
+  bool json = false;
+  bool quiet = false;
+  std::string log_level;
+};
+
+double rounded(double v, int precision) {
+  double scale = std::pow(10.0, precision);
+  return std::round(v * scale) / scale;
+}
+
+std::string suite_names() {
+  std::string names;
+  for (const auto& s : bench_suites()) names += (names.empty() ? "" : ", ") + s.name;
+  return names;
+}
+
+void print_json(const std::string& suite, const bench_report& r) {
+  boost::json::object params, results;
+  for (const auto& [k, v] : r.params) params[k] = v;
+  for (const auto& m : r.results) results[m.key] = rounded(m.value, m.precision);
+  boost::json::object doc{{"suite", suite},
+                          {"python", runtime::python_version()},
+                          {"cores", cores()},
+                          {"isola", ISOLA_VERSION},
+                          {"params", std::move(params)},
+                          {"results", std::move(results)}};
+  fmt::print("{}\n", boost::json::serialize(doc));
+}
+
+void print_table(const std::string& suite, const bench_report& r) {
+  std::string params;
+  for (const auto& [k, v] : r.params) params += fmt::format(", {} {}", k, v);
+  fmt::print("isola bench {}: isola {}, CPython {}, {} cores{}\n\n", suite, ISOLA_VERSION,
+             runtime::python_version(), cores(), params);
+  std::size_t key_width = 6;
+  for (const auto& m : r.results) key_width = std::max(key_width, m.key.size());
+  fmt::print("  {:<{}}  {:>12}  {}\n", "metric", key_width, "value", "what");
+  for (const auto& m : r.results) {
+    std::string value = fmt::format("{:.{}f}", m.value, m.precision);
+    if (!m.unit.empty()) value += (m.unit == "x" ? "" : " ") + m.unit;
+    fmt::print("  {:<{}}  {:>12}  {}\n", m.key, key_width, value, m.description);
+  }
+}
+
+int run_suite(const std::string& name, const bench_runner& runner, const common_options& o) {
+  apply_log_level(o.log_level);
+  bench_context ctx(name, o.quiet);
+  bench_report r = runner(ctx);
+  if (o.json) {
+    print_json(name, r);
+  } else {
+    print_table(name, r);
+  }
+  return exit_ok;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, dispatch& d) {
+  auto* bench = app.add_subcommand(
+      "bench",
+      fmt::format("Measure isola against its peers: the raw C API, Python threads (suites: {})",
+                  suite_names()));
+  formatter_of(app).usage(bench, "SUITE [OPTIONS]");
+  bench->require_subcommand(0, 1);
+  // An unknown suite name lands in remaining() rather than a generic CLI11 error, so the
+  // message below can list the valid suites.
+  bench->allow_extras();
+
+  for (const auto& suite : bench_suites()) {
+    auto* sub = bench->add_subcommand(suite.name, suite.description);
+    sub->allow_extras(false);
+    sub->group("Suites");
+    auto common = std::make_shared<common_options>();
+    sub->add_flag("--json", common->json, "Print the results as one JSON object on stdout");
+    sub->add_flag("-q,--quiet", common->quiet, "No progress lines on stderr");
+    add_log_level_option(*sub, common->log_level);
+    auto runner = std::make_shared<bench_runner>(suite.setup(*sub));
+    sub->callback([name = suite.name, runner, common, &d] {
+      d.chosen = [name, runner, common] { return run_suite(name, *runner, *common); };
+    });
+  }
+  bench->footer(
+      "Each suite measures isola and its peers in the same run, prints medians and ratios as a\n"
+      "table, or with --json as one JSON object on stdout; progress goes to stderr. Every suite\n"
+      "has its own --help. Example: isola bench startup --json\n"
+      "Exit status: 0 measured, 1 a measurement failed, 2 usage error.");
+
+  // Runs after the chosen suite's callback (CLI11 calls subcommands' callbacks first).
+  bench->callback([bench, &d] {
+    auto extra = bench->remaining();
+    if (!extra.empty()) {
+      const std::string& what = extra.front();
+      std::string msg =
+          what.starts_with("-")
+              ? fmt::format("bench: unknown option '{}'; see 'isola bench --help'", what)
+              : fmt::format("bench: unknown suite '{}'; valid suites: {}", what, suite_names());
+      d.chosen = [msg]() -> int { throw usage_error(msg); };
+    } else if (bench->get_subcommands().empty()) {
+      d.chosen = []() -> int {
+        throw usage_error(
+            fmt::format("bench: which suite? usage: isola bench SUITE [--json]; valid suites: {}",
+                        suite_names()));
+      };
+    }
+  });
+}
+
+}  // namespace isola::cli
