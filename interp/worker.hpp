@@ -4,6 +4,7 @@
 
 #include "python.hpp"
 
+#include "host.hpp"
 #include "pyexec.hpp"
 #include "state.hpp"
 
@@ -60,7 +61,7 @@ class worker : public std::enable_shared_from_this<worker> {
   explicit worker(interpreter_config config);  ///< validates only; use start()
   ~worker();
 
-  const std::shared_ptr<interp_state>& state() const noexcept { return state_; }
+  const std::shared_ptr<interp_state>& state() const noexcept { return host_.state(); }
   const interpreter_config& config() const noexcept { return config_; }
 
   /// Queues a task. Throws isola::error (interpreter_closing / interpreter_closed) if the
@@ -85,20 +86,15 @@ class worker : public std::enable_shared_from_this<worker> {
  private:
   void launch();
   void thread_main(std::promise<void>& created);
-  void create_interpreter();
-  void end_interpreter();
 
   interpreter_config config_;
-  std::shared_ptr<interp_state> state_;
+  interp_host host_;
   std::thread thread_;
-  unsigned long thread_ident_ = 0;  ///< PyThread_get_thread_ident() of the worker
-  PyThreadState* tstate_ = nullptr;  ///< the worker's long-lived thread state
 
   mutable std::mutex queue_mu_;
   std::condition_variable queue_cv_;
   std::deque<std::unique_ptr<task>> queue_;
   bool stopping_ = false;
-  bool running_task_ = false;  ///< read and written with the interpreter's GIL held
 
   std::mutex close_mu_;
   std::atomic<bool> closed_{false};
@@ -131,7 +127,7 @@ auto worker::run_async(F fn) -> std::future<decltype(fn())> {
 
 template <typename F>
 auto worker::run(F fn) -> decltype(fn()) {
-  if (attached_here(*state_)) return with_python_errors(fn);
+  if (attached_here(*state())) return with_python_errors(fn);
   auto fut = run_async(std::move(fn));
   {
     release_gil unlocked;

@@ -17,6 +17,8 @@ class category final : public std::error_category {
       case errc::timeout: return "timed out";
       case errc::cancelled: return "cancelled";
       case errc::creation_failed: return "interpreter creation failed";
+      case errc::queue_full: return "queue is full";
+      case errc::shut_down: return "shut down";
     }
     return "unknown isola error " + std::to_string(code);
   }

@@ -19,6 +19,8 @@ enum class errc {
   timeout,                  ///< a deadline passed before the operation completed
   cancelled,                ///< the operation was cancelled before it completed
   creation_failed,          ///< Py_NewInterpreterFromConfig (or set-up after it) failed
+  queue_full,               ///< a bounded queue had no room (try_submit)
+  shut_down,                ///< the pool was shut down and takes no more work
 };
 
 /// The std::error_category of isola::errc (name "isola").

@@ -1,0 +1,186 @@
+// isola::pool: parallel work over N own-GIL interpreters. Tasks return futures or take
+// Boost.Asio completion tokens; a timeout interrupts Python code that is still running.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/system_executor.hpp>
+
+#include <isola/error.hpp>
+#include <isola/interpreter.hpp>
+#include <isola/value.hpp>
+
+namespace isola {
+
+struct pool_options {
+  /// Number of interpreters; 0 means one per core (std::thread::hardware_concurrency()).
+  std::size_t size = 0;
+  /// Configuration of every interpreter (isolated by default).
+  interpreter_config interpreter;
+  /// Statements run once in each interpreter after it is created (imports, app state).
+  std::string init_code;
+  /// "module:function" called once (no arguments) in each interpreter after init_code.
+  std::string init_call;
+  /// Extra sys.path entries for every interpreter (added to interpreter.sys_path).
+  std::vector<std::string> sys_path;
+  /// How many tasks may wait in the queue; submit() waits for room, try_submit() fails.
+  std::size_t queue_capacity = 4096;
+  /// Timeout applied to tasks that do not give their own; zero means none. It counts from
+  /// the moment the task starts running.
+  std::chrono::milliseconds default_timeout{0};
+  /// How long a timed-out or cancelled task may take to react to its TimeoutError before its
+  /// interpreter is declared broken (stuck in C code) and replaced.
+  std::chrono::milliseconds grace_period{2000};
+  /// Replace an interpreter with a fresh one after this many tasks; 0 means never.
+  std::size_t max_tasks_per_interpreter = 0;
+};
+
+/// Per-task settings.
+struct task_options {
+  /// Overrides pool_options::default_timeout when non-zero.
+  std::chrono::milliseconds timeout{0};
+  /// Run on this interpreter (0 .. size()-1) only; -1 means any.
+  int interpreter_index = -1;
+};
+
+/// Counters of one interpreter slot (a slot keeps its counters across recycling).
+struct interpreter_stats {
+  std::size_t index = 0;
+  std::int64_t interpreter_id = -1;  ///< the slot's current interpreter
+  std::uint64_t tasks_done = 0;      ///< completed successfully
+  std::uint64_t tasks_failed = 0;    ///< raised (timeouts and cancellations included)
+  std::uint64_t tasks_timed_out = 0;
+  std::uint64_t tasks_cancelled = 0;
+  std::uint64_t recycled = 0;  ///< replaced after max_tasks_per_interpreter
+  std::uint64_t replaced_broken = 0;  ///< replaced because stuck after a timeout
+  std::chrono::nanoseconds busy{0};   ///< time spent running tasks
+};
+
+struct pool_stats {
+  std::vector<interpreter_stats> interpreters;
+  std::size_t queue_depth = 0;  ///< tasks waiting (not yet running)
+  std::uint64_t submitted = 0;
+  std::uint64_t completed = 0;  ///< finished in any way
+};
+
+namespace detail {
+struct pool_task;
+class pool_impl;
+}  // namespace detail
+
+/// The result of a submitted task: a std::future<value> plus cancel().
+/// - get() returns the value or throws: python_error (a Python exception, TimeoutError for a
+///   timeout), isola::error with errc::cancelled, errc::timeout (the task ignored its
+///   TimeoutError and its interpreter was replaced) or errc::interpreter_closing (pool shut
+///   down with cancel_pending).
+class task_future {
+ public:
+  task_future() = default;
+  task_future(std::future<value> f, std::shared_ptr<detail::pool_task> t)
+      : future_(std::move(f)), task_(std::move(t)) {}
+
+  value get() { return future_.get(); }
+  void wait() const { future_.wait(); }
+  template <typename Rep, typename Period>
+  std::future_status wait_for(const std::chrono::duration<Rep, Period>& d) const {
+    return future_.wait_for(d);
+  }
+  bool valid() const noexcept { return future_.valid(); }
+  /// Removes a queued task (its future fails with errc::cancelled) or interrupts a running
+  /// one (KeyboardInterrupt is raised in it; the future fails with errc::cancelled).
+  /// Returns false if the task had already finished.
+  bool cancel();
+  std::future<value>& future() noexcept { return future_; }
+
+ private:
+  std::future<value> future_;
+  std::shared_ptr<detail::pool_task> task_;
+};
+
+/// N interpreters, each on its own worker thread, fed from one bounded lock-free queue.
+/// - Thread-safe: any thread may submit, cancel, read stats or shut down.
+/// - Idle workers sleep on a futex; nothing polls.
+/// - A Python exception fails only its task; the interpreter stays in service.
+/// - The destructor is shutdown() (queued tasks finish) and joins every thread. A runtime
+///   destroyed while a pool is alive shuts the pool down first.
+class pool {
+ public:
+  /// Creates the interpreters (in parallel on 3.13) and runs the init code in each. Throws
+  /// isola::python_error whose message names the interpreter index if init fails there.
+  explicit pool(pool_options options = {});
+  ~pool();
+  pool(const pool&) = delete;
+  pool& operator=(const pool&) = delete;
+
+  std::size_t size() const noexcept;
+
+  /// Calls "package.module:function" with args; waits for room in the queue.
+  template <typename... Args>
+  task_future submit(std::string target, Args&&... args) {
+    return submit_with(std::move(target), {value(std::forward<Args>(args))...});
+  }
+  task_future submit_with(std::string target, std::vector<value> args,
+                          std::vector<std::pair<std::string, value>> kwargs = {},
+                          task_options options = {});
+  /// Runs code: one expression gives its value; statements give None.
+  task_future submit_code(std::string code, task_options options = {});
+  /// Like submit() but pinned to one interpreter.
+  template <typename... Args>
+  task_future submit_to(int interpreter_index, std::string target, Args&&... args) {
+    task_options o;
+    o.interpreter_index = interpreter_index;
+    return submit_with(std::move(target), {value(std::forward<Args>(args))...}, {}, o);
+  }
+  /// Fails at once with isola::error (errc::queue_full) when the queue has no room.
+  task_future try_submit_with(std::string target, std::vector<value> args,
+                              task_options options = {});
+
+  /// Calls function on every input (one argument each), chunk_size inputs per task, and
+  /// returns the results in input order. Throws the first failure (by input order).
+  std::vector<value> map(std::string function, const std::vector<value>& inputs,
+                         std::size_t chunk_size = 1);
+
+  /// Asio form of submit_with. Completion signature: void(std::exception_ptr, isola::value).
+  /// The handler runs on its associated executor (default: asio::system_executor), never on
+  /// a worker thread. Works with callbacks, asio::use_future and asio::use_awaitable.
+  template <typename CompletionToken>
+  auto async_submit(std::string target, std::vector<value> args, CompletionToken&& token,
+                    task_options options = {}) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, value)>(
+        [this](auto handler, std::string target, std::vector<value> args, task_options o) {
+          auto ex = boost::asio::get_associated_executor(handler, boost::asio::system_executor());
+          submit_callback(std::move(target), std::move(args), o,
+                          [h = std::move(handler), ex](std::exception_ptr e, value v) mutable {
+                            boost::asio::post(ex, [h = std::move(h), e, v = std::move(v)]() mutable {
+                              std::move(h)(e, std::move(v));
+                            });
+                          });
+        },
+        token, std::move(target), std::move(args), options);
+  }
+
+  /// Stops taking tasks. Queued tasks finish (or, with cancel_pending, fail with
+  /// errc::cancelled); running tasks finish; then the interpreters end and threads are joined.
+  void shutdown(bool cancel_pending = false);
+
+  pool_stats stats() const;
+
+ private:
+  void submit_callback(std::string target, std::vector<value> args, task_options o,
+                       std::function<void(std::exception_ptr, value)> done);
+  std::shared_ptr<detail::pool_impl> impl_;
+};
+
+}  // namespace isola
