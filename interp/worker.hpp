@@ -39,20 +39,6 @@ struct promise_task final : task {
   void fail(std::exception_ptr e) override { promise.set_exception(std::move(e)); }
 };
 
-/// Releases the calling thread's GIL (whatever interpreter it is attached to) for a scope.
-class release_gil {
- public:
-  release_gil() noexcept : saved_(current_tstate() ? PyEval_SaveThread() : nullptr) {}
-  ~release_gil() {
-    if (saved_ != nullptr) PyEval_RestoreThread(saved_);
-  }
-  release_gil(const release_gil&) = delete;
-  release_gil& operator=(const release_gil&) = delete;
-
- private:
-  PyThreadState* saved_;
-};
-
 /// One interpreter and its thread. Thread-safe; see isola::interpreter for the contract.
 class worker : public std::enable_shared_from_this<worker> {
  public:

@@ -20,4 +20,18 @@ inline PyThreadState* current_tstate() noexcept {
 #endif
 }
 
+/// Releases the calling thread's GIL (whatever interpreter it is attached to) for a scope.
+class release_gil {
+ public:
+  release_gil() noexcept : saved_(current_tstate() ? PyEval_SaveThread() : nullptr) {}
+  ~release_gil() {
+    if (saved_ != nullptr) PyEval_RestoreThread(saved_);
+  }
+  release_gil(const release_gil&) = delete;
+  release_gil& operator=(const release_gil&) = delete;
+
+ private:
+  PyThreadState* saved_;
+};
+
 }  // namespace isola::detail

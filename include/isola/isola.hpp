@@ -5,6 +5,7 @@
 #include <isola/error.hpp>
 #include <isola/interpreter.hpp>
 #include <isola/log.hpp>
+#include <isola/pool.hpp>
 #include <isola/runtime.hpp>
 #include <isola/value.hpp>
 #include <isola/version.hpp>

@@ -1,0 +1,854 @@
+// isola::pool: N interpreter workers fed by one bounded lock-free queue (Boost.Lockfree).
+// Idle workers park on a futex (C++20 atomic wait) after a short spin; a watchdog thread
+// enforces timeouts, first by raising TimeoutError in the task, then by replacing an
+// interpreter that stays stuck.
+#include "python.hpp"
+
+#include "host.hpp"
+#include "pyexec.hpp"
+#include "value_codec.hpp"
+
+#include <isola/log.hpp>
+#include <isola/pool.hpp>
+
+#include <boost/lockfree/queue.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <map>
+#include <semaphore>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ISOLA_CPU_RELAX() _mm_pause()
+#else
+#define ISOLA_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace isola {
+namespace detail {
+
+enum class task_kind { call, code, map_chunk };
+enum task_phase : int { queued, running, finished };
+
+struct pool_task {
+  task_kind kind = task_kind::call;
+  std::string text;  ///< call target or code
+  std::vector<value> args;
+  std::vector<std::pair<std::string, value>> kwargs;
+  std::chrono::milliseconds timeout{0};
+  int pinned = -1;
+
+  std::atomic<int> phase{queued};
+  std::atomic<bool> cancel_requested{false};
+  std::atomic<bool> timed_out{false};
+  std::atomic<int> running_on{-1};  ///< slot index while running
+
+  std::promise<value> promise;                               ///< used when done is empty
+  std::function<void(std::exception_ptr, value)> done;       ///< Asio / callback completion
+  std::shared_ptr<pool_task> self;  ///< keeps the task alive while its raw pointer is queued
+  std::weak_ptr<pool_impl> pool;
+
+  /// Delivers the outcome exactly once: only the caller that moves the phase to finished
+  /// (from `from`) completes the task.
+  bool complete(int from, std::exception_ptr e, value v = {}) {
+    int expected = from;
+    if (!phase.compare_exchange_strong(expected, finished)) return false;
+    if (done) {
+      done(std::move(e), std::move(v));
+    } else if (e) {
+      promise.set_exception(std::move(e));
+    } else {
+      promise.set_value(std::move(v));
+    }
+    return true;
+  }
+};
+
+namespace {
+
+std::exception_ptr make_error(errc code, const std::string& msg) {
+  return std::make_exception_ptr(error(code, msg));
+}
+
+constexpr int spin_rounds = 2000;  // ~tens of microseconds before an idle worker parks
+
+}  // namespace
+
+/// One interpreter slot: counters that survive recycling, pinned tasks, the doorbell.
+struct pool_slot {
+  int index = 0;
+  std::atomic<std::uint32_t> bell{0};
+  std::mutex pinned_mu;
+  std::deque<std::shared_ptr<pool_task>> pinned;
+
+  std::atomic<std::int64_t> interpreter_id{-1};
+  std::atomic<std::uint64_t> done{0}, failed{0}, timed_out{0}, cancelled{0}, recycled{0},
+      replaced_broken{0};
+  std::atomic<std::int64_t> busy_ns{0};
+  std::atomic<std::uint64_t> generation{0};  ///< bumped when a stuck worker is replaced
+};
+
+/// One worker thread serving a slot. Shared with the thread, so an abandoned (stuck) worker
+/// keeps its data alive after the pool has moved on.
+struct pool_worker {
+  int slot = 0;
+  std::uint64_t generation = 0;
+  std::thread thread;
+  std::atomic<bool> abandoned{false};
+  std::atomic<bool> exited{false};
+  std::unique_ptr<interp_host> host;
+  std::mutex host_mu;  ///< guards `host` replacement (recycling) against interrupters
+};
+
+class pool_impl : public std::enable_shared_from_this<pool_impl> {
+ public:
+  explicit pool_impl(pool_options o);
+  ~pool_impl();
+
+  void start();
+  std::shared_ptr<pool_task> enqueue(std::shared_ptr<pool_task> t, bool wait_for_room);
+  bool cancel(const std::shared_ptr<pool_task>& t);
+  void shutdown(bool cancel_pending);
+  pool_stats stats() const;
+  std::size_t size() const noexcept { return slots_.size(); }
+
+ private:
+  void worker_main(std::shared_ptr<pool_worker> w, std::promise<void>* started);
+  void spawn(int slot, std::promise<void>* started);
+  void init_interpreter(pool_worker& w);
+  std::shared_ptr<pool_task> next_task(pool_worker& w);
+  std::shared_ptr<pool_task> try_pop(pool_worker& w);
+  void run_task(pool_worker& w, const std::shared_ptr<pool_task>& t);
+  void ring(int slot);
+  void wake_one();
+  void interrupt_async(int slot, std::uint64_t generation, std::string type);
+  void watchdog_main();
+  void declare_broken(int slot, std::uint64_t generation, const std::shared_ptr<pool_task>& t);
+  void reap_helpers(bool all);
+
+  pool_options options_;
+  interpreter_config config_;
+  std::shared_ptr<spdlog::logger> log_;
+
+  boost::lockfree::queue<pool_task*> queue_;
+  std::counting_semaphore<> room_;
+  std::atomic<std::size_t> queued_{0};
+  std::vector<std::unique_ptr<pool_slot>> slots_;
+
+  std::mutex workers_mu_;
+  std::vector<std::shared_ptr<pool_worker>> workers_;     ///< current worker per slot
+  std::vector<std::shared_ptr<pool_worker>> abandoned_;   ///< stuck workers replaced
+
+  std::mutex idle_mu_;
+  std::vector<int> idle_;
+  std::atomic<int> sleepers_{0};
+
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> shut_down_{false};
+  std::mutex shutdown_mu_;
+  std::atomic<std::uint64_t> submitted_{0}, completed_{0};
+
+  // Watchdog: deadlines of running tasks.
+  struct deadline_entry {
+    int slot;
+    std::uint64_t generation;
+    std::weak_ptr<pool_task> task;
+    bool grace;  ///< second stage: TimeoutError already raised
+  };
+  std::mutex wd_mu_;
+  std::condition_variable wd_cv_;
+  std::multimap<std::chrono::steady_clock::time_point, deadline_entry> deadlines_;
+  bool wd_stop_ = false;
+  std::thread watchdog_;
+
+  // Short-lived threads that attach to interrupt a task (they may block on a stuck GIL).
+  struct helper {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> finished;
+  };
+  std::mutex helpers_mu_;
+  std::vector<helper> helpers_;
+};
+
+pool_impl::pool_impl(pool_options o)
+    : options_(std::move(o)),
+      log_(logger("isola.pool")),
+      queue_(std::max<std::size_t>(options_.queue_capacity, 1)),
+      room_(static_cast<std::ptrdiff_t>(std::max<std::size_t>(options_.queue_capacity, 1))) {
+  if (options_.queue_capacity == 0) {
+    throw std::invalid_argument("pool_options::queue_capacity must be at least 1");
+  }
+  if (options_.size == 0) options_.size = std::max(1u, std::thread::hardware_concurrency());
+  config_ = options_.interpreter;
+  config_.sys_path.insert(config_.sys_path.end(), options_.sys_path.begin(),
+                          options_.sys_path.end());
+  if (auto problem = config_.validate(); !problem.empty()) throw std::invalid_argument(problem);
+  for (std::size_t i = 0; i < options_.size; ++i) {
+    auto s = std::make_unique<pool_slot>();
+    s->index = static_cast<int>(i);
+    slots_.push_back(std::move(s));
+  }
+  workers_.resize(options_.size);
+}
+
+pool_impl::~pool_impl() { shutdown(false); }
+
+void pool_impl::start() {
+  std::vector<std::promise<void>> started(slots_.size());
+  std::vector<std::future<void>> ready;
+  for (auto& p : started) ready.push_back(p.get_future());
+  for (std::size_t i = 0; i < slots_.size(); ++i) spawn(static_cast<int>(i), &started[i]);
+  std::exception_ptr first;
+  for (std::size_t i = 0; i < ready.size(); ++i) {
+    try {
+      ready[i].get();
+    } catch (const python_error& e) {
+      if (!first) {
+        first = std::make_exception_ptr(python_error(
+            e.type_name(), "pool interpreter " + std::to_string(i) + ": init failed: " + e.message(),
+            e.traceback(), e.filename(), e.line(), e.column()));
+      }
+    } catch (const std::exception& e) {
+      if (!first) {
+        first = std::make_exception_ptr(error(
+            errc::creation_failed, "pool interpreter " + std::to_string(i) + ": " + e.what()));
+      }
+    }
+  }
+  watchdog_ = std::thread([this] { watchdog_main(); });
+  if (first) {
+    shutdown(true);
+    std::rethrow_exception(first);
+  }
+}
+
+void pool_impl::spawn(int slot, std::promise<void>* started) {
+  auto w = std::make_shared<pool_worker>();
+  w->slot = slot;
+  w->generation = slots_[slot]->generation.load();
+  w->host = std::make_unique<interp_host>(config_);
+  {
+    std::lock_guard lock(workers_mu_);
+    workers_[slot] = w;
+  }
+  w->thread = std::thread([this, w, started] { worker_main(w, started); });
+}
+
+void pool_impl::init_interpreter(pool_worker& w) {
+  w.host->create();
+  auto& s = *slots_[w.slot];
+  s.interpreter_id = w.host->state()->id;
+  // The runtime ends the whole pool (cancelling queued work) if it is destroyed first.
+  w.host->state()->closer = [weak = weak_from_this()] {
+    if (auto p = weak.lock()) p->shutdown(true);
+  };
+  if (options_.init_code.empty() && options_.init_call.empty()) return;
+  w.host->enter();
+  try {
+    with_python_errors([&] {
+      if (!options_.init_code.empty()) {
+        auto g = main_globals();
+        run_source(options_.init_code, "<pool init>", Py_file_input, g.get());
+      }
+      if (!options_.init_call.empty()) {
+        auto fn = resolve_target(options_.init_call);
+        py::check(PyObject_CallNoArgs(fn.get()));
+      }
+    });
+  } catch (...) {
+    w.host->leave();
+    w.host->end();
+    throw;
+  }
+  w.host->leave();
+}
+
+void pool_impl::worker_main(std::shared_ptr<pool_worker> w, std::promise<void>* started) {
+  try {
+    init_interpreter(*w);
+  } catch (...) {
+    if (started != nullptr) {
+      started->set_exception(std::current_exception());
+    } else {
+      try {
+        throw;
+      } catch (const std::exception& e) {
+        log_->critical("[slot {}] replacement interpreter could not start: {}", w->slot, e.what());
+      }
+    }
+    w->exited = true;
+    return;
+  }
+  if (started != nullptr) started->set_value();
+
+  std::size_t since_recycle = 0;
+  auto& slot = *slots_[w->slot];
+  for (;;) {
+    auto t = next_task(*w);
+    if (!t) break;
+    run_task(*w, t);
+    if (w->abandoned) {
+      log_->warn("[slot {}] stuck interpreter {} came back; ending it", w->slot,
+                 w->host->state()->id);
+      break;
+    }
+    if (options_.max_tasks_per_interpreter != 0 &&
+        ++since_recycle >= options_.max_tasks_per_interpreter) {
+      since_recycle = 0;
+      auto old_id = w->host->state()->id;
+      auto fresh = std::make_unique<interp_host>(config_);
+      w->host->end();
+      {
+        std::lock_guard lock(w->host_mu);
+        w->host = std::move(fresh);
+      }
+      try {
+        init_interpreter(*w);
+      } catch (const std::exception& e) {
+        log_->critical("[slot {}] could not recycle interpreter {}: {}", w->slot, old_id, e.what());
+        w->exited = true;
+        return;
+      }
+      ++slot.recycled;
+      log_->debug("[slot {}] recycled interpreter {} -> {}", w->slot, old_id,
+                  w->host->state()->id);
+    }
+  }
+  w->host->end();
+  w->exited = true;
+}
+
+std::shared_ptr<pool_task> pool_impl::try_pop(pool_worker& w) {
+  auto& slot = *slots_[w.slot];
+  {
+    std::lock_guard lock(slot.pinned_mu);
+    if (!slot.pinned.empty()) {
+      auto t = std::move(slot.pinned.front());
+      slot.pinned.pop_front();
+      --queued_;
+      room_.release();
+      return t;
+    }
+  }
+  pool_task* raw = nullptr;
+  if (queue_.pop(raw)) {
+    --queued_;
+    room_.release();
+    return std::move(raw->self);
+  }
+  return nullptr;
+}
+
+std::shared_ptr<pool_task> pool_impl::next_task(pool_worker& w) {
+  auto& slot = *slots_[w.slot];
+  for (int spin = 0;; ++spin) {
+    if (w.abandoned) return nullptr;
+    if (auto t = try_pop(w)) {
+      if (t->phase.load() == queued) return t;  // else: cancelled while queued; drop it
+      continue;
+    }
+    if (stopping_.load()) return nullptr;  // stopping and nothing left for us
+    if (spin < spin_rounds) {
+      ISOLA_CPU_RELAX();
+      continue;
+    }
+    // Park. Register as idle, then look once more, so a submit between our last look and
+    // the registration cannot be missed (both sides use seq_cst).
+    std::uint32_t bell = slot.bell.load();
+    {
+      std::lock_guard lock(idle_mu_);
+      idle_.push_back(w.slot);
+      sleepers_.fetch_add(1);
+    }
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    bool work = queued_.load() != 0 || stopping_.load() || w.abandoned.load();
+    if (!work) slot.bell.wait(bell);
+    {
+      std::lock_guard lock(idle_mu_);
+      auto it = std::find(idle_.begin(), idle_.end(), w.slot);
+      if (it != idle_.end()) {
+        idle_.erase(it);
+        sleepers_.fetch_sub(1);
+      }
+    }
+    spin = 0;
+  }
+}
+
+void pool_impl::ring(int slot) {
+  slots_[slot]->bell.fetch_add(1);
+  slots_[slot]->bell.notify_one();
+}
+
+void pool_impl::wake_one() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (sleepers_.load() == 0) return;
+  int slot = -1;
+  {
+    std::lock_guard lock(idle_mu_);
+    if (idle_.empty()) return;
+    slot = idle_.back();
+    idle_.pop_back();
+    sleepers_.fetch_sub(1);
+  }
+  ring(slot);
+}
+
+void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
+  auto& slot = *slots_[w.slot];
+  int expected = queued;
+  if (!t->phase.compare_exchange_strong(expected, running)) return;  // cancelled meanwhile
+  t->running_on = w.slot;
+  auto timeout = t->timeout.count() > 0 ? t->timeout : options_.default_timeout;
+  auto t0 = std::chrono::steady_clock::now();
+  std::multimap<std::chrono::steady_clock::time_point, deadline_entry>::iterator deadline;
+  bool has_deadline = timeout.count() > 0;
+  if (has_deadline) {
+    std::lock_guard lock(wd_mu_);
+    deadline = deadlines_.emplace(t0 + timeout, deadline_entry{w.slot, w.generation, t, false});
+    if (deadline == deadlines_.begin()) wd_cv_.notify_one();
+  }
+
+  std::exception_ptr err;
+  value result;
+  w.host->enter();
+  w.host->task_started();
+  try {
+    result = with_python_errors([&]() -> value {
+      switch (t->kind) {
+        case task_kind::call: {
+          auto fn = resolve_target(t->text);
+          auto a = py::check(PyTuple_New(static_cast<Py_ssize_t>(t->args.size())));
+          for (std::size_t i = 0; i < t->args.size(); ++i) {
+            PyTuple_SET_ITEM(a.get(), static_cast<Py_ssize_t>(i), to_python(t->args[i]).release());
+          }
+          py::object kw;
+          if (!t->kwargs.empty()) {
+            kw = py::check(PyDict_New());
+            for (const auto& [k, v] : t->kwargs) {
+              py::check_zero(PyDict_SetItemString(kw.get(), k.c_str(), to_python(v).get()));
+            }
+          }
+          auto r = py::check(PyObject_Call(fn.get(), a.get(), kw.get()));
+          return from_python(r.get());
+        }
+        case task_kind::code: {
+          auto g = main_globals();
+          // One expression gives its value; otherwise run the statements.
+          PyObject* code = Py_CompileString(t->text.c_str(), "<task>", Py_eval_input);
+          if (code == nullptr && PyErr_ExceptionMatches(PyExc_SyntaxError)) {
+            PyErr_Clear();
+            run_source(t->text, "<task>", Py_file_input, g.get());
+            return none;
+          }
+          auto c = py::check(code);
+          auto r = py::check(PyEval_EvalCode(c.get(), g.get(), g.get()));
+          return from_python(r.get());
+        }
+        case task_kind::map_chunk: {
+          auto fn = resolve_target(t->text);
+          isola::list out;
+          out.items.reserve(t->args.size());
+          for (const auto& a : t->args) {
+            auto arg = to_python(a);
+            auto r = py::check(PyObject_CallOneArg(fn.get(), arg.get()));
+            out.items.push_back(from_python(r.get()));
+          }
+          return out;
+        }
+      }
+      return none;
+    });
+  } catch (...) {
+    err = std::current_exception();
+  }
+  w.host->task_finished();
+  w.host->leave();
+
+  if (has_deadline) {
+    std::lock_guard lock(wd_mu_);
+    // The watchdog may have moved the entry to its grace stage; erase whatever is ours.
+    for (auto it = deadlines_.begin(); it != deadlines_.end(); ++it) {
+      if (it->second.task.lock() == t) {
+        deadlines_.erase(it);
+        break;
+      }
+    }
+  }
+  slot.busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now() - t0)
+                      .count();
+  if (t->cancel_requested.load()) {
+    ++slot.cancelled;
+    ++slot.failed;
+    err = make_error(errc::cancelled, "task cancelled while running");
+  } else if (err) {
+    ++slot.failed;
+    if (t->timed_out.load()) {
+      ++slot.timed_out;
+      try {
+        std::rethrow_exception(err);
+      } catch (const python_error& e) {
+        if (e.type_name() == "TimeoutError" && e.message().empty()) {
+          err = std::make_exception_ptr(python_error(
+              e.type_name(), "task exceeded its timeout of " + std::to_string(timeout.count()) +
+                                 " ms and was interrupted",
+              e.traceback()));
+        }
+      } catch (...) {
+      }
+    }
+  } else {
+    ++slot.done;
+  }
+  if (t->complete(running, err, std::move(result))) ++completed_;
+}
+
+std::shared_ptr<pool_task> pool_impl::enqueue(std::shared_ptr<pool_task> t, bool wait_for_room) {
+  if (stopping_.load()) {
+    throw error(errc::shut_down, "cannot submit: the pool has been shut down");
+  }
+  if (t->pinned >= static_cast<int>(slots_.size()) || t->pinned < -1) {
+    throw std::out_of_range("interpreter_index " + std::to_string(t->pinned) +
+                            " is out of range; the pool has " + std::to_string(slots_.size()) +
+                            " interpreters (0.." + std::to_string(slots_.size() - 1) + ")");
+  }
+  if (wait_for_room) {
+    room_.acquire();
+  } else if (!room_.try_acquire()) {
+    throw error(errc::queue_full, "cannot submit: the pool's queue is full (" +
+                                      std::to_string(options_.queue_capacity) +
+                                      " tasks); wait, use submit(), or raise queue_capacity");
+  }
+  if (stopping_.load()) {
+    room_.release();
+    throw error(errc::shut_down, "cannot submit: the pool has been shut down");
+  }
+  t->pool = weak_from_this();
+  ++submitted_;
+  ++queued_;
+  if (t->pinned >= 0) {
+    auto& slot = *slots_[t->pinned];
+    {
+      std::lock_guard lock(slot.pinned_mu);
+      slot.pinned.push_back(t);
+    }
+    ring(t->pinned);
+  } else {
+    t->self = t;
+    queue_.bounded_push(t.get());  // room_ guarantees space
+    wake_one();
+  }
+  return t;
+}
+
+bool pool_impl::cancel(const std::shared_ptr<pool_task>& t) {
+  if (t->complete(queued, make_error(errc::cancelled, "task cancelled before it ran"))) {
+    ++completed_;
+    // It stays in the queue as a tombstone that a worker drops; count it as cancelled.
+    int slot = t->pinned >= 0 ? t->pinned : 0;
+    ++slots_[slot]->cancelled;
+    return true;
+  }
+  if (t->phase.load() != running) return false;
+  t->cancel_requested = true;
+  int slot = t->running_on.load();
+  if (slot < 0) return false;
+  interrupt_async(slot, slots_[slot]->generation.load(), "KeyboardInterrupt");
+  return true;
+}
+
+void pool_impl::interrupt_async(int slot, std::uint64_t generation, std::string type) {
+  std::shared_ptr<pool_worker> w;
+  {
+    std::lock_guard lock(workers_mu_);
+    w = workers_[slot];
+  }
+  if (!w || w->generation != generation) return;
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  std::thread th([w, type = std::move(type), finished] {
+    try {
+      std::lock_guard lock(w->host_mu);
+      w->host->interrupt(type);
+    } catch (const std::exception& e) {
+      logger("isola.pool")->error("[slot {}] interrupt failed: {}", w->slot, e.what());
+    }
+    *finished = true;
+  });
+  std::lock_guard lock(helpers_mu_);
+  helpers_.push_back({std::move(th), finished});
+}
+
+void pool_impl::reap_helpers(bool all) {
+  std::vector<helper> done;
+  {
+    std::lock_guard lock(helpers_mu_);
+    auto it = std::partition(helpers_.begin(), helpers_.end(),
+                             [&](const helper& h) { return !all && !h.finished->load(); });
+    std::move(it, helpers_.end(), std::back_inserter(done));
+    helpers_.erase(it, helpers_.end());
+  }
+  for (auto& h : done) {
+    if (h.finished->load()) {
+      h.thread.join();
+    } else {
+      // Blocked on the GIL of an interpreter stuck in C code: it cannot be joined without
+      // hanging shutdown. It holds shared ownership of everything it touches.
+      log_->critical("an interrupt thread is blocked on a stuck interpreter; leaving it behind");
+      h.thread.detach();
+    }
+  }
+}
+
+void pool_impl::watchdog_main() {
+  std::unique_lock lock(wd_mu_);
+  while (!wd_stop_) {
+    if (deadlines_.empty()) {
+      wd_cv_.wait(lock);
+      continue;
+    }
+    auto first = deadlines_.begin();
+    if (wd_cv_.wait_until(lock, first->first) != std::cv_status::timeout) continue;
+    first = deadlines_.begin();
+    if (first == deadlines_.end() || first->first > std::chrono::steady_clock::now()) continue;
+    deadline_entry e = first->second;
+    deadlines_.erase(first);
+    auto t = e.task.lock();
+    if (!t || t->phase.load() != running) continue;
+    if (!e.grace) {
+      t->timed_out = true;
+      deadlines_.emplace(std::chrono::steady_clock::now() + options_.grace_period,
+                         deadline_entry{e.slot, e.generation, t, true});
+      lock.unlock();
+      log_->warn("[slot {}] task timed out; raising TimeoutError in it", e.slot);
+      interrupt_async(e.slot, e.generation, "TimeoutError");
+      reap_helpers(false);
+      lock.lock();
+    } else {
+      lock.unlock();
+      declare_broken(e.slot, e.generation, t);
+      lock.lock();
+    }
+  }
+}
+
+void pool_impl::declare_broken(int slot, std::uint64_t generation,
+                               const std::shared_ptr<pool_task>& t) {
+  auto& s = *slots_[slot];
+  std::shared_ptr<pool_worker> w;
+  {
+    std::lock_guard lock(workers_mu_);
+    w = workers_[slot];
+    if (!w || w->generation != generation || stopping_.load()) return;
+    s.generation = generation + 1;
+    w->abandoned = true;
+    abandoned_.push_back(w);
+  }
+  if (t->complete(running, make_error(errc::timeout,
+                                      "task did not stop within the grace period after its "
+                                      "TimeoutError (stuck in C code?); its interpreter was "
+                                      "replaced"))) {
+    ++completed_;
+    ++s.failed;
+    ++s.timed_out;
+  }
+  ++s.replaced_broken;
+  log_->critical("[slot {}] interpreter {} is stuck after a timeout; starting a replacement "
+                 "(the stuck one is abandoned and ends if it ever returns)",
+                 slot, s.interpreter_id.load());
+  // The stuck interpreter must not hold up runtime shutdown.
+  unregister_interp(w->host->state().get());
+  ring(slot);
+  spawn(slot, nullptr);
+}
+
+void pool_impl::shutdown(bool cancel_pending) {
+  std::lock_guard serial(shutdown_mu_);
+  if (shut_down_) return;
+  stopping_ = true;
+  if (cancel_pending) {
+    for (auto& s : slots_) {
+      std::deque<std::shared_ptr<pool_task>> pinned;
+      {
+        std::lock_guard lock(s->pinned_mu);
+        pinned.swap(s->pinned);
+      }
+      for (auto& t : pinned) {
+        --queued_;
+        room_.release();
+        if (t->complete(queued, make_error(errc::cancelled, "pool shut down before the task ran"))) {
+          ++completed_;
+          ++s->cancelled;
+        }
+      }
+    }
+    pool_task* raw = nullptr;
+    while (queue_.pop(raw)) {
+      auto t = std::move(raw->self);
+      --queued_;
+      room_.release();
+      if (t->complete(queued, make_error(errc::cancelled, "pool shut down before the task ran"))) {
+        ++completed_;
+        ++slots_[0]->cancelled;
+      }
+    }
+  }
+  for (std::size_t i = 0; i < slots_.size(); ++i) ring(static_cast<int>(i));
+
+  std::vector<std::shared_ptr<pool_worker>> workers;
+  {
+    std::lock_guard lock(workers_mu_);
+    workers = workers_;
+  }
+  {
+    release_gil unlocked;
+    for (auto& w : workers) {
+      if (w && w->thread.joinable()) w->thread.join();
+    }
+    {
+      std::lock_guard lock(wd_mu_);
+      wd_stop_ = true;
+    }
+    wd_cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    reap_helpers(true);
+    std::lock_guard lock(workers_mu_);
+    for (auto& w : abandoned_) {
+      if (w->exited.load() && w->thread.joinable()) {
+        w->thread.join();
+      } else if (w->thread.joinable()) {
+        log_->critical("[slot {}] leaving a stuck interpreter's thread behind at shutdown",
+                       w->slot);
+        w->thread.detach();
+      }
+    }
+  }
+  shut_down_ = true;
+}
+
+pool_stats pool_impl::stats() const {
+  pool_stats out;
+  for (const auto& s : slots_) {
+    interpreter_stats i;
+    i.index = static_cast<std::size_t>(s->index);
+    i.interpreter_id = s->interpreter_id.load();
+    i.tasks_done = s->done.load();
+    i.tasks_failed = s->failed.load();
+    i.tasks_timed_out = s->timed_out.load();
+    i.tasks_cancelled = s->cancelled.load();
+    i.recycled = s->recycled.load();
+    i.replaced_broken = s->replaced_broken.load();
+    i.busy = std::chrono::nanoseconds(s->busy_ns.load());
+    out.interpreters.push_back(i);
+  }
+  out.queue_depth = queued_.load();
+  out.submitted = submitted_.load();
+  out.completed = completed_.load();
+  return out;
+}
+
+}  // namespace detail
+
+// ---- public face -----------------------------------------------------------------------------
+
+bool task_future::cancel() {
+  if (!task_) return false;
+  auto p = task_->pool.lock();
+  if (!p) return false;
+  return p->cancel(task_);
+}
+
+pool::pool(pool_options options) : impl_(std::make_shared<detail::pool_impl>(std::move(options))) {
+  impl_->start();
+}
+
+pool::~pool() {
+  if (impl_) impl_->shutdown(false);
+}
+
+std::size_t pool::size() const noexcept { return impl_->size(); }
+
+namespace {
+std::shared_ptr<detail::pool_task> make_task(detail::task_kind kind, std::string text,
+                                             std::vector<value> args, task_options o) {
+  auto t = std::make_shared<detail::pool_task>();
+  t->kind = kind;
+  t->text = std::move(text);
+  t->args = std::move(args);
+  t->timeout = o.timeout;
+  t->pinned = o.interpreter_index;
+  return t;
+}
+task_future future_of(std::shared_ptr<detail::pool_task> t) {
+  auto f = t->promise.get_future();
+  return task_future(std::move(f), std::move(t));
+}
+}  // namespace
+
+task_future pool::submit_with(std::string target, std::vector<value> args,
+                              std::vector<std::pair<std::string, value>> kwargs,
+                              task_options options) {
+  auto t = make_task(detail::task_kind::call, std::move(target), std::move(args), options);
+  t->kwargs = std::move(kwargs);
+  auto f = t->promise.get_future();
+  impl_->enqueue(t, true);
+  return task_future(std::move(f), std::move(t));
+}
+
+task_future pool::submit_code(std::string code, task_options options) {
+  auto t = make_task(detail::task_kind::code, std::move(code), {}, options);
+  auto f = t->promise.get_future();
+  impl_->enqueue(t, true);
+  return task_future(std::move(f), std::move(t));
+}
+
+task_future pool::try_submit_with(std::string target, std::vector<value> args,
+                                  task_options options) {
+  auto t = make_task(detail::task_kind::call, std::move(target), std::move(args), options);
+  auto f = t->promise.get_future();
+  impl_->enqueue(t, false);
+  return task_future(std::move(f), std::move(t));
+}
+
+void pool::submit_callback(std::string target, std::vector<value> args, task_options o,
+                           std::function<void(std::exception_ptr, value)> done) {
+  auto t = make_task(detail::task_kind::call, std::move(target), std::move(args), o);
+  t->done = std::move(done);
+  try {
+    impl_->enqueue(t, true);
+  } catch (...) {
+    t->complete(detail::queued, std::current_exception());
+  }
+}
+
+std::vector<value> pool::map(std::string function, const std::vector<value>& inputs,
+                             std::size_t chunk_size) {
+  if (chunk_size == 0) throw std::invalid_argument("map: chunk_size must be at least 1");
+  std::vector<task_future> futures;
+  futures.reserve((inputs.size() + chunk_size - 1) / chunk_size);
+  for (std::size_t i = 0; i < inputs.size(); i += chunk_size) {
+    std::vector<value> chunk(inputs.begin() + static_cast<std::ptrdiff_t>(i),
+                             inputs.begin() + static_cast<std::ptrdiff_t>(std::min(i + chunk_size, inputs.size())));
+    auto t = make_task(detail::task_kind::map_chunk, function, std::move(chunk), {});
+    auto f = t->promise.get_future();
+    impl_->enqueue(t, true);
+    futures.emplace_back(std::move(f), std::move(t));
+  }
+  std::vector<value> out;
+  out.reserve(inputs.size());
+  for (auto& f : futures) {
+    value chunk = f.get();  // throws the first failure in input order
+    auto& items = std::get<isola::list>(chunk.data()).items;
+    for (auto& v : items) out.push_back(std::move(v));
+  }
+  return out;
+}
+
+void pool::shutdown(bool cancel_pending) { impl_->shutdown(cancel_pending); }
+
+pool_stats pool::stats() const { return impl_->stats(); }
+
+}  // namespace isola
