@@ -32,6 +32,10 @@ std::vector<module_workaround> module_workarounds() {
     out.push_back({"_datetime", "_pydatetime",
                    "CPython 3.12/3.13 crash when own-allocator interpreters that imported "
                    "datetime (or sqlite3) end (gh-136421, gh-110415)"});
+    // _zoneinfo needs _datetime's C API (PyDateTime_IMPORT) and fails with AttributeError,
+    // which zoneinfo's `except ImportError` does not catch; its pure-Python twin works.
+    out.push_back({"_zoneinfo", "zoneinfo._zoneinfo",
+                   "the C _zoneinfo needs the C _datetime, which is blocked"});
   }
   // 3.12: _decimal is refused in isolated interpreters after its init ran; the second import
   // in another interpreter crashes (same class as gh-110415).
