@@ -161,10 +161,13 @@ class pool {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, value)>(
         [this](auto handler, std::string target, std::vector<value> args, task_options o) {
           auto ex = boost::asio::get_associated_executor(handler, boost::asio::system_executor());
+          // std::function needs a copyable target; Asio handlers (use_awaitable's) may be
+          // move-only, so the handler lives in a shared_ptr and is invoked once, moved out.
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
           submit_callback(std::move(target), std::move(args), o,
-                          [h = std::move(handler), ex](std::exception_ptr e, value v) mutable {
-                            boost::asio::post(ex, [h = std::move(h), e, v = std::move(v)]() mutable {
-                              std::move(h)(e, std::move(v));
+                          [h, ex](std::exception_ptr e, value v) mutable {
+                            boost::asio::post(ex, [h, e, v = std::move(v)]() mutable {
+                              std::move(*h)(e, std::move(v));
                             });
                           });
         },

@@ -37,6 +37,8 @@ class bench_context {
   bench_context(std::string suite, bool quiet) : suite_(std::move(suite)), quiet_(quiet) {}
   /// Prints "[suite] message" on stderr; for the long parts of a suite.
   void progress(const std::string& message) const;
+  /// True with --quiet (a suite that runs a subprocess passes it on).
+  bool quiet() const noexcept { return quiet_; }
 
  private:
   std::string suite_;

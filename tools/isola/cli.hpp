@@ -44,6 +44,7 @@ struct dispatch {
 /// sets d.chosen to its work.
 void add_info_command(CLI::App& app, dispatch& d);
 void add_run_command(CLI::App& app, dispatch& d);
+void add_map_command(CLI::App& app, dispatch& d);
 void add_bench_command(CLI::App& app, dispatch& d);
 
 /// CLI11's help layout, except that a command may spell out its usage line itself: run's

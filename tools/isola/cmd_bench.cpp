@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 
 #include <fmt/core.h>
@@ -51,17 +52,54 @@ std::string suite_names() {
   return names;
 }
 
+/// Whole numbers go out as JSON integers (200000, not 2E5).
+boost::json::value json_number(double v) {
+  if (std::isfinite(v) && v == std::trunc(v) && std::fabs(v) < 9e15) {
+    return static_cast<std::int64_t>(v);
+  }
+  return v;
+}
+
+/// boost::json::serialize, except that doubles are written the shortest way that reads back
+/// exactly (53.9, not 5.39E1); NaN and infinities become null.
+std::string to_json(const boost::json::value& v) {
+  switch (v.kind()) {
+    case boost::json::kind::double_: {
+      double d = v.get_double();
+      return std::isfinite(d) ? fmt::format("{}", d) : "null";
+    }
+    case boost::json::kind::object: {
+      std::string out = "{";
+      for (const auto& kv : v.get_object()) {
+        if (out.size() > 1) out += ',';
+        out += boost::json::serialize(boost::json::value(kv.key())) + ":" + to_json(kv.value());
+      }
+      return out + "}";
+    }
+    case boost::json::kind::array: {
+      std::string out = "[";
+      for (const auto& item : v.get_array()) {
+        if (out.size() > 1) out += ',';
+        out += to_json(item);
+      }
+      return out + "]";
+    }
+    default:
+      return boost::json::serialize(v);
+  }
+}
+
 void print_json(const std::string& suite, const bench_report& r) {
   boost::json::object params, results;
-  for (const auto& [k, v] : r.params) params[k] = v;
-  for (const auto& m : r.results) results[m.key] = rounded(m.value, m.precision);
+  for (const auto& [k, v] : r.params) params[k] = json_number(v);
+  for (const auto& m : r.results) results[m.key] = json_number(rounded(m.value, m.precision));
   boost::json::object doc{{"suite", suite},
                           {"python", runtime::python_version()},
                           {"cores", cores()},
                           {"isola", ISOLA_VERSION},
                           {"params", std::move(params)},
                           {"results", std::move(results)}};
-  fmt::print("{}\n", boost::json::serialize(doc));
+  fmt::print("{}\n", to_json(doc));
 }
 
 void print_table(const std::string& suite, const bench_report& r) {
@@ -96,7 +134,8 @@ int run_suite(const std::string& name, const bench_runner& runner, const common_
 void add_bench_command(CLI::App& app, dispatch& d) {
   auto* bench = app.add_subcommand(
       "bench",
-      fmt::format("Measure isola against its peers: the raw C API, Python threads (suites: {})",
+      fmt::format("Measure isola against its peers: the raw C API, Python threads, "
+                  "concurrent.futures executors (suites: {})",
                   suite_names()));
   formatter_of(app).usage(bench, "SUITE [OPTIONS]");
   bench->require_subcommand(0, 1);
@@ -120,7 +159,7 @@ void add_bench_command(CLI::App& app, dispatch& d) {
   bench->footer(
       "Each suite measures isola and its peers in the same run, prints medians and ratios as a\n"
       "table, or with --json as one JSON object on stdout; progress goes to stderr. Every suite\n"
-      "has its own --help. Example: isola bench startup --json\n"
+      "has its own --help. Examples: isola bench startup --json, isola bench pool --json\n"
       "Exit status: 0 measured, 1 a measurement failed, 2 usage error.");
 
   // Runs after the chosen suite's callback (CLI11 calls subcommands' callbacks first).

@@ -1,25 +1,25 @@
 // `isola run`: runs one script in N interpreters at once (own GIL each by default), then
-// reports every interpreter's outcome and the wall time on stderr. The phases (create, run,
-// report) are separate functions so that a pool can replace the first two.
+// reports every interpreter's outcome and the wall time on stderr. The interpreters are an
+// isola::pool of N; each runs the script once as a task pinned to it.
 #include "cli.hpp"
+#include "pool_support.hpp"
 
 #include <isola/error.hpp>
-#include <isola/interpreter.hpp>
+#include <isola/pool.hpp>
 #include <isola/runtime.hpp>
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <memory>
-#include <optional>
+#include <mutex>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <fmt/core.h>
@@ -36,6 +36,8 @@ struct run_options {
   bool shared_gil = false;
   std::string log_level;
   bool quiet = false;
+  bool stats = false;
+  double timeout = 0;  ///< seconds; 0: none
   fs::path script;
   std::vector<std::string> args;  ///< sys.argv[1:]
 };
@@ -73,58 +75,70 @@ void check_script(const fs::path& script) {
   }
 }
 
-interpreter_config config_for(const run_options& o, unsigned index) {
-  auto c = o.shared_gil ? interpreter_config::legacy() : interpreter_config::isolated();
-  c.name = fmt::format("run-{}", index);
-  return c;
+/// The runner every pool task calls: runs the file as `python script.py` would (runpy with
+/// run_name '__main__': __name__, __file__, sys.argv; the script's folder first on sys.path;
+/// SystemExit with code 0 or None is success), then flushes the interpreter's sys.stdout and sys.stderr so that the script's output comes
+/// before isola's report.
+constexpr const char* runner_source = R"py(
+import os
+import runpy
+import sys
+
+
+def run_script(path, argv):
+    sys.argv = [path] + list(argv)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not sys.path or sys.path[0] != folder:
+        sys.path.insert(0, folder)
+    try:
+        runpy.run_path(path, run_name='__main__')
+    except SystemExit as e:
+        # sys.exit(0) or sys.exit() is success, as for `python script.py`; the task then
+        # counts as done in the pool's stats too.
+        if e.code is not None and e.code != 0:
+            raise
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+)py";
+
+pool_options pool_options_for(const run_options& o) {
+  pool_options p;
+  p.size = o.interpreters;
+  p.interpreter = o.shared_gil ? interpreter_config::legacy() : interpreter_config::isolated();
+  p.interpreter.name = "run";
+  p.init_code = helper_module_init("_isola_run", runner_source);
+  // One task per interpreter: the queue never holds more than N.
+  p.queue_capacity = std::max<std::size_t>(o.interpreters, 1);
+  return p;
 }
 
-/// Creates o.interpreters interpreters, a few at a time in parallel (up to one per core).
-/// Throws std::runtime_error naming the first one that could not be created.
-std::vector<interpreter> create_interpreters(const run_options& o) {
-  const unsigned n = o.interpreters;
-  std::vector<std::optional<interpreter>> slots(n);
-  std::vector<std::exception_ptr> errors(n);
-  {
-    const unsigned makers = std::min(n, cores());
-    std::vector<std::jthread> threads;
-    for (unsigned t = 0; t < makers; ++t) {
-      threads.emplace_back([&, t] {
-        for (unsigned k = t; k < n; k += makers) {
-          try {
-            slots[k].emplace(config_for(o, k));
-          } catch (...) {
-            errors[k] = std::current_exception();
-          }
-        }
-      });
-    }
+/// Creates the pool (its interpreters are made in parallel). Throws std::runtime_error that
+/// says which interpreter could not be created.
+std::unique_ptr<pool> create_pool(const run_options& o) {
+  try {
+    return std::make_unique<pool>(pool_options_for(o));
+  } catch (const std::exception& e) {
+    // When some could be created, the likely cause is a limit (threads, memory).
+    throw std::runtime_error(fmt::format("run: could not create {} interpreter{}: {}{}",
+                                         o.interpreters, o.interpreters == 1 ? "" : "s",
+                                         e.what(),
+                                         o.interpreters > 1 ? "; try fewer interpreters (-n)" : ""));
   }
-  std::vector<interpreter> out;
-  for (unsigned k = 0; k < n; ++k) {
-    if (errors[k]) {
-      std::string why;
-      try {
-        std::rethrow_exception(errors[k]);
-      } catch (const std::exception& e) {
-        why = e.what();
-      }
-      // When some could be created, the likely cause is a limit (threads, memory).
-      throw std::runtime_error(fmt::format("run: could not create interpreter {} of {}: {}{}",
-                                           k + 1, n, why,
-                                           k > 0 ? "; try fewer interpreters (-n)" : ""));
-    }
-    out.push_back(std::move(*slots[k]));
-  }
-  return out;
 }
 
-run_outcome await_outcome(std::int64_t id, std::future<void> run, clock::time_point t0) {
+run_outcome outcome_of(std::int64_t id, std::exception_ptr err, const run_options& o) {
   run_outcome r;
   r.interpreter_id = id;
-  try {
-    run.get();
+  if (!err) {
     r.ok = true;
+    return r;
+  }
+  try {
+    std::rethrow_exception(err);
   } catch (const python_error& e) {
     if (e.is("SystemExit")) {
       // message() is "exit code X" with X = str(SystemExit.code); 0 and None mean success.
@@ -132,59 +146,69 @@ run_outcome await_outcome(std::int64_t id, std::future<void> run, clock::time_po
       r.ok = code == "0" || code == "None";
       if (!r.ok) r.summary = "sys.exit(" + code + ")";
     } else {
-      r.summary = e.type_name() + (e.message().empty() ? "" : ": " + e.message());
-      r.traceback = e.traceback();
+      if (e.is("TimeoutError") && o.timeout > 0 &&
+          e.message().starts_with("task exceeded its timeout")) {
+        r.summary = fmt::format("timed out after {:g} s (TimeoutError raised in the script)",
+                                o.timeout);
+      } else {
+        r.summary = e.type_name() + (e.message().empty() ? "" : ": " + e.message());
+      }
+      r.traceback = strip_helper_frames(e.traceback());
+    }
+  } catch (const error& e) {
+    if (e.code() == errc::timeout) {
+      r.summary = fmt::format(
+          "timed out after {:g} s and did not stop on its TimeoutError (it caught it, or is "
+          "stuck in C code); its interpreter was replaced",
+          o.timeout);
+    } else {
+      r.summary = e.what();
     }
   } catch (const std::exception& e) {
     r.summary = e.what();
   }
-  r.seconds = seconds_since(t0);
   return r;
 }
 
-/// Starts the script in every interpreter at once and waits for all of them. Outcomes come
-/// back in interpreter id order, each with its own finish time.
-std::vector<run_outcome> run_everywhere(std::vector<interpreter>& interps, const run_options& o) {
+/// Starts the script on every interpreter of the pool at once (one task pinned to each) and
+/// waits for all of them. Outcomes come back in interpreter id order, each with its own
+/// finish time, taken when its task completed.
+std::vector<run_outcome> run_everywhere(pool& p, const run_options& o) {
+  const std::size_t n = p.size();
+  std::vector<std::int64_t> ids;
+  for (const auto& s : p.stats().interpreters) ids.push_back(s.interpreter_id);
+
+  isola::list argv;
+  for (const auto& a : o.args) argv.items.emplace_back(a);
+  std::vector<value> args = {value(o.script.string()), value(argv)};
+
+  std::vector<run_outcome> out(n);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::size_t pending = n;
   const auto t0 = clock::now();
-  std::vector<std::future<run_outcome>> waiters;
-  for (auto& interp : interps) {
-    std::future<void> run;
-    try {
-      run = interp.run_file_async(o.script, o.args);
-    } catch (...) {
-      std::promise<void> failed;
-      failed.set_exception(std::current_exception());
-      run = failed.get_future();
-    }
-    waiters.push_back(
-        std::async(std::launch::async, await_outcome, interp.id(), std::move(run), t0));
+  for (std::size_t k = 0; k < n; ++k) {
+    task_options opts;
+    opts.interpreter_index = static_cast<int>(k);
+    opts.timeout = timeout_ms(o.timeout);
+    auto finish = [&, k](std::exception_ptr e, value) {
+      run_outcome r = outcome_of(ids[k], std::move(e), o);
+      r.seconds = seconds_since(t0);
+      std::lock_guard lock(mu);
+      out[k] = std::move(r);
+      if (--pending == 0) cv.notify_one();
+    };
+    // async_submit reports a failure to submit through the handler too.
+    p.async_submit("_isola_run:run_script", args, std::move(finish), opts);
   }
-  std::vector<run_outcome> out;
-  for (auto& w : waiters) out.push_back(w.get());
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return pending == 0; });
+  }
   std::sort(out.begin(), out.end(), [](const run_outcome& a, const run_outcome& b) {
     return a.interpreter_id < b.interpreter_id;
   });
   return out;
-}
-
-/// Scripts' sys.stdout and sys.stderr are buffered per interpreter; flush them so their
-/// output precedes the report.
-void flush_python_output(std::vector<interpreter>& interps) {
-  for (auto& interp : interps) {
-    try {
-      interp.exec(
-          "import sys as _isola_sys\n"
-          "for _isola_s in (_isola_sys.stdout, _isola_sys.stderr):\n"
-          "    try:\n"
-          "        _isola_s.flush()\n"
-          "    except Exception:\n"
-          "        pass\n"
-          "del _isola_sys, _isola_s\n");
-    } catch (const std::exception&) {
-      // A script that broke sys itself still gets its outcome reported.
-    }
-  }
-  std::fflush(stdout);
 }
 
 void report(const std::vector<run_outcome>& outcomes, const run_options& o, double wall,
@@ -234,23 +258,30 @@ int run_script(run_options& o, const std::vector<std::string>& rest, bool after_
   o.args.assign(rest.begin() + 1, rest.end());
   check_script(o.script);
   apply_log_level(o.log_level);
+  quiet_timeout_warnings(o.log_level, o.timeout > 0);
 
   runtime rt;
   auto t0 = clock::now();
-  std::vector<interpreter> interps = create_interpreters(o);
+  auto p = create_pool(o);
   const double create_s = seconds_since(t0);
 
   t0 = clock::now();
-  auto outcomes = run_everywhere(interps, o);
+  auto outcomes = run_everywhere(*p, o);
   const double wall = seconds_since(t0);
+  const pool_stats stats = p->stats();
 
-  flush_python_output(interps);
+  std::fflush(stdout);
   report(outcomes, o, wall, create_s);
-  close_newest_first(interps);
-
-  bool all_ok = std::all_of(outcomes.begin(), outcomes.end(), [](auto& r) { return r.ok; });
-  return all_ok ? exit_ok : exit_failed;
+  if (o.stats) print_pool_stats(stats);
+  p->shutdown();  // joins the workers and the watchdog: the counters are final
+  const bool stuck = has_stuck_interpreters(p->stats());
+  p.reset();  // ends the interpreters before the runtime
+  const bool all_ok = std::all_of(outcomes.begin(), outcomes.end(), [](auto& r) { return r.ok; });
+  const int status = all_ok ? exit_ok : exit_failed;
+  if (stuck) exit_leaving_stuck_interpreters(status);
+  return status;
 }
+
 
 }  // namespace
 
@@ -275,9 +306,18 @@ void add_run_command(CLI::App& app, dispatch& d) {
   add_log_level_option(*sub, opts->log_level);
   sub->add_flag("-q,--quiet", opts->quiet,
                 "Report only failures (no per-interpreter ok lines, no summary)");
+  sub->add_flag("--stats", opts->stats,
+                "After the run, print the pool's counters on stderr: per interpreter its id, "
+                "tasks done/failed/timed out, busy time, recycling; the queue depth");
+  sub->add_option("--timeout", opts->timeout,
+                  "Stop a script that runs longer than this: TimeoutError is raised in it and "
+                  "that interpreter counts as failed (default: no limit)")
+      ->check(CLI::Range(0.001, 1e6))
+      ->type_name("SECONDS");
   sub->footer(
-      "Runs script.py once in each of N interpreters, all at the same time, then reports each\n"
-      "interpreter's outcome (ok, or the exception and its traceback) and the wall time.\n"
+      "Runs script.py once in each of N interpreters, all at the same time (a pool of N\n"
+      "interpreters, one task pinned to each), then reports each interpreter's outcome (ok, or\n"
+      "the exception and its traceback) and the wall time.\n"
       "The script's output goes to stdout/stderr as usual; isola's report goes to stderr.\n"
       "\n"
       "Arguments:\n"
@@ -290,9 +330,11 @@ void add_run_command(CLI::App& app, dispatch& d) {
       "  isola run --shared-gil -n 2 tools/demo/cpu_bound.py  one GIL: they take turns\n"
       "  isola run -n 4 script.py --verbose -n 1             the script's sys.argv[1:] is\n"
       "                                                       ['--verbose', '-n', '1']\n"
+      "  isola run -n 2 --stats --timeout 10 script.py      at most 10 s each, then the pool's\n"
+      "                                                       counters\n"
       "\n"
-      "Exit status: 0 all interpreters ok (sys.exit(0) counts as ok), 1 any failed or could\n"
-      "not be created, 2 usage error (bad option, missing or unreadable script).");
+      "Exit status: 0 all interpreters ok (sys.exit(0) counts as ok), 1 any failed (or timed\n"
+      "out) or could not be created, 2 usage error (bad option, missing or unreadable script).");
   sub->callback([opts, sub, &app, &d] {
     auto rest = sub->remaining();
     bool after_dashes = false;

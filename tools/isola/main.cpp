@@ -1,5 +1,5 @@
 // The `isola` command line: parses the arguments with CLI11, hands over to one subcommand
-// (info, run, bench) and maps the outcome to exit statuses: 0 ok, 1 the work failed, 2 usage.
+// (info, run, map, bench) and maps the outcome to exit statuses: 0 ok, 1 the work failed, 2 usage.
 #include "cli.hpp"
 
 #include <isola/log.hpp>
@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   dispatch d;
   add_info_command(app, d);
   add_run_command(app, d);
+  add_map_command(app, d);
   add_bench_command(app, d);
   for (auto* sub : app.get_subcommands({})) sub->group("Commands");
   // Unknown words and options at the top level, and what follows a "--", stay on the root
@@ -43,8 +44,8 @@ int main(int argc, char** argv) {
   // Set after the subcommands: CLI11 copies a parent's footer into subcommands made later.
   app.footer(
       "Run 'isola COMMAND --help' for the options of a command.\n"
-      "Exit status: 0 success, 1 the work failed (a script raised, an interpreter could not be\n"
-      "created), 2 usage error (nothing was run).");
+      "Exit status: 0 success, 1 the work failed (a script or an input raised or timed out, an\n"
+      "interpreter could not be created), 2 usage error (nothing was run).");
 
   try {
     app.parse(argc, argv);
@@ -59,12 +60,12 @@ int main(int argc, char** argv) {
     } else if (d.chosen) {
       fmt::print(stderr, "isola: unexpected argument '{}'; see 'isola --help'\n", what);
     } else {
-      fmt::print(stderr, "isola: unknown command '{}'; choose one of: info, run, bench\n", what);
+      fmt::print(stderr, "isola: unknown command '{}'; choose one of: info, run, map, bench\n", what);
     }
     return exit_usage;
   }
   if (!d.chosen) {
-    std::cerr << app.help() << "\nisola: no command given; choose one of: info, run, bench\n";
+    std::cerr << app.help() << "\nisola: no command given; choose one of: info, run, map, bench\n";
     return exit_usage;
   }
 

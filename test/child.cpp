@@ -1,0 +1,195 @@
+// isola_test_child: scenarios that need a process of their own, run by the suite through
+// run_child(). Each prints what it observed, one "key: value" line per fact, and exits 0 unless
+// something unexpected was thrown; a crash shows up as the signal that ended it.
+//   lifo FILE            3 interpreters left alive; the runtime's destructor must end them
+//                        newest first (their atexit handlers append their ids to FILE)
+//   second-runtime       a second runtime, while one lives and after it ended
+//   no-runtime           interpreters and attach without a runtime
+//   finalizing-attach    attach while the runtime's destructor waits for an attached thread
+//   teardown ORDER N CODE  N interpreters run CODE, then end in ORDER (creation|reverse)
+#include <isola/isola.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+void say(const std::string& line) {
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+std::string code_name(const std::error_code& ec) {
+  if (ec.category() != isola::error_category()) return "other:" + ec.message();
+  switch (static_cast<isola::errc>(ec.value())) {
+    case isola::errc::interpreter_closing: return "interpreter_closing";
+    case isola::errc::interpreter_closed: return "interpreter_closed";
+    case isola::errc::runtime_finalizing: return "runtime_finalizing";
+    case isola::errc::no_runtime: return "no_runtime";
+    default: return "errc:" + std::to_string(ec.value());
+  }
+}
+
+std::string attach_outcome(const isola::interpreter_handle& h) {
+  auto r = isola::attach(h);
+  if (r) return "attached";
+  return code_name(isola::make_error_code(r.error().code));
+}
+
+int lifo(const std::string& file) {
+  // Declared before the runtime, so they outlive it: the runtime must end them itself.
+  std::vector<std::unique_ptr<isola::interpreter>> interps;
+  std::vector<isola::interpreter_handle> handles;
+  {
+    isola::runtime rt;
+    std::string ids;
+    for (int i = 0; i < 3; ++i) {
+      auto& in = interps.emplace_back(std::make_unique<isola::interpreter>());
+      in->set_global("path", file);
+      in->exec(
+          "import atexit, isola\n"
+          "def record(path=path, id=isola.interpreter_id()):\n"
+          "    with open(path, 'a') as f:\n"
+          "        f.write(f'{id}\\n')\n"
+          "atexit.register(record)\n");
+      handles.push_back(in->handle());
+      ids += (ids.empty() ? "" : " ") + std::to_string(in->id());
+    }
+    say("created: " + ids);
+    say("live: " + std::to_string(rt.live_interpreters()));
+  }  // ~runtime ends the three, then finalises CPython
+  say(std::string("running: ") + (isola::runtime::running() ? "1" : "0"));
+  for (std::size_t i = 0; i < interps.size(); ++i) {
+    auto n = std::to_string(i);
+    say("closed " + n + ": " + (interps[i]->closed() ? "1" : "0"));
+    say("alive " + n + ": " + (handles[i].alive() ? "1" : "0"));
+    say("attach " + n + ": " + attach_outcome(handles[i]));
+    try {
+      interps[i]->eval("1");
+      say("eval " + n + ": ran");
+    } catch (const isola::error& e) {
+      say("eval " + n + ": " + code_name(e.code()));
+    }
+  }
+  interps.clear();  // destroying interpreters that outlived the runtime is safe
+  say("destroyed: 1");
+  return 0;
+}
+
+int second_runtime() {
+  {
+    isola::runtime rt;
+    try {
+      isola::runtime again;
+      say("while alive: constructed");
+    } catch (const std::logic_error& e) {
+      say(std::string("while alive: logic_error: ") + e.what());
+    }
+    isola::interpreter in;  // the first runtime still works
+    say("first still works: " + std::to_string(in.eval("6 * 7").as_int()));
+  }
+  try {
+    isola::runtime again;
+    say("after end: constructed");
+  } catch (const std::logic_error& e) {
+    say(std::string("after end: logic_error: ") + e.what());
+  }
+  return 0;
+}
+
+int no_runtime() {
+  say(std::string("running: ") + (isola::runtime::running() ? "1" : "0"));
+  try {
+    isola::interpreter in;
+    say("interpreter: constructed");
+  } catch (const isola::error& e) {
+    say("interpreter: " + code_name(e.code()) + ": " + e.what());
+  }
+  return 0;
+}
+
+int finalizing_attach() {
+  auto rt = std::make_unique<isola::runtime>();
+  auto a = std::make_unique<isola::interpreter>();
+  auto b = std::make_unique<isola::interpreter>();
+  auto ha = a->handle(), hb = b->handle();
+  auto hmain = rt->main_interpreter();
+
+  std::atomic<bool> holding{false}, release{false};
+  std::thread holder([&] {
+    auto g = isola::attach(ha);
+    if (!g) {
+      say("holder: " + g.error().message);
+      holding = true;
+      return;
+    }
+    holding = true;
+    while (!release) std::this_thread::yield();
+  });  // the guard ends before the thread does
+  while (!holding) std::this_thread::yield();
+
+  // ~runtime (on this thread, which made it) ends b (newest first), then waits for the
+  // holder's guard on a; meanwhile a prober tries to attach.
+  std::thread prober([&] {
+    while (isola::runtime::running()) std::this_thread::yield();
+    say("during a: " + attach_outcome(ha));
+    say("during main: " + attach_outcome(hmain));
+    release = true;
+  });
+  rt.reset();
+  prober.join();
+  holder.join();
+  say("after a: " + attach_outcome(ha));
+  say("after b: " + attach_outcome(hb));
+  say("after main: " + attach_outcome(hmain));
+  a.reset();
+  b.reset();
+  return 0;
+}
+
+int teardown(const std::string& order, int n, const std::string& code) {
+  isola::runtime rt;
+  std::vector<std::unique_ptr<isola::interpreter>> interps;
+  for (int i = 0; i < n; ++i) interps.push_back(std::make_unique<isola::interpreter>());
+  for (auto& in : interps) {
+    in->exec(code);
+    say("ran in " + std::to_string(in->id()));
+  }
+  if (order == "reverse") std::reverse(interps.begin(), interps.end());
+  for (auto& in : interps) {
+    auto id = in->id();
+    in.reset();
+    say("ended " + std::to_string(id));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char* argv[]) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    if (args.size() == 2 && args[0] == "lifo") return lifo(args[1]);
+    if (args.size() == 1 && args[0] == "second-runtime") return second_runtime();
+    if (args.size() == 1 && args[0] == "no-runtime") return no_runtime();
+    if (args.size() == 1 && args[0] == "finalizing-attach") return finalizing_attach();
+    if (args.size() == 4 && args[0] == "teardown") {
+      return teardown(args[1], std::stoi(args[2]), args[3]);
+    }
+  } catch (const std::exception& e) {
+    say(std::string("unexpected exception: ") + e.what());
+    return 3;
+  }
+  say("usage: isola_test_child lifo FILE | second-runtime | no-runtime | finalizing-attach | "
+      "teardown creation|reverse N CODE");
+  return 2;
+}

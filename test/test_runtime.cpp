@@ -1,0 +1,193 @@
+// isola::runtime: one per process, the main interpreter, live-interpreter bookkeeping,
+// create/destroy cycles, last-in first-out teardown (in a child process), the `isola` module.
+#include "python.hpp"
+
+#include <catch2/catch.hpp>
+
+#include "support.hpp"
+
+#include <algorithm>
+#include <sstream>
+
+using namespace isola_test;
+
+TEST_CASE("the runtime is running and reports CPython's version", "[runtime]") {
+  CHECK(isola::runtime::running());
+  std::string v = isola::runtime::python_version();
+  isola::interpreter in;
+  auto expected = in.eval("'%d.%d.%d' % __import__('sys').version_info[:3]").as_str();
+  CHECK(v == expected);
+  CHECK(v.rfind("3.", 0) == 0);
+}
+
+TEST_CASE("runtime options reach the main interpreter and every interpreter", "[runtime]") {
+  CHECK(rt().options().program_name == "isola_tests");
+  isola::interpreter in;
+  // runtime_options::sys_path is put in front of every interpreter's sys.path.
+  in.set_global("wanted", py_dir());
+  CHECK(in.eval("wanted in __import__('sys').path").as_bool());
+  CHECK(in.eval("__import__('isola_test_helpers').add(2, 3)").as_int() == 5);
+
+  // ...and of the main interpreter's, where runtime_options::argv is sys.argv.
+  auto g = isola::attach(rt().main_interpreter());
+  REQUIRE(g.has_value());
+  CHECK(g->interpreter_id() == 0);
+  PyObject* argv = PySys_GetObject("argv");  // borrowed
+  REQUIRE(argv != nullptr);
+  REQUIRE(PyList_Check(argv));
+  REQUIRE(PyList_Size(argv) == 2);
+  CHECK(std::string(PyUnicode_AsUTF8(PyList_GetItem(argv, 1))) == "--from-main");
+  auto dir = PyUnicode_FromString(py_dir().c_str());
+  CHECK(PySequence_Contains(PySys_GetObject("path"), dir) == 1);
+  Py_DECREF(dir);
+}
+
+TEST_CASE("a second runtime in the same process is a std::logic_error", "[runtime]") {
+  CHECK_THROWS_AS(isola::runtime(), std::logic_error);
+  CHECK(isola::runtime::running());  // the failed attempt left the real one alone
+  isola::interpreter in;
+  CHECK(in.eval("1 + 1").as_int() == 2);
+}
+
+TEST_CASE("a second runtime is refused after the first ended too", "[runtime]") {
+  auto r = run_child({"second-runtime"});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.find("while alive: logic_error: ") != std::string::npos);
+  CHECK(r.output.find("first still works: 42") != std::string::npos);
+  CHECK(r.output.find("after end: logic_error: ") != std::string::npos);
+}
+
+TEST_CASE("without a runtime an interpreter cannot be created", "[runtime]") {
+  auto r = run_child({"no-runtime"});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.find("running: 0") != std::string::npos);
+  CHECK(r.output.find("interpreter: no_runtime: ") != std::string::npos);
+}
+
+TEST_CASE("live_interpreters counts interpreters until they end", "[runtime]") {
+  auto before = rt().live_interpreters();
+  {
+    isola::interpreter a, b;
+    CHECK(rt().live_interpreters() == before + 2);
+    a.close();
+    CHECK(rt().live_interpreters() == before + 1);
+  }
+  CHECK(rt().live_interpreters() == before);
+}
+
+TEST_CASE("200 interpreters created and destroyed one after another", "[runtime]") {
+  auto before = rt().live_interpreters();
+  std::int64_t last_id = 0;
+  bool ids_increase = true;
+  for (int i = 0; i < 200; ++i) {
+    isola::interpreter in;
+    ids_increase = ids_increase && in.id() > last_id;
+    last_id = in.id();
+    // Catch's assertion macros are slow enough to dominate; assert only on a mismatch.
+    auto v = in.eval("sum(range(10)) + " + std::to_string(i));
+    if (v.as_int() != 45 + i) {
+      FAIL("cycle " << i << ": eval gave " << v.repr());
+    }
+  }
+  CHECK(ids_increase);
+  CHECK(rt().live_interpreters() == before);
+}
+
+TEST_CASE("interpreters created in parallel from several threads", "[runtime]") {
+  auto before = rt().live_interpreters();
+  thread_failures failures;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        for (int i = 0; i < 10; ++i) {
+          isola::interpreter in;
+          auto v = in.eval("__import__('isola').interpreter_id()");
+          failures.check(v.as_int() == in.id(), "thread " + std::to_string(t) + ": wrong id");
+        }
+      } catch (const std::exception& e) {
+        failures.fail(e.what());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  INFO(failures.first);
+  CHECK(failures.count == 0);
+  CHECK(rt().live_interpreters() == before);
+}
+
+TEST_CASE("the runtime ends interpreters newest first", "[runtime]") {
+  temp_dir dir;
+  auto file = dir.file("atexit-order");
+  auto r = run_child({"lifo", file});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+
+  // "created: 1 2 3" in creation order; each atexit handler appended its id as its
+  // interpreter ended.
+  auto at = r.output.find("created: ");
+  REQUIRE(at != std::string::npos);
+  std::istringstream created(r.output.substr(at + 9, r.output.find('\n', at) - at - 9));
+  std::vector<long> ids;
+  for (long id; created >> id;) ids.push_back(id);
+  REQUIRE(ids.size() == 3);
+  CHECK(std::is_sorted(ids.begin(), ids.end()));
+
+  std::istringstream ended(read_file(file));
+  std::vector<long> order;
+  for (long id; ended >> id;) order.push_back(id);
+  std::vector<long> newest_first(ids.rbegin(), ids.rend());
+  CHECK(order == newest_first);
+
+  // Interpreter objects that outlive the runtime are closed, refuse work, and are safe to
+  // destroy.
+  CHECK(r.output.find("live: 3") != std::string::npos);
+  CHECK(r.output.find("running: 0") != std::string::npos);
+  for (int i = 0; i < 3; ++i) {
+    auto n = std::to_string(i);
+    CHECK(r.output.find("closed " + n + ": 1") != std::string::npos);
+    CHECK(r.output.find("alive " + n + ": 0") != std::string::npos);
+    CHECK(r.output.find("attach " + n + ": no_runtime") != std::string::npos);
+    CHECK(r.output.find("eval " + n + ": interpreter_closed") != std::string::npos);
+  }
+  CHECK(r.output.find("destroyed: 1") != std::string::npos);
+}
+
+TEST_CASE("attach during runtime shutdown reports runtime_finalizing", "[runtime]") {
+  // A thread stays attached to interpreter a while the runtime's destructor runs (it waits for
+  // that thread); meanwhile attaching anywhere is refused at once, not blocked.
+  auto r = run_child({"finalizing-attach"});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.find("during a: runtime_finalizing") != std::string::npos);
+  CHECK(r.output.find("during main: runtime_finalizing") != std::string::npos);
+  CHECK(r.output.find("after a: no_runtime") != std::string::npos);
+  CHECK(r.output.find("after b: no_runtime") != std::string::npos);
+  CHECK(r.output.find("after main: no_runtime") != std::string::npos);
+}
+
+TEST_CASE("the isola module: interpreter_id, log, __version__", "[runtime]") {
+  isola::interpreter in;
+  CHECK(in.eval("__import__('isola').interpreter_id()").as_int() == in.id());
+  CHECK(in.eval("__import__('isola').__version__").as_str() == ISOLA_VERSION);
+  in.exec("import isola; isola.log('debug', 'hello from a test'); isola.log(10, 'numeric level')");
+
+  auto e = python_error_of([&] { in.exec("isola.log('loud', 'x')"); });
+  REQUIRE(e);
+  CHECK(e->type_name() == "ValueError");
+  e = python_error_of([&] { in.exec("isola.log('info')"); });
+  REQUIRE(e);
+  CHECK(e->type_name() == "TypeError");
+  e = python_error_of([&] { in.exec("isola.log(None, 'x')"); });
+  REQUIRE(e);
+  CHECK(e->type_name() == "TypeError");
+}
+
+TEST_CASE("set_log_level accepts spdlog's names and refuses others", "[runtime]") {
+  CHECK_NOTHROW(isola::set_log_level("warn"));
+  CHECK_THROWS_AS(isola::set_log_level("loud"), std::invalid_argument);
+  CHECK(isola::logger("isola.test")->name() == "isola.test");
+  isola::set_log_level(spdlog::level::warn);
+}

@@ -1,0 +1,768 @@
+// `isola map`: calls module:function on every input line (a Python literal) in a pool of N
+// interpreters and prints the results' reprs in input order on stdout.
+// - Inputs go to the pool in chunks; a helper module in every interpreter parses each line
+//   with ast.literal_eval (plus fast paths that give the same values), calls the function and
+//   returns the reprs. A failing input is recorded there and the chunk goes on, so one bad
+//   input never stops the others.
+// - At most a window of chunks is in flight; results are printed as soon as the oldest chunk
+//   is back, so output streams while later chunks run.
+// - --timeout S limits each input's call: a chunk stops taking new inputs once it has run S
+//   seconds (the rest are resubmitted as a new chunk), and its task has a pool timeout of 2*S,
+//   so an input is interrupted only after running at least S; an input that finishes after
+//   more than S fails as well. An input is interrupted at most 2*S after its chunk started.
+#include "cli.hpp"
+#include "pool_support.hpp"
+
+#include <isola/error.hpp>
+#include <isola/pool.hpp>
+#include <isola/runtime.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/core.h>
+#include <unistd.h>
+
+namespace isola::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr unsigned max_interpreters = 1024;
+constexpr std::size_t max_auto_chunk = 256;
+constexpr std::size_t progress_threshold = 1000;  ///< inputs; fewer show no progress
+
+struct map_options {
+  unsigned interpreters = cores();
+  std::string target;
+  std::string input = "-";
+  std::size_t chunk_size = 0;  ///< 0: automatic
+  std::vector<std::string> paths;
+  double timeout = 0;  ///< seconds per input; 0: none
+  bool progress = false;
+  bool quiet = false;
+  bool stats = false;
+  std::string log_level;
+};
+
+/// Runs in every interpreter as module _isola_map (see the file comment).
+constexpr const char* helper_source = R"py(
+import ast
+import importlib
+import sys
+import traceback
+from time import monotonic as _monotonic
+
+_literal_eval = ast.literal_eval
+_functions = {}
+_constants = {'True': True, 'False': False, 'None': None}
+_number_chars = frozenset('0123456789.eE+-')
+
+
+def parse(s):
+    """ast.literal_eval(s). Plain ints, floats, True/False/None and quoted strings without
+    escapes take fast paths that give exactly what literal_eval gives."""
+    if type(s) is not str:
+        s = s.decode('utf-8')  # a line that is not UTF-8 fails here, naming the bad byte
+    c = s[0]
+    if c in '0123456789+-.':
+        body = s[1:] if c in '+-' else s
+        if body.isdigit() and body.isascii():
+            if body[0] != '0' or len(body) == 1:  # literal_eval refuses leading zeros
+                try:
+                    return int(s)
+                except ValueError:  # over the int digit limit: let literal_eval say so
+                    pass
+        elif _number_chars.issuperset(s) and ('.' in s or 'e' in s or 'E' in s):
+            try:
+                return float(s)
+            except ValueError:
+                pass
+    elif c == "'" or c == '"':
+        inner = s[1:-1]
+        if (len(s) >= 2 and s[-1] == c and c not in inner and '\\' not in inner
+                and '\0' not in inner and '\r' not in inner):
+            return inner
+    else:
+        v = _constants.get(s, _constants)
+        if v is not _constants:
+            return v
+    try:
+        return _literal_eval(s)
+    except ValueError as e:
+        if str(e).startswith('malformed node or string'):
+            raise ValueError('not a Python literal (names, calls and most operators are not '
+                             'allowed; quote strings)') from None
+        raise
+
+
+def _type_name(e):
+    t = type(e)
+    return t.__qualname__ if t.__module__ == 'builtins' else f'{t.__module__}.{t.__qualname__}'
+
+
+def _failure(i, phase, e, with_traceback):
+    tb = traceback.format_exc() if with_traceback else ''
+    return (i, phase, _type_name(e), str(e), tb)
+
+
+def _resolve(target):
+    fn = _functions.get(target)
+    if fn is None:
+        module, _, attr = target.partition(':')
+        fn = importlib.import_module(module)
+        for part in attr.split('.'):
+            fn = getattr(fn, part)
+        _functions[target] = fn
+    return fn
+
+
+def check_target(target):
+    """('ok', '', '') if target names a callable, else (problem, message, traceback)."""
+    module, _, attr = target.partition(':')
+    try:
+        obj = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + '.')):
+            return ('not_found', f'no module named {e.name!r}', '')
+        return ('import_failed', f'{_type_name(e)}: {e}', traceback.format_exc())
+    except BaseException as e:
+        return ('import_failed', f'{_type_name(e)}: {e}', traceback.format_exc())
+    for part in attr.split('.'):
+        try:
+            obj = getattr(obj, part)
+        except Exception as e:
+            return ('no_attribute', f'{_type_name(e)}: {e}', '')
+    if not callable(obj):
+        return ('not_callable', f'it is a {type(obj).__name__}, not a function', '')
+    _functions[target] = obj
+    return ('ok', '', '')
+
+
+def map_chunk(target, lines, limit):
+    """Returns (reprs, failures, consumed): reprs[i] is repr(result) or None if input i failed;
+    failures are (i, phase, type, message, traceback) with phase 'parse', 'call' or
+    'timeout'; consumed < len(lines) when the chunk stopped early (limit reached)."""
+    fn = _functions.get(target) or _resolve(target)
+    out = []
+    fails = []
+    append = out.append
+    if not limit:
+        for i, s in enumerate(lines):
+            try:
+                x = parse(s)
+            except Exception as e:
+                append(None)
+                fails.append(_failure(i, 'parse', e, False))
+                continue
+            try:
+                append(repr(fn(x)))
+            except BaseException as e:
+                append(None)
+                fails.append(_failure(i, 'call', e, not fails))
+        return out, fails, len(lines)
+
+    t0 = _monotonic()
+    for i, s in enumerate(lines):
+        if i and _monotonic() - t0 >= limit:
+            return out, fails, i
+        t1 = _monotonic()
+        phase = 'parse'
+        try:
+            x = parse(s)
+            phase = 'call'
+            r = repr(fn(x))
+            took = _monotonic() - t1
+        except BaseException as e:
+            took = _monotonic() - t1
+            append(None)
+            if type(e) is TimeoutError and not e.args and took >= limit:
+                # The pool's interrupt: this input ran past the limit. Hand the rest back.
+                fails.append((i, 'timeout', 'TimeoutError', f'interrupted after {took:.3g} s', ''))
+                return out, fails, i + 1
+            fails.append(_failure(i, phase, e, not fails))
+            continue
+        if took > limit:
+            append(None)
+            fails.append((i, 'timeout', 'TimeoutError', f'took {took:.3g} s (result dropped)', ''))
+        else:
+            append(r)
+    return out, fails, len(lines)
+
+
+def flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+)py";
+
+/// One non-blank input line.
+struct input_item {
+  std::size_t line = 0;  ///< 1-based line number in the input
+  std::string text;      ///< without surrounding whitespace
+  bool utf8 = true;
+};
+
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    std::uint32_t cp = len == 1 ? c : c & (0x7f >> len);
+    for (std::size_t k = 1; k < len; ++k) {
+      auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+std::string_view trim(std::string_view s) {
+  const char* ws = " \t\r\n\f\v";
+  auto b = s.find_first_not_of(ws);
+  if (b == std::string_view::npos) return {};
+  auto e = s.find_last_not_of(ws);
+  return s.substr(b, e - b + 1);
+}
+
+std::vector<input_item> read_inputs(std::istream& in) {
+  std::vector<input_item> items;
+  std::string line;
+  std::size_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    auto t = trim(line);
+    if (t.empty()) continue;
+    input_item it;
+    it.line = number;
+    it.text.assign(t);
+    it.utf8 = valid_utf8(it.text);
+    items.push_back(std::move(it));
+  }
+  return items;
+}
+
+std::vector<input_item> load_inputs(const map_options& o) {
+  if (o.input == "-") {
+    if (isatty(STDIN_FILENO)) {
+      fmt::print(stderr, "map: reading inputs from the terminal, one per line; end with Ctrl-D\n");
+    }
+    std::ios::sync_with_stdio(false);
+    auto items = read_inputs(std::cin);
+    if (std::cin.bad()) throw std::runtime_error("map: reading the input from stdin failed");
+    return items;
+  }
+  std::error_code ec;
+  auto st = fs::status(o.input, ec);
+  if (!fs::exists(st)) {
+    throw usage_error(fmt::format("map: cannot open input file '{}': no such file; give an "
+                                  "existing file, or '-' (the default) for stdin",
+                                  o.input));
+  }
+  if (fs::is_directory(st)) {
+    throw usage_error(fmt::format("map: input '{}' is a directory; give a file", o.input));
+  }
+  errno = 0;
+  std::ifstream in(o.input, std::ios::binary);
+  if (!in) {
+    const int e = errno;
+    throw usage_error(fmt::format("map: cannot read input file '{}': {}", o.input,
+                                  e != 0 ? std::strerror(e) : "unreadable"));
+  }
+  auto items = read_inputs(in);
+  if (in.bad()) throw std::runtime_error(fmt::format("map: reading '{}' failed", o.input));
+  return items;
+}
+
+bool identifier_path(std::string_view s) {
+  if (s.empty()) return false;
+  std::size_t start = 0;
+  for (;;) {
+    auto dot = s.find('.', start);
+    auto part = s.substr(start, dot == std::string_view::npos ? s.npos : dot - start);
+    if (part.empty()) return false;
+    if (std::isdigit(static_cast<unsigned char>(part.front()))) return false;
+    for (unsigned char c : part) {
+      if (!(std::isalnum(c) || c == '_' || c >= 0x80)) return false;
+    }
+    if (dot == std::string_view::npos) return true;
+    start = dot + 1;
+  }
+}
+
+void check_target_format(const std::string& target) {
+  auto colon = target.find(':');
+  if (colon == std::string::npos || !identifier_path(target.substr(0, colon)) ||
+      !identifier_path(target.substr(colon + 1))) {
+    throw usage_error(fmt::format(
+        "map: bad target '{}': expected module:function, e.g. mymodule:process or "
+        "package.module:Class.method (the module is imported from the current directory or a "
+        "--path folder)",
+        target));
+  }
+}
+
+constexpr std::size_t max_shown = 120;  ///< longer inputs are cut in messages
+
+/// The start of the input for messages: not cut inside a UTF-8 character.
+std::string head_of(const input_item& it, bool& cut) {
+  cut = it.text.size() > max_shown;
+  if (!cut) return it.text;
+  std::string t = it.text.substr(0, max_shown);
+  if (it.utf8) {
+    while (!t.empty() && !valid_utf8(t)) t.pop_back();
+  }
+  return t;
+}
+
+/// The input as typed (a call's argument: "f(42)"), bytes that are not UTF-8 escaped.
+std::string shown(const input_item& it) {
+  bool cut = false;
+  std::string t = head_of(it, cut);
+  return (it.utf8 ? t : value(isola::bytes{t}).repr()) + (cut ? "..." : "");
+}
+
+/// The input quoted as a Python string (or bytes) literal, for "cannot parse '...'".
+std::string quoted(const input_item& it) {
+  bool cut = false;
+  std::string t = head_of(it, cut);
+  return (it.utf8 ? value(t).repr() : value(isola::bytes{t}).repr()) + (cut ? "..." : "");
+}
+
+/// Progress on stderr: "map: 12000/50000 (24%)", redrawn in place on a terminal, else a line
+/// a second.
+class progress_line {
+ public:
+  progress_line(bool on, std::size_t total)
+      : on_(on), total_(total), tty_(isatty(STDERR_FILENO)), last_(clock::now()) {}
+  void update(std::size_t done, bool force = false) {
+    if (!on_) return;
+    auto now = clock::now();
+    if (!force && now - last_ < (tty_ ? std::chrono::milliseconds(200) : std::chrono::seconds(1))) {
+      return;
+    }
+    last_ = now;
+    std::string text = fmt::format("map: {}/{} ({}%)", done, total_,
+                                   total_ == 0 ? 100 : done * 100 / total_);
+    if (tty_) {
+      fmt::print(stderr, "\r{}\033[K", text);
+      shown_ = true;
+    } else {
+      fmt::print(stderr, "{}\n", text);
+    }
+    std::fflush(stderr);
+  }
+  /// Before other stderr output: clears the line being redrawn.
+  void clear() {
+    if (on_ && tty_ && shown_) {
+      fmt::print(stderr, "\r\033[K");
+      shown_ = false;
+    }
+  }
+  bool on() const { return on_; }
+
+ private:
+  bool on_;
+  std::size_t total_;
+  bool tty_;
+  bool shown_ = false;
+  clock::time_point last_;
+};
+
+/// Writes results to stdout in large blocks.
+class output {
+ public:
+  void line(std::string_view s) {
+    buf_.append(s);
+    buf_ += '\n';
+    if (buf_.size() >= (1u << 16)) flush();
+  }
+  void flush() {
+    if (!buf_.empty()) {
+      std::fwrite(buf_.data(), 1, buf_.size(), stdout);
+      buf_.clear();
+    }
+    std::fflush(stdout);
+  }
+
+ private:
+  std::string buf_;
+};
+
+struct failure_report {
+  std::size_t count = 0;
+  std::vector<std::size_t> lines;  ///< first few failing line numbers, for the summary
+  bool traceback_shown = false;
+};
+
+class mapper {
+ public:
+  mapper(pool& p, const map_options& o, const std::vector<input_item>& items, std::size_t chunk)
+      : pool_(p), o_(o), items_(items), chunk_(chunk),
+        progress_(!o.quiet && items.size() > progress_threshold &&
+                      (o.progress || isatty(STDERR_FILENO)),
+                  items.size()) {
+    auto colon = o.target.find(':');
+    function_ = o.target.substr(colon + 1);
+  }
+
+  /// Returns the number of failed inputs.
+  std::size_t run() {
+    const std::size_t total = items_.size();
+    const std::size_t window = std::max<std::size_t>(4 * pool_.size(), 8);
+    std::size_t next = 0;
+    while (next < total || !inflight_.empty()) {
+      while (next < total && inflight_.size() < window) {
+        std::size_t count = std::min(chunk_, total - next);
+        inflight_.push_back(submit(next, count));
+        next += count;
+      }
+      piece& front = inflight_.front();
+      if (progress_.on()) {
+        while (front.fut.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+          progress_.update(done_);
+        }
+      }
+      value result;
+      std::exception_ptr err;
+      try {
+        result = front.fut.get();
+      } catch (...) {
+        err = std::current_exception();
+      }
+      if (err) {
+        chunk_failed(err);
+        continue;
+      }
+      const auto& parts = result.as_tuple().items;
+      const auto& reprs = parts.at(0).as_list().items;
+      const auto& fails = parts.at(1).as_list().items;
+      const auto consumed = static_cast<std::size_t>(parts.at(2).as_int());
+      std::size_t f = 0;
+      for (std::size_t i = 0; i < consumed; ++i) {
+        if (f < fails.size() && static_cast<std::size_t>(fails[f].as_tuple().items[0].as_int()) == i) {
+          item_failed(items_[front.first + i], fails[f].as_tuple().items);
+          ++f;
+        } else {
+          out_.line(reprs[i].as_str());
+        }
+        ++done_;
+      }
+      if (consumed < front.count) {
+        front = submit(front.first + consumed, front.count - consumed);  // stopped at the limit
+      } else {
+        inflight_.pop_front();
+      }
+      progress_.update(done_);
+    }
+    out_.flush();
+    progress_.update(done_, true);
+    progress_.clear();
+    return failures_.count;
+  }
+
+  const failure_report& failures() const { return failures_; }
+
+ private:
+  struct piece {
+    std::size_t first = 0, count = 0;
+    task_future fut;
+  };
+
+  piece submit(std::size_t first, std::size_t count) {
+    isola::list lines;
+    lines.items.reserve(count);
+    for (std::size_t i = first; i < first + count; ++i) {
+      const auto& it = items_[i];
+      if (it.utf8) {
+        lines.items.emplace_back(it.text);
+      } else {
+        lines.items.emplace_back(isola::bytes{it.text});  // parse() reports the bad byte
+      }
+    }
+    task_options opts;
+    if (o_.timeout > 0) opts.timeout = timeout_ms(2 * o_.timeout);
+    auto fut = pool_.submit_with("_isola_map:map_chunk",
+                                 {value(o_.target), value(std::move(lines)), value(o_.timeout)},
+                                 {}, opts);
+    return piece{first, count, std::move(fut)};
+  }
+
+  /// The chunk's task failed as a whole (a timeout that hit between inputs, an input stuck in
+  /// C code): run its inputs again one task each, so the failure is pinned on one input.
+  void chunk_failed(const std::exception_ptr& err) {
+    piece front = std::move(inflight_.front());
+    inflight_.pop_front();
+    if (front.count > 1) {
+      for (std::size_t k = front.count; k-- > 0;) inflight_.push_front(submit(front.first + k, 1));
+      return;
+    }
+    std::string why;
+    try {
+      std::rethrow_exception(err);
+    } catch (const error& e) {
+      why = e.code() == errc::timeout
+                ? fmt::format("timed out (limit {:g} s) and did not stop on its TimeoutError (it "
+                              "caught it, or is stuck in C code); its interpreter was replaced",
+                              o_.timeout)
+                : e.what();
+    } catch (...) {
+      why = describe(err);
+    }
+    report(items_[front.first], fmt::format("{}({}) failed: {}", function_, shown(items_[front.first]), why));
+    ++done_;
+  }
+
+  void item_failed(const input_item& it, const std::vector<value>& f) {
+    const std::string& phase = f[1].as_str();
+    const std::string& type = f[2].as_str();
+    const std::string& message = f[3].as_str();
+    const std::string& tb = f[4].as_str();
+    std::string what = message.empty() ? type : type + ": " + message;
+    if (phase == "parse") {
+      report(it, fmt::format("cannot parse {} as a Python literal: {}", quoted(it), what));
+    } else if (phase == "timeout") {
+      report(it, fmt::format("{}({}) timed out: {}, over the --timeout of {:g} s", function_,
+                             shown(it), message, o_.timeout));
+    } else {
+      report(it, fmt::format("{}({}) raised {}", function_, shown(it), what));
+      if (!tb.empty() && !failures_.traceback_shown) {
+        failures_.traceback_shown = true;
+        fmt::print(stderr, "{}", strip_helper_frames(tb));
+      }
+    }
+  }
+
+  void report(const input_item& it, const std::string& text) {
+    out_.flush();  // results before this line come first
+    progress_.clear();
+    fmt::print(stderr, "map: line {}: {}\n", it.line, text);
+    ++failures_.count;
+    if (failures_.lines.size() < 10) failures_.lines.push_back(it.line);
+  }
+
+  pool& pool_;
+  const map_options& o_;
+  const std::vector<input_item>& items_;
+  std::size_t chunk_;
+  std::string function_;
+  std::deque<piece> inflight_;
+  std::size_t done_ = 0;
+  output out_;
+  progress_line progress_;
+  failure_report failures_;
+};
+
+std::vector<std::string> sys_path_for(const map_options& o) {
+  std::vector<std::string> out;
+  for (const auto& p : o.paths) {
+    std::error_code ec;
+    if (!fs::is_directory(p, ec)) {
+      throw usage_error(fmt::format("map: --path '{}' is not a directory", p));
+    }
+    out.push_back(fs::absolute(p, ec).lexically_normal().string());
+  }
+  std::error_code ec;
+  out.push_back(fs::current_path(ec).string());
+  return out;
+}
+
+/// Imports the target's module in every interpreter and checks the function is there, so a
+/// typo is reported once, up front, not once per input.
+void check_target_everywhere(pool& p, const map_options& o) {
+  std::vector<task_future> checks;
+  for (std::size_t k = 0; k < p.size(); ++k) {
+    task_options opts;
+    opts.interpreter_index = static_cast<int>(k);
+    checks.push_back(p.submit_with("_isola_map:check_target", {value(o.target)}, {}, opts));
+  }
+  std::string module = o.target.substr(0, o.target.find(':'));
+  std::string function = o.target.substr(o.target.find(':') + 1);
+  for (auto& c : checks) {
+    value v = c.get();
+    const auto& r = v.as_tuple().items;
+    const std::string& problem = r[0].as_str();
+    const std::string& message = r[1].as_str();
+    if (problem == "ok") continue;
+    if (problem == "not_found") {
+      std::string where;
+      for (const auto& dir : sys_path_for(o)) where += (where.empty() ? "" : ", ") + dir;
+      throw usage_error(fmt::format(
+          "map: cannot import module '{}' ({}); looked in {} and the standard library; add "
+          "the module's folder with --path DIR",
+          module, message, where));
+    }
+    if (problem == "no_attribute") {
+      throw usage_error(fmt::format("map: module '{}' has no function '{}' ({})", module,
+                                    function, message));
+    }
+    if (problem == "not_callable") {
+      throw usage_error(fmt::format("map: '{}' cannot be called: {}", o.target, message));
+    }
+    // The module was found but raised while being imported.
+    std::string tb = strip_helper_frames(r[2].as_str());
+    if (!tb.empty()) fmt::print(stderr, "{}", tb);
+    throw std::runtime_error(fmt::format("map: importing module '{}' failed: {}", module, message));
+  }
+}
+
+std::size_t auto_chunk(std::size_t total, std::size_t n) {
+  // About 8 chunks per interpreter keeps them all busy to the end; 256 inputs per chunk are
+  // enough to make a task's own cost negligible.
+  std::size_t c = total / (n * 8);
+  return std::clamp<std::size_t>(c, 1, max_auto_chunk);
+}
+
+int run_map(const map_options& o) {
+  check_target_format(o.target);
+  auto sys_path = sys_path_for(o);
+  auto items = load_inputs(o);
+  apply_log_level(o.log_level);
+  quiet_timeout_warnings(o.log_level, o.timeout > 0);
+
+  const auto t0 = clock::now();
+  runtime rt;
+  pool_options po;
+  po.size = o.interpreters;
+  po.interpreter.name = "map";
+  po.sys_path = sys_path;
+  po.init_code = helper_module_init("_isola_map", helper_source);
+  std::unique_ptr<pool> p;
+  try {
+    p = std::make_unique<pool>(po);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("map: could not create {} interpreter{}: {}",
+                                         o.interpreters, o.interpreters == 1 ? "" : "s",
+                                         e.what()));
+  }
+  check_target_everywhere(*p, o);
+
+  const std::size_t chunk = o.chunk_size != 0 ? o.chunk_size : auto_chunk(items.size(), p->size());
+  mapper m(*p, o, items, chunk);
+  const std::size_t failed = m.run();
+  const double took = seconds_since(t0);
+  const pool_stats stats = p->stats();
+
+  // Output the function printed, before isola's summary.
+  std::vector<task_future> flushes;
+  for (std::size_t k = 0; k < p->size(); ++k) {
+    task_options opts;
+    opts.interpreter_index = static_cast<int>(k);
+    flushes.push_back(p->submit_with("_isola_map:flush", {}, {}, opts));
+  }
+  for (auto& f : flushes) {
+    try {
+      f.get();
+    } catch (const std::exception&) {
+    }
+  }
+  std::fflush(stdout);
+
+  if (!o.quiet && (failed > 0 || (items.size() > progress_threshold &&
+                                  (o.progress || isatty(STDERR_FILENO))))) {
+    std::string lines;
+    for (auto l : m.failures().lines) lines += (lines.empty() ? "" : ", ") + std::to_string(l);
+    if (failed > m.failures().lines.size()) lines += ", ...";
+    std::string rate;
+    if (items.size() >= progress_threshold && took > 0) {
+      rate = fmt::format("{:.0f} inputs/s; ", static_cast<double>(items.size()) / took);
+    }
+    fmt::print(stderr, "map: {} input{}, {} ok, {} failed{} in {:.2f} s ({}{} interpreter{}, "
+               "chunks of {})\n",
+               items.size(), items.size() == 1 ? "" : "s", items.size() - failed, failed,
+               failed > 0 ? " (line" + std::string(failed == 1 ? " " : "s ") + lines + ")" : "",
+               took, rate, p->size(), p->size() == 1 ? "" : "s", chunk);
+  }
+  if (o.stats) print_pool_stats(stats);
+  p->shutdown();  // joins the workers and the watchdog: the counters are final
+  const bool stuck = has_stuck_interpreters(p->stats());
+  p.reset();
+  const int status = failed > 0 ? exit_failed : exit_ok;
+  if (stuck) exit_leaving_stuck_interpreters(status);
+  return status;
+}
+
+}  // namespace
+
+void add_map_command(CLI::App& app, dispatch& d) {
+  auto o = std::make_shared<map_options>();
+  auto* sub = app.add_subcommand(
+      "map", "Call module:function on every input line (a Python literal) in N interpreters "
+             "and print the results in order");
+  formatter_of(app).usage(sub, "module:function [OPTIONS]");
+  sub->add_option("target", o->target,
+                  "The function to call, as module:function (package.module:Class.method works "
+                  "too)")
+      ->required()
+      ->type_name("module:function");
+  sub->add_option("-n,--interpreters", o->interpreters,
+                  fmt::format("Number of interpreters (default: cores, here {})", cores()))
+      ->check(CLI::Range(1u, max_interpreters))
+      ->type_name("N");
+  sub->add_option("-i,--input", o->input,
+                  "File with one input per line, or '-' for stdin (the default)")
+      ->type_name("FILE|-");
+  sub->add_option("-c,--chunk-size", o->chunk_size,
+                  fmt::format("Inputs per task (default: automatic, at most {})", max_auto_chunk))
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))
+      ->type_name("K");
+  sub->add_option("-p,--path", o->paths,
+                  "Folder to put on sys.path (repeatable); the current directory always is")
+      ->type_name("DIR");
+  sub->add_option("--timeout", o->timeout,
+                  "Limit for each input's call: an input that runs longer fails with "
+                  "TimeoutError (default: no limit)")
+      ->check(CLI::Range(0.001, 1e6))
+      ->type_name("SECONDS");
+  sub->add_flag("--progress", o->progress,
+                fmt::format("Show progress on stderr even when it is not a terminal (it shows "
+                            "on a terminal when there are more than {} inputs)",
+                            progress_threshold));
+  sub->add_flag("-q,--quiet", o->quiet, "No progress and no summary; failures are still named");
+  sub->add_flag("--stats", o->stats, "After the run, print the pool's counters on stderr");
+  add_log_level_option(*sub, o->log_level);
+  sub->footer(
+      "Each non-blank input line is a Python literal (42, 'text', [1, 2], {'k': 1.5}, None),\n"
+      "parsed with ast.literal_eval inside the interpreters. The function is called with it, and\n"
+      "repr() of each result is printed on stdout, one per line, in input order. An input that\n"
+      "cannot be parsed or whose call raises is named on stderr (its line number, the input and\n"
+      "the exception) and prints nothing on stdout; the other inputs go on. The first failing\n"
+      "call also shows its traceback. Progress shows on stderr for more than 1000 inputs when it\n"
+      "is a terminal (or with --progress), with a summary at the end.\n"
+      "\n"
+      "The module is imported in every interpreter from the current directory or a --path\n"
+      "folder; it must support subinterpreters (pure-Python modules do).\n"
+      "\n"
+      "Examples:\n"
+      "  seq 1 100000 | isola map mymod:square              one result per line\n"
+      "  isola map -n 4 --path lib tasks:score --input items.txt --timeout 5\n"
+      "\n"
+      "Exit status: 0 every input ok, 1 any input failed (or the module raised on import),\n"
+      "2 usage error (bad target, missing input file, module or function not found).");
+  sub->callback([o, &d] { d.chosen = [o] { return run_map(*o); }; });
+}
+
+}  // namespace isola::cli

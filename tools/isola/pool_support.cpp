@@ -1,0 +1,110 @@
+// See pool_support.hpp.
+#include "pool_support.hpp"
+
+#include <isola/error.hpp>
+#include <isola/log.hpp>
+#include <isola/value.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+#include <vector>
+
+#include <fmt/core.h>
+
+namespace isola::cli {
+
+std::string helper_module_init(std::string_view name, std::string_view source) {
+  const std::string mod = value(std::string(name)).repr();
+  return fmt::format(
+      "import sys as _isola_sys, types as _isola_types\n"
+      "_isola_m = _isola_types.ModuleType({0})\n"
+      "exec(compile({1}, {2}, 'exec'), _isola_m.__dict__)\n"
+      "_isola_sys.modules[{0}] = _isola_m\n"
+      "del _isola_sys, _isola_types, _isola_m\n",
+      mod, value(std::string(source)).repr(), value(std::string(helper_filename)).repr());
+}
+
+std::string strip_helper_frames(const std::string& traceback) {
+  // A frame is a line '  File "name", line N, in f' followed by lines indented deeper (the
+  // source line, carets). Drop the frames whose file is one of ours or runpy's.
+  std::istringstream in(traceback);
+  std::string line, out;
+  bool dropping = false;
+  const std::string ours = fmt::format("  File \"{}\"", helper_filename);
+  while (std::getline(in, line)) {
+    if (line.starts_with("  File \"")) {
+      dropping = line.starts_with(ours) || line.starts_with("  File \"<frozen runpy>\"") ||
+                 line.starts_with("  File \"<frozen importlib.") ||
+                 (line.find("/importlib/__init__.py\", line ") != std::string::npos &&
+                  line.ends_with(", in import_module"));
+    } else if (!line.starts_with("    ")) {
+      dropping = false;
+    }
+    if (!dropping) out += line + "\n";
+  }
+  if (!traceback.empty() && traceback.back() != '\n' && !out.empty()) out.pop_back();
+  return out;
+}
+
+std::string describe(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const python_error& p) {
+    return p.message().empty() ? p.type_name() : p.type_name() + ": " + p.message();
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "unknown error";
+  }
+}
+
+void print_pool_stats(const pool_stats& s, std::FILE* out) {
+  // Finished tasks are counted from the slots: their counters are updated before a task's
+  // future becomes ready, pool_stats::completed only after (it can lag behind).
+  std::uint64_t finished = 0;
+  for (const auto& i : s.interpreters) finished += i.tasks_done + i.tasks_failed;
+  fmt::print(out, "pool: {} interpreter{}, {} task{} submitted, {} finished, queue depth {}\n",
+             s.interpreters.size(), s.interpreters.size() == 1 ? "" : "s", s.submitted,
+             s.submitted == 1 ? "" : "s", std::max(finished, s.completed), s.queue_depth);
+  fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9}  {:>8}  {:>8}\n", "slot", "interp",
+             "done", "failed", "timed out", "busy s", "recycled", "replaced");
+  for (const auto& i : s.interpreters) {
+    fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9.3f}  {:>8}  {:>8}\n", i.index,
+               i.interpreter_id, i.tasks_done, i.tasks_failed, i.tasks_timed_out,
+               std::chrono::duration<double>(i.busy).count(), i.recycled, i.replaced_broken);
+  }
+}
+
+void quiet_timeout_warnings(const std::string& log_level_option, bool has_timeout) {
+  if (!has_timeout || !log_level_option.empty() || std::getenv("ISOLA_LOG_LEVEL") != nullptr) {
+    return;
+  }
+  logger("isola.pool")->set_level(spdlog::level::err);
+}
+
+bool has_stuck_interpreters(const pool_stats& s) {
+  for (const auto& i : s.interpreters) {
+    if (i.replaced_broken > 0) return true;
+  }
+  return false;
+}
+
+void exit_leaving_stuck_interpreters(int status) {
+  fmt::print(stderr,
+             "isola: an interpreter that ignored its TimeoutError is still running; exiting "
+             "without finalizing Python\n");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  flush_logs();
+  std::_Exit(status);
+}
+
+std::chrono::milliseconds timeout_ms(double seconds) {
+  if (seconds <= 0) return std::chrono::milliseconds{0};
+  return std::chrono::milliseconds{std::max<long long>(1, std::llround(seconds * 1000.0))};
+}
+
+}  // namespace isola::cli
