@@ -7,6 +7,8 @@
 //   no-runtime           interpreters and attach without a runtime
 //   finalizing-attach    attach while the runtime's destructor waits for an attached thread
 //   teardown ORDER N CODE  N interpreters run CODE, then end in ORDER (creation|reverse)
+//   destroy-attached FILE  an interpreter object destroyed by a thread attached to it; the
+//                        runtime must end it at shutdown (its atexit handler writes FILE)
 #include <isola/isola.hpp>
 
 #include <algorithm>
@@ -173,6 +175,29 @@ int teardown(const std::string& order, int n, const std::string& code) {
   return 0;
 }
 
+int destroy_attached(const std::string& file) {
+  isola::runtime rt;
+  auto in = std::make_unique<isola::interpreter>();
+  auto h = in->handle();
+  in->set_global("path", file);
+  in->exec(
+      "import atexit, isola\n"
+      "def record(path=path, id=isola.interpreter_id()):\n"
+      "    with open(path, 'a') as f:\n"
+      "        f.write(f'ended {id}\\n')\n"
+      "atexit.register(record)\n");
+  say("id: " + std::to_string(h.id()));
+  {
+    auto g = isola::attach(h).value();
+    in.reset();  // cannot wait for itself: must neither throw nor hang
+    say("destroyed while attached");
+    say(std::string("alive inside: ") + (h.alive() ? "1" : "0"));
+  }
+  say(std::string("alive after: ") + (h.alive() ? "1" : "0"));
+  say("live: " + std::to_string(rt.live_interpreters()));
+  return 0;
+}  // ~runtime ends it
+
 }  // namespace
 
 int main(int argc, char* argv[]) {
@@ -182,6 +207,7 @@ int main(int argc, char* argv[]) {
     if (args.size() == 1 && args[0] == "second-runtime") return second_runtime();
     if (args.size() == 1 && args[0] == "no-runtime") return no_runtime();
     if (args.size() == 1 && args[0] == "finalizing-attach") return finalizing_attach();
+    if (args.size() == 2 && args[0] == "destroy-attached") return destroy_attached(args[1]);
     if (args.size() == 4 && args[0] == "teardown") {
       return teardown(args[1], std::stoi(args[2]), args[3]);
     }
@@ -190,6 +216,6 @@ int main(int argc, char* argv[]) {
     return 3;
   }
   say("usage: isola_test_child lifo FILE | second-runtime | no-runtime | finalizing-attach | "
-      "teardown creation|reverse N CODE");
+      "teardown creation|reverse N CODE | destroy-attached FILE");
   return 2;
 }

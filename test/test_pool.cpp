@@ -13,8 +13,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstdint>
 #include <future>
 #include <memory>
@@ -77,15 +79,28 @@ struct os_pipe {
   /// Waits for one byte. The limit is only a safety net against a hang: false means the pool
   /// never did what the test waits for.
   bool get(std::chrono::milliseconds limit = 60s) const {
-    pollfd p{r, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(limit.count())) != 1) return false;
-    char c;
-    return ::read(r, &c, 1) == 1;
+    auto until = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      pollfd p{r, POLLIN, 0};
+      int n = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
+      if (n < 0 && errno == EINTR) continue;
+      if (n != 1) return false;
+      char c;
+      ssize_t got = ::read(r, &c, 1);
+      if (got < 0 && errno == EINTR) continue;
+      return got == 1;
+    }
   }
   /// A byte is there right now.
   bool ready_now() const {
     pollfd p{r, POLLIN, 0};
-    return ::poll(&p, 1, 0) == 1;
+    int n;
+    do {
+      n = ::poll(&p, 1, 0);
+    } while (n < 0 && errno == EINTR);
+    return n == 1;
   }
 };
 
@@ -118,6 +133,14 @@ std::optional<isola::python_error> python_error_from(isola::task_future& f) {
 
 std::int64_t whoami(isola::pool& p, int index) {
   return p.submit_to(index, "isola_test_pool:whoami").get().as_int();
+}
+
+// Imports what the stuck-task code uses, so that a slow first import (ThreadSanitizer makes
+// CPython's allocations slow) cannot use up a short timeout before the task says it started.
+void warm_up(isola::pool& p, int index) {
+  isola::task_options o;
+  o.interpreter_index = index;
+  p.submit_code("import os, re, functools, time", o).get();
 }
 
 isola::task_options with_timeout(std::chrono::milliseconds t, int index = -1) {
@@ -176,14 +199,23 @@ std::vector<value> args_of(value v) {
   return out;
 }
 
+// The [pool-bugs] cases reproduce implementation bugs that crash, hang for a while or race;
+// they do nothing unless ISOLA_TEST_POOL_BUGS=1 (run: ISOLA_TEST_POOL_BUGS=1 isola_tests
+// '[pool-bugs]', preferably under AddressSanitizer).
+bool bug_repros_enabled() {
+  const char* v = std::getenv("ISOLA_TEST_POOL_BUGS");
+  return v != nullptr && std::string(v) == "1";
+}
+
 long gettid_now() { return static_cast<long>(::syscall(SYS_gettid)); }
 
 // How many stamps of `of` lie strictly between the first and last stamp of `within`.
 std::size_t stamps_inside(const std::vector<std::int64_t>& of,
                           const std::vector<std::int64_t>& within) {
-  auto [lo, hi] = std::minmax_element(within.begin(), within.end());
+  auto range = std::minmax_element(within.begin(), within.end());
+  auto lo = *range.first, hi = *range.second;
   return static_cast<std::size_t>(
-      std::count_if(of.begin(), of.end(), [&](auto s) { return *lo < s && s < *hi; }));
+      std::count_if(of.begin(), of.end(), [&](auto s) { return lo < s && s < hi; }));
 }
 
 // A task stuck in C code that ignores TimeoutError and never holds the GIL: iter(callable,
@@ -286,7 +318,9 @@ TEST_CASE("map returns results in input order", "[pool]") {
   auto many = p.map("isola_test_pool:plus_one", values(0, 1000), 7);
   REQUIRE(many.size() == 1000);
   bool in_order = true;
-  for (std::size_t i = 0; i < many.size(); ++i) in_order &= many[i].as_int() == static_cast<int>(i) + 1;
+  for (std::size_t i = 0; i < many.size(); ++i) {
+    in_order &= many[i].as_int() == static_cast<int>(i) + 1;
+  }
   CHECK(in_order);
 
   CHECK(p.map("isola_test_pool:plus_one", {}).empty());
@@ -295,7 +329,8 @@ TEST_CASE("map returns results in input order", "[pool]") {
 
   for (std::size_t chunk : {1u, 4u}) {
     INFO("chunk_size " << chunk);
-    auto e = python_error_of([&] { p.map("isola_test_pool:times_ten_unless_13", values(0, 20), chunk); });
+    auto e = python_error_of(
+        [&] { p.map("isola_test_pool:times_ten_unless_13", values(0, 20), chunk); });
     REQUIRE(e);
     CHECK(e->type_name() == "ValueError");
     CHECK(e->message() == "13 is not welcome here");
@@ -372,7 +407,8 @@ TEST_CASE("a Python exception fails only its task, with its traceback", "[pool]"
 
 // ---- 4. timeouts -------------------------------------------------------------------------------
 
-TEST_CASE("a timeout raises TimeoutError in the task; the interpreter stays", "[pool][concurrent]") {
+TEST_CASE("a timeout raises TimeoutError in the task; the interpreter stays",
+          "[pool][concurrent]") {
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);
@@ -397,7 +433,9 @@ TEST_CASE("a timeout raises TimeoutError in the task; the interpreter stays", "[
                   3);
     // A task that ends in time is untouched by its timeout.
     CHECK(p.submit_code("sum(range(10))", with_timeout(60s)).get().as_int() == 45);
-    CHECK(p.submit_with("isola_test_pool:plus_one", {value(1)}, {}, with_timeout(60s)).get().as_int() == 2);
+    CHECK(p.submit_with("isola_test_pool:plus_one", {value(1)}, {}, with_timeout(60s))
+              .get()
+              .as_int() == 2);
     CHECK(p.stats().interpreters.at(0).tasks_timed_out == 3);
   }
   SECTION("Python code may catch the TimeoutError and finish") {
@@ -414,7 +452,8 @@ TEST_CASE("a timeout raises TimeoutError in the task; the interpreter stays", "[
   }
 }
 
-TEST_CASE("pool_options::default_timeout applies to tasks without their own", "[pool][concurrent]") {
+TEST_CASE("pool_options::default_timeout applies to tasks without their own",
+          "[pool][concurrent]") {
   isola::pool_options o;
   o.size = 1;
   o.default_timeout = 200ms;
@@ -442,7 +481,8 @@ TEST_CASE("pool_options::default_timeout applies to tasks without their own", "[
 
 // ---- 5. stuck in C code ------------------------------------------------------------------------
 
-TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced", "[pool][concurrent]") {
+TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced",
+          "[pool][concurrent]") {
   // re.match('(a+)+b', 'a' * 26) backtracks catastrophically inside _sre (C, GIL held, no
   // eval loop) for seconds: far beyond the 100 ms timeout plus 300 ms grace period. The
   // TimeoutError stays pending, so the watchdog declares the interpreter broken. The regex keeps
@@ -455,6 +495,7 @@ TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced",
   isola::interpreter observer;  // lists live interpreters
   os_pipe started, done;
   auto old_id = whoami(p, 0);
+  warm_up(p, 0);
 
   auto f = p.submit_code("import os, re\n"
                          "os.write(" + std::to_string(started.w) + ", b's')\n"
@@ -473,12 +514,12 @@ TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced",
   // The slot serves tasks with a fresh interpreter.
   auto new_id = whoami(p, 0);
   CHECK(new_id != old_id);
-  CHECK(p.map("isola_test_pool:plus_one", values(0, 10), 3).size() == 10);
   auto s = p.stats().interpreters.at(0);
   CHECK(s.replaced_broken == 1);
   CHECK(s.tasks_timed_out == 1);
   CHECK(s.tasks_failed == 1);
   CHECK(s.interpreter_id == new_id);
+  CHECK(p.map("isola_test_pool:plus_one", values(0, 10), 3).size() == 10);
   auto all = p.stats().submitted;
   CHECK(stats_when_completed(p, all).completed == all);
 
@@ -501,6 +542,7 @@ TEST_CASE("a task stuck in C code without the GIL: replaced, and shutdown does n
   os_pipe started, gate, done;
   open_at_exit release{gate};
   auto old_id = whoami(p, 0);
+  warm_up(p, 0);
 
   auto f = p.submit_code(stuck_in_c_code(started, gate, done), with_timeout(100ms));
   REQUIRE(started.get());
@@ -542,6 +584,7 @@ TEST_CASE("a stuck task that comes back is not counted twice", "[pool][concurren
   os_pipe started, gate, done;
   open_at_exit release{gate};
   auto old_id = whoami(p, 0);
+  warm_up(p, 0);
   auto f = p.submit_code(stuck_in_c_code(started, gate, done), with_timeout(100ms));
   REQUIRE(started.get());
   REQUIRE(code_of(f) == std::optional<std::error_code>(isola::errc::timeout));
@@ -553,11 +596,13 @@ TEST_CASE("a stuck task that comes back is not counted twice", "[pool][concurren
   CHECK(s.tasks_failed == 1);
 }
 
-TEST_CASE("destroying a pool while a task is stuck in C code", "[.pool-bugs]") {
-  // Known bug (reported), hidden because it is a use-after-free: the pool's destructor leaves
-  // the stuck worker thread behind (detached); when the C call returns, that thread runs the
-  // rest of pool_impl::run_task and worker_main on the freed pool_impl (wd_mu_, deadlines_,
-  // slots_, completed_, log_). AddressSanitizer reports heap-use-after-free.
+TEST_CASE("destroying a pool while a task is stuck in C code", "[pool][pool-bugs]") {
+  if (!bug_repros_enabled()) return;
+  // Known bug (reported); a use-after-free, so it runs only with ISOLA_TEST_POOL_BUGS=1. The
+  // pool's destructor leaves the stuck worker thread behind (detached); when the C call
+  // returns, that thread runs the rest of pool_impl::run_task and worker_main on the freed
+  // pool_impl (wd_mu_, deadlines_, slots_, completed_, log_). AddressSanitizer reports
+  // heap-use-after-free.
   isola::interpreter observer;
   os_pipe started, gate, done;
   std::int64_t old_id = 0;
@@ -567,6 +612,7 @@ TEST_CASE("destroying a pool while a task is stuck in C code", "[.pool-bugs]") {
     o.grace_period = 300ms;
     isola::pool p(o);
     old_id = whoami(p, 0);
+    warm_up(p, 0);
     auto f = p.submit_code(stuck_in_c_code(started, gate, done), with_timeout(100ms));
     REQUIRE(started.get());
     REQUIRE(code_of(f) == std::optional<std::error_code>(isola::errc::timeout));
@@ -578,7 +624,8 @@ TEST_CASE("destroying a pool while a task is stuck in C code", "[.pool-bugs]") {
   CHECK(wait_until_ended(observer, old_id));
 }
 
-TEST_CASE("shutdown right after a task failed with errc::timeout", "[.pool-bugs]") {
+TEST_CASE("shutdown right after a task failed with errc::timeout", "[pool][pool-bugs]") {
+  if (!bug_repros_enabled()) return;
   // Known bug (reported): declare_broken() completes the task's future (errc::timeout) before
   // it installs the replacement worker in workers_[slot]. A shutdown() that runs in between
   // (here: at once, on the thread the future woke) snapshots the stuck worker and joins it, so
@@ -591,6 +638,7 @@ TEST_CASE("shutdown right after a task failed with errc::timeout", "[.pool-bugs]
   isola::pool p(o);
   os_pipe started, gate, done;
   open_at_exit release{gate};
+  warm_up(p, 0);
   auto f = p.submit_code(stuck_in_c_code(started, gate, done), with_timeout(100ms));
   REQUIRE(started.get());
   REQUIRE(code_of(f) == std::optional<std::error_code>(isola::errc::timeout));
@@ -605,6 +653,8 @@ TEST_CASE("shutdown right after a task failed with errc::timeout", "[.pool-bugs]
   shut = true;
   opener.join();
   CHECK_FALSE(gate_opened_first);
+  // (When shutdown did wait, the replacement worker it never joined aborts the process with
+  // std::terminate when the pool is destroyed.)
 }
 
 // ---- 6. cancel ---------------------------------------------------------------------------------
@@ -855,7 +905,9 @@ TEST_CASE("shutdown lets queued and running tasks finish", "[pool][concurrent]")
   gate.close_write();
   shutting.get();
   CHECK(running.get().as_str() == "ran");
-  for (std::size_t i = 0; i < queued.size(); ++i) CHECK(queued[i].get().as_int() == static_cast<int>(i));
+  for (std::size_t i = 0; i < queued.size(); ++i) {
+    CHECK(queued[i].get().as_int() == static_cast<int>(i));
+  }
 
   auto code = isola_error_of([&] { p.submit("isola_test_pool:whoami"); });
   REQUIRE(code);
@@ -964,9 +1016,11 @@ TEST_CASE("max_tasks_per_interpreter replaces the interpreter after N tasks", "[
   CHECK(rt().live_interpreters() == before + 1);  // the replaced ones ended
 }
 
-TEST_CASE("a recycled interpreter whose init fails leaves its tasks hanging", "[.pool-bugs]") {
-  // Known bug (reported), hidden because it takes the safety limit to show: when init fails in
-  // the replacement interpreter (recycling or a broken-interpreter replacement), worker_main
+TEST_CASE("a recycled interpreter whose init fails leaves its tasks hanging", "[pool][pool-bugs]") {
+  if (!bug_repros_enabled()) return;
+  // Known bug (reported); it takes 5 s to show, so it runs only with ISOLA_TEST_POOL_BUGS=1.
+  // When init fails in the replacement interpreter (recycling or a broken-interpreter
+  // replacement), worker_main
   // returns and the slot has no worker; its queued tasks are never run nor failed, and their
   // futures never become ready, not even after the pool is destroyed.
   temp_dir dir;
@@ -991,13 +1045,16 @@ TEST_CASE("a recycled interpreter whose init fails leaves its tasks hanging", "[
 // ---- 11. Asio ----------------------------------------------------------------------------------
 
 TEST_CASE("async_submit with a callback, use_future and use_awaitable", "[pool][concurrent]") {
+  // The io_context is made before the pool so that it outlives it: a worker can still be
+  // inside post() on it after the handler has run and run() has returned, because
+  // async_submit holds no outstanding work on the handler's executor (reported).
+  boost::asio::io_context io;
   isola::pool_options o;
   o.size = 2;
   isola::pool p(o);
   const long test_thread = gettid_now();
 
   SECTION("a callback bound to an io_context runs on the io_context's thread") {
-    boost::asio::io_context io;
     auto work = boost::asio::make_work_guard(io);
     int calls = 0;
     std::optional<value> got;
@@ -1059,7 +1116,6 @@ TEST_CASE("async_submit with a callback, use_future and use_awaitable", "[pool][
     CHECK(handler_tid != test_thread);
   }
   SECTION("a C++20 coroutine with use_awaitable") {
-    boost::asio::io_context io;
     std::optional<std::int64_t> sum;
     std::optional<isola::python_error> failure;
     std::vector<long> resumed_on;
@@ -1113,10 +1169,10 @@ TEST_CASE("async_submit keeps the handler's io_context busy until it runs", "[po
   // outstanding work on the handler's associated executor until the handler is invoked.
   // pool::async_submit stores the plain executor, so io_context::run() with no other work
   // returns at once and the handler runs only at the next run().
+  boost::asio::io_context io;  // outlives the pool, see above
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);
-  boost::asio::io_context io;
   bool ran = false;
   p.async_submit("isola_test_pool:sleep_then", {value(0.2), value(1)},
                  boost::asio::bind_executor(io, [&](std::exception_ptr, value) { ran = true; }));
@@ -1146,7 +1202,9 @@ TEST_CASE("stats add up", "[pool][concurrent]") {
 
   std::vector<isola::task_future> futures;
   for (int i = 0; i < 40; ++i) futures.push_back(p.submit("isola_test_pool:plus_one", i));
-  for (int i = 0; i < 10; ++i) futures.push_back(p.submit("isola_test_pool:raise_value_error", "x"));
+  for (int i = 0; i < 10; ++i) {
+    futures.push_back(p.submit("isola_test_pool:raise_value_error", "x"));
+  }
   futures.push_back(p.submit_code("while True:\n    pass\n", with_timeout(100ms)));
   futures.push_back(p.submit_code("while True:\n    pass\n", with_timeout(100ms, 1)));
   int ok = 0, failed = 0;
@@ -1212,9 +1270,10 @@ TEST_CASE("two tasks on a pool of two run at the same time", "[pool][concurrent]
   CHECK(b_in_a > 0);
 }
 
-// ---- races (hidden; run with '[pool-bugs]') ----------------------------------------------------
+// ---- races (run with ISOLA_TEST_POOL_BUGS=1 and '[pool-bugs]') ---------------------------------
 
-TEST_CASE("stats().completed counts a task once its future is ready", "[.pool-bugs]") {
+TEST_CASE("stats().completed counts a task once its future is ready", "[pool][pool-bugs]") {
+  if (!bug_repros_enabled()) return;
   // Known bug (reported): complete() makes the future ready and only then does the caller bump
   // completed_ (run_task, cancel, declare_broken, shutdown), so a thread that has just seen the
   // result can read completed one short.
@@ -1231,19 +1290,25 @@ TEST_CASE("stats().completed counts a task once its future is ready", "[.pool-bu
 }
 
 
-TEST_CASE("cancel() of a task that is just finishing must not hit the next task", "[.pool-bugs]") {
+TEST_CASE("cancel() of a task that is just finishing must not hit the next task",
+          "[pool][pool-bugs]") {
+  if (!bug_repros_enabled()) return;
   // Known bug (reported): cancel() and the watchdog interrupt a slot, not a task. The
-  // interrupt runs on a helper thread that first has to attach (wait for the GIL); if the task
-  // ends meanwhile and the worker starts the next one, interp_host::interrupt() sees
-  // running_task_ == true and raises KeyboardInterrupt / TimeoutError in the wrong task.
+  // interrupt runs on a helper thread that first has to attach, i.e. take the GIL; while task A
+  // holds it, the helper waits. If A ends first and the worker starts B, the helper gets the
+  // GIL inside B (after the 5 ms switch interval), sees running_task_ == true and raises
+  // KeyboardInterrupt in B, which fails although nobody cancelled it.
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);
-  int wrong = 0, rounds = 3000;
+  os_pipe started;
+  int wrong = 0, rounds = 150;
   std::string first_wrong;
   for (int i = 0; i < rounds; ++i) {
-    auto a = p.submit_code("sum(range(2000))");
-    auto b = p.submit("isola_test_pool:plus_one", i);
+    // A: says it runs, then busy-loops ~3 ms holding the GIL. B: busy-loops ~30 ms.
+    auto a = p.submit("isola_test_pool:busy", 0.003, started.w);
+    auto b = p.submit("isola_test_pool:busy", 0.03);
+    REQUIRE(started.get());
     a.cancel();
     try {
       a.get();
@@ -1259,17 +1324,19 @@ TEST_CASE("cancel() of a task that is just finishing must not hit the next task"
   CHECK(wrong == 0);
 }
 
-TEST_CASE("a timeout firing as its task ends must not hit the next task", "[.pool-bugs]") {
+TEST_CASE("a timeout firing as its task ends must not hit the next task", "[pool][pool-bugs]") {
+  if (!bug_repros_enabled()) return;
+  // Known bug (reported), the same race through the watchdog: A's deadline passes while A
+  // still runs (holding the GIL), the helper waits for the GIL, A ends, B starts, and B gets
+  // A's TimeoutError.
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);
-  int wrong = 0;
+  int wrong = 0, rounds = 40;
   std::string first_wrong;
-  for (int i = 0; i < 300; ++i) {
-    // A task that ends close to its 2 ms deadline, then an untimed one.
-    auto a = p.submit_with("isola_test_pool:sleep_then", {value(0.002), value(0)}, {},
-                           with_timeout(2ms));
-    auto b = p.submit_code("sum(range(20000))");
+  for (int i = 0; i < rounds; ++i) {
+    auto a = p.submit_with("isola_test_pool:busy", {value(0.022)}, {}, with_timeout(20ms));
+    auto b = p.submit("isola_test_pool:busy", 0.03);
     try {
       a.get();
     } catch (const std::exception&) {

@@ -168,6 +168,24 @@ TEST_CASE("attach during runtime shutdown reports runtime_finalizing", "[runtime
   CHECK(r.output.find("after main: no_runtime") != std::string::npos);
 }
 
+TEST_CASE("an interpreter destroyed from a thread attached to it ends at shutdown", "[runtime]") {
+  // The destructor cannot wait for its own caller's guard: it leaves the interpreter to the
+  // runtime, which ends it with the others.
+  temp_dir dir;
+  auto file = dir.file("ended");
+  auto r = run_child({"destroy-attached", file});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.find("destroyed while attached") != std::string::npos);
+  CHECK(r.output.find("alive inside: 1") != std::string::npos);
+  CHECK(r.output.find("alive after: 1") != std::string::npos);
+  CHECK(r.output.find("live: 1") != std::string::npos);
+  auto at = r.output.find("id: ");
+  REQUIRE(at != std::string::npos);
+  auto id = r.output.substr(at + 4, r.output.find('\n', at) - at - 4);
+  CHECK(read_file(file) == "ended " + id + "\n");
+}
+
 TEST_CASE("the isola module: interpreter_id, log, __version__", "[runtime]") {
   isola::interpreter in;
   CHECK(in.eval("__import__('isola').interpreter_id()").as_int() == in.id());

@@ -330,8 +330,8 @@ void add_run_command(CLI::App& app, dispatch& d) {
       "  isola run --shared-gil -n 2 tools/demo/cpu_bound.py  one GIL: they take turns\n"
       "  isola run -n 4 script.py --verbose -n 1             the script's sys.argv[1:] is\n"
       "                                                       ['--verbose', '-n', '1']\n"
-      "  isola run -n 2 --stats --timeout 10 script.py      at most 10 s each, then the pool's\n"
-      "                                                       counters\n"
+      "  isola run -n 2 --stats --timeout 10 script.py        at most 10 s each, then the\n"
+      "                                                       pool's counters\n"
       "\n"
       "Exit status: 0 all interpreters ok (sys.exit(0) counts as ok), 1 any failed (or timed\n"
       "out) or could not be created, 2 usage error (bad option, missing or unreadable script).");

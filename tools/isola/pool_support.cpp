@@ -29,9 +29,10 @@ std::string helper_module_init(std::string_view name, std::string_view source) {
 
 std::string strip_helper_frames(const std::string& traceback) {
   // A frame is a line '  File "name", line N, in f' followed by lines indented deeper (the
-  // source line, carets). Drop the frames whose file is one of ours or runpy's.
+  // source line, carets). Drop the frames whose file is one of ours, runpy's or importlib's.
   std::istringstream in(traceback);
-  std::string line, out;
+  std::string line;
+  std::vector<std::string> kept;
   bool dropping = false;
   const std::string ours = fmt::format("  File \"{}\"", helper_filename);
   while (std::getline(in, line)) {
@@ -43,7 +44,18 @@ std::string strip_helper_frames(const std::string& traceback) {
     } else if (!line.starts_with("    ")) {
       dropping = false;
     }
-    if (!dropping) out += line + "\n";
+    if (!dropping) kept.push_back(line);
+  }
+  // A header left with no frame under it goes too: a script's SyntaxError then reads as under
+  // `python script.py` (its '  File "x.py", line N' is the error's location, not a frame).
+  std::string out;
+  for (std::size_t i = 0; i < kept.size(); ++i) {
+    if (kept[i] == "Traceback (most recent call last):") {
+      const bool frame_follows = i + 1 < kept.size() && kept[i + 1].starts_with("  File \"") &&
+                                 kept[i + 1].find(", in ") != std::string::npos;
+      if (!frame_follows) continue;
+    }
+    out += kept[i] + "\n";
   }
   if (!traceback.empty() && traceback.back() != '\n' && !out.empty()) out.pop_back();
   return out;
