@@ -610,9 +610,11 @@ void pool_impl::watchdog_main() {
       wd_cv_.wait(lock);
       continue;
     }
+    // A copy: wait_until keeps reading its argument while the lock is released, and run_task
+    // may erase (free) the entry meanwhile.
+    const auto when = deadlines_.begin()->first;
+    if (wd_cv_.wait_until(lock, when) != std::cv_status::timeout) continue;
     auto first = deadlines_.begin();
-    if (wd_cv_.wait_until(lock, first->first) != std::cv_status::timeout) continue;
-    first = deadlines_.begin();
     if (first == deadlines_.end() || first->first > std::chrono::steady_clock::now()) continue;
     deadline_entry e = first->second;
     deadlines_.erase(first);

@@ -20,7 +20,8 @@ struct attach_frame;
 
 /// A copyable reference to an interpreter: its id plus shared state. It never touches the
 /// PyInterpreterState after the interpreter has ended, so it is safe to keep anywhere and to
-/// use from any thread; attach() through it then reports errc::interpreter_closed.
+/// use from any thread; attach() through it then reports errc::interpreter_closed (or
+/// errc::no_runtime once the runtime itself has ended).
 class interpreter_handle {
  public:
   interpreter_handle() = default;

@@ -89,11 +89,11 @@ class interpreter {
                                      std::vector<std::pair<std::string, value>> kwargs = {});
   template <typename... Args>
   value call(std::string_view target, Args&&... args) {
-    return call_with(target, {value(std::forward<Args>(args))...});
+    return call_with(target, make_values(std::forward<Args>(args)...));
   }
   template <typename... Args>
   std::future<value> call_async(std::string target, Args&&... args) {
-    return call_with_async(std::move(target), {value(std::forward<Args>(args))...});
+    return call_with_async(std::move(target), make_values(std::forward<Args>(args)...));
   }
 
   /// Runs a file as __main__ would: __file__ is set, sys.argv becomes {path, argv...}.

@@ -129,7 +129,7 @@ class pool {
   /// Calls "package.module:function" with args; waits for room in the queue.
   template <typename... Args>
   task_future submit(std::string target, Args&&... args) {
-    return submit_with(std::move(target), {value(std::forward<Args>(args))...});
+    return submit_with(std::move(target), make_values(std::forward<Args>(args)...));
   }
   task_future submit_with(std::string target, std::vector<value> args,
                           std::vector<std::pair<std::string, value>> kwargs = {},
@@ -141,7 +141,7 @@ class pool {
   task_future submit_to(int interpreter_index, std::string target, Args&&... args) {
     task_options o;
     o.interpreter_index = interpreter_index;
-    return submit_with(std::move(target), {value(std::forward<Args>(args))...}, {}, o);
+    return submit_with(std::move(target), make_values(std::forward<Args>(args)...), {}, o);
   }
   /// Fails at once with isola::error (errc::queue_full) when the queue has no room.
   task_future try_submit_with(std::string target, std::vector<value> args,

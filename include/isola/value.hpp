@@ -57,7 +57,9 @@ std::string_view kind_name(kind k) noexcept;
 /// A Python value copied into C++: None, bool, int, float, str (UTF-8; lone surrogates are kept
 /// with the "surrogatepass" scheme), bytes, tuple, list, dict. Other Python types are refused
 /// with TypeError naming the type; structures nested deeper than max_depth or cyclic ones are
-/// refused with ValueError, never a stack overflow.
+/// refused with ValueError, never a stack overflow. (A value built by hand in C++ is not
+/// depth-checked until it is converted; copying or destroying one nested tens of thousands of
+/// levels deep recurses that deep.)
 class value {
  public:
   static constexpr int max_depth = 512;
@@ -130,14 +132,23 @@ inline bool operator==(const tuple& a, const tuple& b) { return a.items == b.ite
 inline bool operator==(const list& a, const list& b) { return a.items == b.items; }
 inline bool operator==(const dict& a, const dict& b) { return a.items == b.items; }
 
+/// Builds a vector of values without copying them (an initializer_list would copy each).
+template <typename... Args>
+std::vector<value> make_values(Args&&... args) {
+  std::vector<value> v;
+  v.reserve(sizeof...(Args));
+  (v.emplace_back(std::forward<Args>(args)), ...);
+  return v;
+}
+
 /// Convenience builders: isola::make_list(1, "two", 3.0).
 template <typename... Args>
 isola::list make_list(Args&&... args) {
-  return isola::list{{value(std::forward<Args>(args))...}};
+  return isola::list{make_values(std::forward<Args>(args)...)};
 }
 template <typename... Args>
 isola::tuple make_tuple(Args&&... args) {
-  return isola::tuple{{value(std::forward<Args>(args))...}};
+  return isola::tuple{make_values(std::forward<Args>(args)...)};
 }
 
 }  // namespace isola
