@@ -25,7 +25,10 @@ std::vector<std::int64_t> ints(const value& v) {
 // How many stamps of `of` lie strictly between the first and last stamp of `within`.
 std::size_t stamps_inside(const std::vector<std::int64_t>& of,
                           const std::vector<std::int64_t>& within) {
-  auto [lo, hi] = std::minmax_element(within.begin(), within.end());
+  // Plain variables, not a structured binding: clang 14 cannot capture one in a lambda.
+  const auto bounds = std::minmax_element(within.begin(), within.end());
+  const auto lo = bounds.first;
+  const auto hi = bounds.second;
   return static_cast<std::size_t>(
       std::count_if(of.begin(), of.end(), [&](auto s) { return *lo < s && s < *hi; }));
 }
@@ -343,8 +346,11 @@ TEST_CASE("time.sleep keeps its contract", "[interpreter]") {
   in.exec("import time\nt0 = time.monotonic()\ntime.sleep(0.01)\ntime.sleep(0)\n"
           "elapsed = time.monotonic() - t0");
   CHECK(in.get_global("elapsed").as_float() >= 0.01);  // it did sleep (not a speed limit)
-  for (auto [arg, type] : {std::pair{"-1", "ValueError"}, std::pair{"float('nan')", "ValueError"},
-                           std::pair{"'1'", "TypeError"}, std::pair{"None", "TypeError"}}) {
+  // Plain variables, not a structured binding: clang 14 cannot capture one in a lambda.
+  for (const auto& c : {std::pair{"-1", "ValueError"}, std::pair{"float('nan')", "ValueError"},
+                        std::pair{"'1'", "TypeError"}, std::pair{"None", "TypeError"}}) {
+    const char* arg = c.first;
+    const char* type = c.second;
     INFO("time.sleep(" << arg << ")");
     auto e = python_error_of([&] { in.exec(std::string("time.sleep(") + arg + ")"); });
     REQUIRE(e);

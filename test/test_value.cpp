@@ -336,13 +336,16 @@ TEST_CASE("unsupported Python types are a TypeError naming the type", "[value]")
     const char* expr;
     const char* type;
   };
-  for (auto [expr, type] : {expectation{"set()", "'set'"}, expectation{"object()", "'object'"},
-                            expectation{"Custom()", "'__main__.Custom'"},
-                            expectation{"Custom", "'type'"},
-                            expectation{"bytearray(b'x')", "'bytearray'"},
-                            expectation{"[1, {'k': frozenset()}]", "'frozenset'"},
-                            expectation{"{(1, frozenset()): 2}", "'frozenset'"},
-                            expectation{"1j", "'complex'"}, expectation{"len", "function"}}) {
+  // Plain variables, not a structured binding: clang 14 cannot capture one in a lambda.
+  for (const auto& c : {expectation{"set()", "'set'"}, expectation{"object()", "'object'"},
+                        expectation{"Custom()", "'__main__.Custom'"},
+                        expectation{"Custom", "'type'"},
+                        expectation{"bytearray(b'x')", "'bytearray'"},
+                        expectation{"[1, {'k': frozenset()}]", "'frozenset'"},
+                        expectation{"{(1, frozenset()): 2}", "'frozenset'"},
+                        expectation{"1j", "'complex'"}, expectation{"len", "function"}}) {
+    const char* expr = c.expr;
+    const char* type = c.type;
     INFO(expr);
     auto e = python_error_of([&] { in.eval(expr); });
     REQUIRE(e);
