@@ -1,5 +1,8 @@
 // `isola map`: calls module:function on every input line (a Python literal) in a pool of N
 // interpreters and prints the results' reprs in input order on stdout.
+// - Before anything runs, the target is imported everywhere and every line is parsed once (in
+//   the pool): a missing module or a line that is not a literal is a usage error, not a
+//   failure halfway through.
 // - Inputs go to the pool in chunks; a helper module in every interpreter parses each line
 //   with ast.literal_eval (plus fast paths that give the same values), calls the function and
 //   returns the reprs. A failing input is recorded there and the chunk goes on, so one bad
@@ -43,7 +46,8 @@ namespace fs = std::filesystem;
 
 constexpr unsigned max_interpreters = 1024;
 constexpr std::size_t max_auto_chunk = 256;
-constexpr std::size_t progress_threshold = 1000;  ///< inputs; fewer show no progress
+constexpr std::size_t progress_threshold = 1000;  ///< more inputs than this show progress
+constexpr auto progress_after = std::chrono::seconds(2);  ///< so does a run this long
 
 struct map_options {
   unsigned interpreters = cores();
@@ -52,7 +56,8 @@ struct map_options {
   std::size_t chunk_size = 0;  ///< 0: automatic
   std::vector<std::string> paths;
   double timeout = 0;  ///< seconds per input; 0: none
-  bool progress = false;
+  bool progress = false;     ///< --progress: from the start, whatever the input's length
+  bool no_progress = false;  ///< --no-progress
   bool quiet = false;
   bool stats = false;
   std::string log_level;
@@ -107,6 +112,20 @@ def parse(s):
             raise ValueError('not a Python literal (names, calls and most operators are not '
                              'allowed; quote strings)') from None
         raise
+
+
+def check_lines(lines):
+    """[(i, type, message)] for the lines that are not Python literals."""
+    bad = []
+    for i, s in enumerate(lines):
+        try:
+            parse(s)
+        except SyntaxError as e:
+            where = f' (column {e.offset})' if e.offset else ''
+            bad.append((i, 'SyntaxError', f'{e.msg}{where}'))
+        except Exception as e:
+            bad.append((i, _type_name(e), str(e)))
+    return bad
 
 
 def _type_name(e):
@@ -352,49 +371,81 @@ std::string quoted(const input_item& it) {
   return (it.utf8 ? value(t).repr() : value(isola::bytes{t}).repr()) + (cut ? "..." : "");
 }
 
-/// Progress on stderr: "map: 12000/50000 (24%)", redrawn in place on a terminal, else a line
-/// a second.
+/// Inputs [first, first + count) as the list of str (bytes when not UTF-8) a task gets.
+isola::list lines_of(const std::vector<input_item>& items, std::size_t first, std::size_t count) {
+  isola::list lines;
+  lines.items.reserve(count);
+  for (std::size_t i = first; i < first + count; ++i) {
+    const auto& it = items[i];
+    if (it.utf8) {
+      lines.items.emplace_back(it.text);
+    } else {
+      lines.items.emplace_back(isola::bytes{it.text});  // parse() reports the bad byte
+    }
+  }
+  return lines;
+}
+
+/// Progress on stderr, "mapped 12000/50000 (24%)", once the input is long (more than
+/// progress_threshold inputs) or the run has taken progress_after: on a terminal one line
+/// redrawn in place (at most 5 times a second), else a new line at most every 5 seconds.
 class progress_line {
  public:
-  progress_line(bool on, std::size_t total)
-      : on_(on), total_(total), tty_(isatty(STDERR_FILENO)), last_(clock::now()) {}
-  void update(std::size_t done, bool force = false) {
-    if (!on_) return;
-    auto now = clock::now();
-    if (!force && now - last_ < (tty_ ? std::chrono::milliseconds(200) : std::chrono::seconds(1))) {
+  progress_line(const map_options& o, std::size_t total)
+      : enabled_(!o.quiet && !o.no_progress),
+        long_(o.progress || total > progress_threshold),
+        total_(total),
+        tty_(isatty(STDERR_FILENO)),
+        start_(clock::now()),
+        last_(start_) {}
+
+  void update(std::size_t done) {
+    if (!enabled_) return;
+    const auto now = clock::now();
+    if (!long_ && now - start_ < progress_after) return;
+    if (now - last_ < (tty_ ? std::chrono::milliseconds(200) : std::chrono::milliseconds(5000))) {
       return;
     }
     last_ = now;
-    std::string text = fmt::format("map: {}/{} ({}%)", done, total_,
+    std::string text = fmt::format("mapped {}/{} ({}%)", done, total_,
                                    total_ == 0 ? 100 : done * 100 / total_);
     if (tty_) {
       fmt::print(stderr, "\r{}\033[K", text);
-      shown_ = true;
+      on_screen_ = true;
     } else {
       fmt::print(stderr, "{}\n", text);
     }
+    printed_ = true;
     std::fflush(stderr);
   }
   /// Before other stderr output: clears the line being redrawn.
   void clear() {
-    if (on_ && tty_ && shown_) {
+    if (on_screen_) {
       fmt::print(stderr, "\r\033[K");
-      shown_ = false;
+      on_screen_ = false;
     }
   }
-  bool on() const { return on_; }
+  /// Whether update() may print (the caller then polls for it while it waits).
+  bool enabled() const { return enabled_; }
+  /// Whether a progress line was printed: the run then ends with a summary line.
+  bool printed() const { return printed_; }
 
  private:
-  bool on_;
+  bool enabled_;
+  bool long_;
   std::size_t total_;
   bool tty_;
-  bool shown_ = false;
+  bool on_screen_ = false;
+  bool printed_ = false;
+  clock::time_point start_;
   clock::time_point last_;
 };
 
-/// Writes results to stdout in large blocks.
+/// Writes results to stdout in large blocks, clearing the progress line first (stdout and
+/// stderr may be the same terminal).
 class output {
  public:
+  explicit output(progress_line& progress) : progress_(progress) {}
   void line(std::string_view s) {
     buf_.append(s);
     buf_ += '\n';
@@ -402,6 +453,7 @@ class output {
   }
   void flush() {
     if (!buf_.empty()) {
+      progress_.clear();
       std::fwrite(buf_.data(), 1, buf_.size(), stdout);
       buf_.clear();
     }
@@ -409,6 +461,7 @@ class output {
   }
 
  private:
+  progress_line& progress_;
   std::string buf_;
 };
 
@@ -422,9 +475,8 @@ class mapper {
  public:
   mapper(pool& p, const map_options& o, const std::vector<input_item>& items, std::size_t chunk)
       : pool_(p), o_(o), items_(items), chunk_(chunk),
-        progress_(!o.quiet && items.size() > progress_threshold &&
-                      (o.progress || isatty(STDERR_FILENO)),
-                  items.size()) {
+        progress_(o, items.size()),
+        out_(progress_) {
     auto colon = o.target.find(':');
     function_ = o.target.substr(colon + 1);
   }
@@ -441,7 +493,7 @@ class mapper {
         next += count;
       }
       piece& front = inflight_.front();
-      if (progress_.on()) {
+      if (progress_.enabled()) {
         while (front.fut.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
           progress_.update(done_);
         }
@@ -479,12 +531,12 @@ class mapper {
       progress_.update(done_);
     }
     out_.flush();
-    progress_.update(done_, true);
     progress_.clear();
     return failures_.count;
   }
 
   const failure_report& failures() const { return failures_; }
+  bool progress_printed() const { return progress_.printed(); }
 
  private:
   struct piece {
@@ -493,21 +545,11 @@ class mapper {
   };
 
   piece submit(std::size_t first, std::size_t count) {
-    isola::list lines;
-    lines.items.reserve(count);
-    for (std::size_t i = first; i < first + count; ++i) {
-      const auto& it = items_[i];
-      if (it.utf8) {
-        lines.items.emplace_back(it.text);
-      } else {
-        lines.items.emplace_back(isola::bytes{it.text});  // parse() reports the bad byte
-      }
-    }
     task_options opts;
     if (o_.timeout > 0) opts.timeout = timeout_ms(2 * o_.timeout);
-    auto fut = pool_.submit_with("_isola_map:map_chunk",
-                                 {value(o_.target), value(std::move(lines)), value(o_.timeout)},
-                                 {}, opts);
+    auto fut = pool_.submit_with(
+        "_isola_map:map_chunk",
+        {value(o_.target), value(lines_of(items_, first, count)), value(o_.timeout)}, {}, opts);
     return piece{first, count, std::move(fut)};
   }
 
@@ -571,8 +613,8 @@ class mapper {
   std::string function_;
   std::deque<piece> inflight_;
   std::size_t done_ = 0;
-  output out_;
   progress_line progress_;
+  output out_;  // after progress_, which it refers to
   failure_report failures_;
 };
 
@@ -629,6 +671,57 @@ void check_target_everywhere(pool& p, const map_options& o) {
   }
 }
 
+/// Parses every input in the pool before the function is called on any of them: an input that
+/// is not a Python literal is a usage error (exit 2, nothing run), named with its line.
+void check_literals(pool& p, const std::vector<input_item>& items) {
+  constexpr std::size_t max_named = 10;
+  const std::size_t total = items.size();
+  const std::size_t chunk = std::clamp<std::size_t>(total / (p.size() * 4), 64, 4096);
+  const std::size_t window = 4 * p.size();
+  std::deque<std::pair<std::size_t, task_future>> inflight;
+  std::vector<std::pair<std::size_t, std::string>> bad;  // (index, what is wrong)
+  std::size_t bad_count = 0;
+  std::size_t next = 0;
+  while (next < total || !inflight.empty()) {
+    while (next < total && inflight.size() < window) {
+      const std::size_t count = std::min(chunk, total - next);
+      inflight.emplace_back(next, p.submit("_isola_map:check_lines", lines_of(items, next, count)));
+      next += count;
+    }
+    auto [first, fut] = std::move(inflight.front());
+    inflight.pop_front();
+    const value found = fut.get();
+    for (const auto& f : found.as_list().items) {
+      const auto& t = f.as_tuple().items;
+      ++bad_count;
+      if (bad.size() < max_named) {
+        const std::string& type = t[1].as_str();
+        const std::string& message = t[2].as_str();
+        bad.emplace_back(first + static_cast<std::size_t>(t[0].as_int()),
+                         message.empty() ? type : type + ": " + message);
+      }
+    }
+  }
+  if (bad_count == 0) return;
+  std::string lines;
+  for (const auto& [index, what] : bad) {
+    const input_item& it = items[index];
+    fmt::print(stderr, "map: line {}: cannot parse {} as a Python literal: {}\n", it.line,
+               quoted(it), what);
+    lines += (lines.empty() ? "" : ", ") + std::to_string(it.line);
+  }
+  if (bad_count > bad.size()) {
+    fmt::print(stderr, "map: ... and {} more\n", bad_count - bad.size());
+    lines += ", ...";
+  }
+  throw usage_error(fmt::format(
+      "map: {} of {} input lines {} (line{} {}); nothing was run. Each line must be one "
+      "literal: a number, a quoted string ('text'), True, False, None, or a tuple, list, dict "
+      "or set of those; fix or remove {}",
+      bad_count, total, bad_count == 1 ? "is not a Python literal" : "are not Python literals",
+      bad_count == 1 ? "" : "s", lines, bad_count == 1 ? "that line" : "those lines"));
+}
+
 std::size_t auto_chunk(std::size_t total, std::size_t n) {
   // About 8 chunks per interpreter keeps them all busy to the end; 256 inputs per chunk are
   // enough to make a task's own cost negligible.
@@ -659,6 +752,7 @@ int run_map(const map_options& o) {
                                          e.what()));
   }
   check_target_everywhere(*p, o);
+  check_literals(*p, items);
 
   const std::size_t chunk = o.chunk_size != 0 ? o.chunk_size : auto_chunk(items.size(), p->size());
   mapper m(*p, o, items, chunk);
@@ -681,8 +775,7 @@ int run_map(const map_options& o) {
   }
   std::fflush(stdout);
 
-  if (!o.quiet && (failed > 0 || (items.size() > progress_threshold &&
-                                  (o.progress || isatty(STDERR_FILENO))))) {
+  if (!o.quiet && (failed > 0 || o.progress || m.progress_printed())) {
     std::string lines;
     for (auto l : m.failures().lines) lines += (lines.empty() ? "" : ", ") + std::to_string(l);
     if (failed > m.failures().lines.size()) lines += ", ...";
@@ -730,7 +823,8 @@ void add_map_command(CLI::App& app, dispatch& d) {
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))
       ->type_name("K");
   sub->add_option("-p,--path", o->paths,
-                  "Folder to put on sys.path (repeatable); the current directory always is")
+                  "Folder to put first on sys.path of every interpreter, unless it is there "
+                  "already (repeatable); the current directory always is")
       ->type_name("DIR");
   sub->add_option("--timeout", o->timeout,
                   "Limit for each input's call: an input that runs longer fails with "
@@ -738,20 +832,28 @@ void add_map_command(CLI::App& app, dispatch& d) {
       ->check(CLI::Range(0.001, 1e6))
       ->type_name("SECONDS");
   sub->add_flag("--progress", o->progress,
-                fmt::format("Show progress on stderr even when it is not a terminal (it shows "
-                            "on a terminal when there are more than {} inputs)",
+                fmt::format("Show progress from the start, even for {} inputs or fewer",
                             progress_threshold));
+  sub->add_flag("--no-progress", o->no_progress, "Never show progress")
+      ->excludes(sub->get_option("--progress"));
   sub->add_flag("-q,--quiet", o->quiet, "No progress and no summary; failures are still named");
   sub->add_flag("--stats", o->stats, "After the run, print the pool's counters on stderr");
   add_log_level_option(*sub, o->log_level);
   sub->footer(
-      "Each non-blank input line is a Python literal (42, 'text', [1, 2], {'k': 1.5}, None),\n"
-      "parsed with ast.literal_eval inside the interpreters. The function is called with it, and\n"
-      "repr() of each result is printed on stdout, one per line, in input order. An input that\n"
-      "cannot be parsed or whose call raises is named on stderr (its line number, the input and\n"
-      "the exception) and prints nothing on stdout; the other inputs go on. The first failing\n"
-      "call also shows its traceback. Progress shows on stderr for more than 1000 inputs when it\n"
-      "is a terminal (or with --progress), with a summary at the end.\n"
+      "Input: one Python literal per line (42, -1.5, 'text', [1, 2], {'k': (1, None)}, True),\n"
+      "parsed as ast.literal_eval parses it (no code runs), inside the interpreters. Blank lines\n"
+      "are skipped; line numbers in messages still count them. Every line is parsed before the\n"
+      "function is called on any: a line that is not a literal is a usage error (its number, the\n"
+      "line and the parse error are named; exit 2, nothing runs).\n"
+      "\n"
+      "Output: repr() of each result on stdout, one per line, in input order. An input whose\n"
+      "call raises (or passes --timeout) is named on stderr (line number, input, exception type\n"
+      "and message; the first one's traceback too) and prints nothing on stdout, so stdout holds\n"
+      "the results of the inputs that succeeded, in order; the other inputs go on.\n"
+      "\n"
+      "Progress: \"mapped 12000/50000 (24%)\" on stderr once there are more than 1000 inputs or\n"
+      "the run has taken 2 s; redrawn in place on a terminal, else a line every 5 s at most.\n"
+      "A summary line ends a run that showed progress or had failures.\n"
       "\n"
       "The module is imported in every interpreter from the current directory or a --path\n"
       "folder; it must support subinterpreters (pure-Python modules do).\n"
@@ -761,7 +863,8 @@ void add_map_command(CLI::App& app, dispatch& d) {
       "  isola map -n 4 --path lib tasks:score --input items.txt --timeout 5\n"
       "\n"
       "Exit status: 0 every input ok, 1 any input failed (or the module raised on import),\n"
-      "2 usage error (bad target, missing input file, module or function not found).");
+      "2 usage error (bad target, missing input file, module or function not found, a line that\n"
+      "is not a Python literal).");
   sub->callback([o, &d] { d.chosen = [o] { return run_map(*o); }; });
 }
 
