@@ -7,7 +7,8 @@
 // The executors run in a subprocess of the very python isola was built against
 // (ISOLA_PYTHON_EXECUTABLE) that prints its figures as JSON: no fork of this multi-threaded
 // process, and the same interpreter version on both sides. Both sides call the same function
-// from the same module file, written to a temporary folder put on sys.path.
+// from the same module file, written to a temporary folder put on sys.path. Every result is
+// checked on both sides, so a broken pool or executor fails the run instead of looking fast.
 #include "bench.hpp"
 #include "build_info.hpp"
 #include "cli.hpp"
@@ -49,7 +50,19 @@ struct pool_bench_options {
   unsigned cpu_tasks = 8;
   double cpu_task_ms = 200;
   bool no_peers = false;
+  bool quick = false;
 };
+
+/// --quick: the sizes of a smoke run of a few seconds, for the options not given explicitly.
+void apply_quick(pool_bench_options& o, const CLI::App& app) {
+  auto unset = [&](const char* name) { return app.get_option(name)->count() == 0; };
+  if (unset("--tasks")) o.tasks = 20000;
+  if (unset("--process-tasks")) o.process_tasks = 2000;
+  if (unset("--roundtrips")) o.roundtrips = 2000;
+  if (unset("--process-roundtrips")) o.process_roundtrips = 200;
+  if (unset("--repeat")) o.repeat = 1;
+  if (unset("--cpu-task-ms")) o.cpu_task_ms = 50;
+}
 
 /// The module both sides call (a short name: "isola_bt:inc" fits std::string's small buffer,
 /// so submit() allocates no string for it).
@@ -66,8 +79,7 @@ def spin(n):
 
 
 def spin_serial(tasks, n):
-    for _ in range(tasks):
-        spin(n)
+    return [spin(n) for _ in range(tasks)]
 )py";
 
 /// The peer side, run as `python -I -c peer_script TMPDIR CONFIG_JSON`; prints one JSON
@@ -95,35 +107,45 @@ def progress(message):
         print('[pool] ' + message, file=sys.stderr, flush=True)
 
 
+def check(ok, what):
+    if not ok:
+        sys.exit(f'bench pool: {what}')
+
+
 def rate(executor, count):
     t0 = time.perf_counter()
     futures = [executor.submit(tasks.inc, i) for i in range(count)]
+    total = 0
     for f in futures:
-        f.result()
-    return count / (time.perf_counter() - t0)
+        total += f.result()
+    took = time.perf_counter() - t0
+    check(total == count * (count + 1) // 2, f'{executor!r}: wrong sum of inc() results {total}')
+    return count / took
 
 
 def roundtrips(executor, count):
     samples = []
     for i in range(count):
         t0 = time.perf_counter()
-        executor.submit(tasks.inc, i).result()
+        r = executor.submit(tasks.inc, i).result()
         samples.append((time.perf_counter() - t0) * 1e6)
+        check(r == i + 1, f'{executor!r}: inc({i}) gave {r!r}')
     return statistics.median(samples)
 
 
-def cpu(executor, k, n):
+def cpu(executor, k, n, expected):
     t0 = time.perf_counter()
     futures = [executor.submit(tasks.spin, n) for _ in range(k)]
-    for f in futures:
-        f.result()
-    return time.perf_counter() - t0
+    results = [f.result() for f in futures]
+    took = time.perf_counter() - t0
+    check(results == expected, f'{executor!r}: spin() results differ from the serial run')
+    return took
 
 
 def serial(k, n):
     t0 = time.perf_counter()
-    tasks.spin_serial(k, n)
-    return time.perf_counter() - t0
+    results = tasks.spin_serial(k, n)
+    return time.perf_counter() - t0, results
 
 
 out = {}
@@ -151,8 +173,11 @@ with cf.ProcessPoolExecutor(N, mp_context=context) as ex:
     progress(f'ProcessPoolExecutor: {k} CPU-bound tasks vs serial, {config["cpu_rounds"]} rounds')
     par, ser = [], []
     for _ in range(config['cpu_rounds']):
-        par.append(cpu(ex, k, n))
-        ser.append(serial(k, n))
+        took, expected = serial(k, n)
+        check(expected == [config['spin_expected']] * k,
+              f'spin({n}) gave {expected[0]} here, {config["spin_expected"]} in isola')
+        ser.append(took)
+        par.append(cpu(ex, k, n, expected))
     out['processpool_cpu_parallel_s'] = statistics.median(par)
     out['processpool_cpu_serial_s'] = statistics.median(ser)
     with cf.ThreadPoolExecutor(N) as tex:
@@ -229,8 +254,10 @@ std::string run_capture(std::vector<std::string> args) {
     if (errno != EINTR) throw std::runtime_error(std::string("waitpid: ") + std::strerror(errno));
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    throw std::runtime_error(fmt::format("the peer benchmark '{} -c ...' failed (status {})",
-                                         args[0], status));
+    throw std::runtime_error(fmt::format(
+        "the peer benchmark '{} -c ...' failed ({}); its messages are above", args[0],
+        WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
+                          : fmt::format("signal {}", WTERMSIG(status))));
   }
   return out;
 }
@@ -247,7 +274,13 @@ struct isola_figures {
   double rt_p50 = 0, rt_p90 = 0, rt_p99 = 0;
   double cpu_serial_s = 0, cpu_parallel_s = 0;
   std::int64_t spin_n = 0;
+  std::int64_t spin_expected = 0;  ///< spin(spin_n), which every run must give
 };
+
+/// A result that is not what the function returns means the figure is not to be trusted.
+void check(bool ok, const std::string& what) {
+  if (!ok) throw std::runtime_error("bench pool: " + what);
+}
 
 double trivial_run(pool& p, std::size_t m) {
   std::vector<task_future> futures;
@@ -256,11 +289,11 @@ double trivial_run(pool& p, std::size_t m) {
   for (std::size_t i = 0; i < m; ++i) {
     futures.push_back(p.submit("isola_bt:inc", static_cast<std::int64_t>(i)));
   }
-  std::int64_t check = 0;
-  for (auto& f : futures) check += f.get().as_int();
+  std::int64_t sum = 0;
+  for (auto& f : futures) sum += f.get().as_int();
   double s = seconds_since(t0);
   const auto mm = static_cast<std::int64_t>(m);
-  if (check != mm * (mm + 1) / 2) throw std::runtime_error("bench pool: wrong results");
+  check(sum == mm * (mm + 1) / 2, fmt::format("wrong sum of inc() results: {}", sum));
   return static_cast<double>(m) / s;
 }
 
@@ -283,9 +316,11 @@ isola_figures measure_isola(pool& p, const pool_bench_options& o, const bench_co
   std::vector<double> us;
   us.reserve(o.roundtrips);
   for (std::size_t i = 0; i < o.roundtrips; ++i) {
+    const auto x = static_cast<std::int64_t>(i);
     auto t0 = clock::now();
-    p.submit("isola_bt:inc", static_cast<std::int64_t>(i)).get();
+    const value r = p.submit("isola_bt:inc", x).get();
     us.push_back(seconds_since(t0) * 1e6);
+    check(r.as_int() == x + 1, fmt::format("inc({}) gave {}", x, r.repr()));
   }
   f.rt_p50 = percentile(us, 0.5);
   f.rt_p90 = percentile(us, 0.9);
@@ -311,13 +346,21 @@ isola_figures measure_isola(pool& p, const pool_bench_options& o, const bench_co
   std::vector<double> serial, parallel;
   for (unsigned r = 0; r < rounds; ++r) {
     auto t0 = clock::now();
-    p.submit_to(0, "isola_bt:spin_serial", o.cpu_tasks, f.spin_n).get();
+    const value ser = p.submit_to(0, "isola_bt:spin_serial", o.cpu_tasks, f.spin_n).get();
     serial.push_back(seconds_since(t0));
+    if (r == 0) f.spin_expected = ser.as_list().items.at(0).as_int();
+    for (const auto& x : ser.as_list().items) {
+      check(x.as_int() == f.spin_expected, "spin() gave different results in one interpreter");
+    }
     t0 = clock::now();
     std::vector<task_future> fs;
     for (unsigned k = 0; k < o.cpu_tasks; ++k) fs.push_back(p.submit("isola_bt:spin", f.spin_n));
-    for (auto& x : fs) x.get();
+    std::vector<std::int64_t> got;
+    for (auto& x : fs) got.push_back(x.get().as_int());
     parallel.push_back(seconds_since(t0));
+    for (auto g : got) {
+      check(g == f.spin_expected, "spin() on the pool differs from the serial run");
+    }
     ctx.progress(fmt::format("  round {}/{}: serial {:.2f} s, pool {:.2f} s", r + 1, rounds,
                              serial.back(), parallel.back()));
   }
@@ -327,7 +370,7 @@ isola_figures measure_isola(pool& p, const pool_bench_options& o, const bench_co
 }
 
 boost::json::object measure_peers(const fs::path& folder, const pool_bench_options& o,
-                                  std::int64_t spin_n, bool quiet) {
+                                  std::int64_t spin_n, std::int64_t spin_expected, bool quiet) {
   boost::json::object config{{"workers", o.size},
                              {"repeat", std::max(1u, std::min(o.repeat, 3u))},
                              {"thread_tasks", o.tasks},
@@ -336,6 +379,7 @@ boost::json::object measure_peers(const fs::path& folder, const pool_bench_optio
                              {"cpu_tasks", o.cpu_tasks},
                              {"cpu_rounds", std::max(1u, std::min(o.repeat, 3u))},
                              {"spin_n", spin_n},
+                             {"spin_expected", spin_expected},
                              {"quiet", quiet}};
   std::string out = run_capture({ISOLA_TOOLS_PYTHON_EXECUTABLE, "-I", "-c", peer_script,
                                  folder.string(), boost::json::serialize(config)});
@@ -383,7 +427,7 @@ bench_report run_pool_bench(const pool_bench_options& o, const bench_context& ct
   const bool with_peers = !o.no_peers && access(python.c_str(), X_OK) == 0;
   if (with_peers) {
     ctx.progress(fmt::format("peers: concurrent.futures in a subprocess of {}", python));
-    peers = measure_peers(folder.path(), o, f.spin_n, ctx.quiet());
+    peers = measure_peers(folder.path(), o, f.spin_n, f.spin_expected, ctx.quiet());
   } else if (!o.no_peers) {
     ctx.progress(fmt::format("{} is not executable here: no peer figures", python));
   }
@@ -409,10 +453,16 @@ bench_report run_pool_bench(const pool_bench_options& o, const bench_context& ct
   r.add("roundtrip_us_p90", f.rt_p90, "us", 2, "the same, 90th percentile");
   r.add("roundtrip_us_p99", f.rt_p99, "us", 2, "the same, 99th percentile");
   if (with_peers) {
-    r.add("processpool_roundtrip_us_p50", number(peers, "processpool_roundtrip_us_p50"), "us", 2,
+    const double proc = number(peers, "processpool_roundtrip_us_p50");
+    const double thr = number(peers, "threadpool_roundtrip_us_p50");
+    r.add("processpool_roundtrip_us_p50", proc, "us", 2,
           fmt::format("ProcessPoolExecutor: submit one, wait, median of {}", o.process_roundtrips));
-    r.add("threadpool_roundtrip_us_p50", number(peers, "threadpool_roundtrip_us_p50"), "us", 2,
+    r.add("threadpool_roundtrip_us_p50", thr, "us", 2,
           fmt::format("ThreadPoolExecutor: submit one, wait, median of {}", o.process_roundtrips));
+    r.add("roundtrip_vs_processpool", f.rt_p50 > 0 ? proc / f.rt_p50 : 0, "x", 1,
+          "process pool round trip / isola round trip (how many times faster)");
+    r.add("roundtrip_vs_threadpool", f.rt_p50 > 0 ? thr / f.rt_p50 : 0, "x", 2,
+          "thread pool round trip / isola round trip");
   }
   r.add("cpu_serial_s", f.cpu_serial_s, "s", 3,
         fmt::format("{} CPU-bound tasks one after another in one interpreter", o.cpu_tasks));
@@ -427,6 +477,9 @@ bench_report run_pool_bench(const pool_bench_options& o, const bench_context& ct
     r.add("processpool_cpu_parallel_s", pp, "s", 3,
           fmt::format("the same tasks on ProcessPoolExecutor({})", o.size));
     r.add("processpool_cpu_speedup", pp > 0 ? ps / pp : 0, "x", 2, "serial / process pool");
+    const double isola_speedup = f.cpu_serial_s / f.cpu_parallel_s;
+    r.add("cpu_speedup_vs_processpool", pp > 0 && ps > 0 ? isola_speedup / (ps / pp) : 0, "x", 2,
+          "isola's speed-up / the process pool's");
   }
   r.add("load_avg_1m_start", load_start, "", 2, "load average when the suite started");
   r.add("load_avg_1m_end", load_end, "", 2, "load average when it ended");
@@ -480,18 +533,28 @@ bench_suite_registrar pool_suite({
           ->type_name("MS");
       app.add_flag("--no-peers", o->no_peers,
                    "Measure the isola pool only (no concurrent.futures subprocess)");
+      app.add_flag("--quick", o->quick,
+                   "A smoke run of a few seconds: fewer tasks and round trips, one run, CPU "
+                   "tasks of 50 ms (options given explicitly still apply); the figures are "
+                   "rougher");
       app.footer(
           "Results (JSON keys): trivial_tasks_per_s (median) and _best; the executors'\n"
           "processpool_trivial_tasks_per_s, threadpool_trivial_tasks_per_s; trivial_vs_processpool,\n"
           "trivial_vs_threadpool (ratios of throughput); roundtrip_us_p50/_p90/_p99 and the\n"
-          "executors' processpool_roundtrip_us_p50, threadpool_roundtrip_us_p50; cpu_serial_s,\n"
+          "executors' processpool_roundtrip_us_p50, threadpool_roundtrip_us_p50;\n"
+          "roundtrip_vs_processpool, roundtrip_vs_threadpool (their latency / isola's); cpu_serial_s,\n"
           "cpu_parallel_s, cpu_speedup and processpool_cpu_serial_s, _parallel_s, _speedup;\n"
-          "load_avg_1m_start/_end (other work on the machine skews every figure: compare runs\n"
-          "made at low load).\n"
+          "cpu_speedup_vs_processpool; load_avg_1m_start/_end (other work on the machine skews\n"
+          "every figure: compare runs made at low load).\n"
+          "Every result is checked (sums of the trivial tasks, each round trip, the CPU tasks\n"
+          "against the serial run); a wrong one fails the run (exit status 1).\n"
           "The executors run in a subprocess of the python isola was built against, on the same\n"
           "module file; the process pool uses the 'forkserver' start method. Progress goes to\n"
           "stderr, results to stdout.");
-      return [o](const bench_context& ctx) { return run_pool_bench(*o, ctx); };
+      return [o, &app](const bench_context& ctx) {
+        if (o->quick) apply_quick(*o, app);
+        return run_pool_bench(*o, ctx);
+      };
     },
 });
 
