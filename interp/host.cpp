@@ -127,20 +127,20 @@ void interp_host::end() {
   unregister_interp(state_.get());
 }
 
-void interp_host::task_started() noexcept {
-  running_task_ = true;
+void interp_host::task_started(std::uint64_t task_id) noexcept {
+  running_task_ = task_id;
   std::lock_guard lock(sleep_.mu);
   sleep_.interrupted = false;
 }
 
 void interp_host::task_finished() noexcept {
-  running_task_ = false;
+  running_task_ = 0;
   // An interrupt that arrived as the task ended must not hit the next one.
   PyThreadState_SetAsyncExc(ident_, nullptr);
   PyErr_Clear();
 }
 
-bool interp_host::interrupt(std::string_view type) {
+bool interp_host::interrupt(std::string_view type, std::uint64_t task_id) {
   auto guard = attach(interpreter_handle(state_));
   if (!guard) return false;
   return with_python_errors([&] {
@@ -150,7 +150,8 @@ bool interp_host::interrupt(std::string_view type) {
       throw std::invalid_argument("interrupt: '" + std::string(type) +
                                   "' is not a builtin exception type");
     }
-    if (!running_task_ || PyThread_get_thread_ident() == ident_) return false;
+    if (running_task_ == 0 || PyThread_get_thread_ident() == ident_) return false;
+    if (task_id != 0 && running_task_ != task_id) return false;
     if (PyThreadState_SetAsyncExc(ident_, exc) == 0) return false;
     {
       std::lock_guard lock(sleep_.mu);

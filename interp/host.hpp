@@ -10,6 +10,7 @@
 #include <isola/interpreter.hpp>
 
 #include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string_view>
@@ -47,15 +48,17 @@ class interp_host {
   void enter() noexcept { PyEval_RestoreThread(tstate_); }
   void leave() noexcept { PyEval_SaveThread(); }
 
-  /// With the GIL held, around each task: marks it interruptible, then clears any interrupt
-  /// that arrived too late to hit it.
-  void task_started() noexcept;
+  /// With the GIL held, around each task: marks task `task_id` (non-zero) as running and
+  /// interruptible, then clears any interrupt that arrived too late to hit it.
+  void task_started(std::uint64_t task_id = 1) noexcept;
   void task_finished() noexcept;
 
   /// From any other thread: raises the builtin exception `type` in the running task and wakes
-  /// an isola sleep. Returns false if nothing was running or the interpreter is closing.
+  /// an isola sleep. With a non-zero `task_id`, only if that task is the one running (an
+  /// interrupt that waited for the GIL while its task ended must not hit the next task).
+  /// Returns false if nothing (or another task) was running or the interpreter is closing.
   /// Blocks while the task holds the GIL (C code that never releases it).
-  bool interrupt(std::string_view type);
+  bool interrupt(std::string_view type, std::uint64_t task_id = 0);
 
   bool created() const noexcept { return tstate_ != nullptr; }
 
@@ -64,7 +67,7 @@ class interp_host {
   std::shared_ptr<interp_state> state_;
   PyThreadState* tstate_ = nullptr;
   unsigned long ident_ = 0;  ///< PyThread_get_thread_ident() of the worker thread
-  bool running_task_ = false;  ///< read and written with the GIL held
+  std::uint64_t running_task_ = 0;  ///< id of the running task, 0 if none; GIL held
   sleep_slot sleep_;
 };
 

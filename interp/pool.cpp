@@ -13,6 +13,8 @@
 
 #include <boost/lockfree/queue.hpp>
 
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <atomic>
 #include <deque>
@@ -31,9 +33,12 @@ namespace isola {
 namespace detail {
 
 enum class task_kind { call, code, map_chunk };
-enum task_phase : int { queued, running, finished };
+enum task_phase : int { queued, running, cancelling, finished };
+
+struct pool_worker;
 
 struct pool_task {
+  std::uint64_t id = 0;  ///< unique in the pool; interrupts name the task they are meant for
   task_kind kind = task_kind::call;
   std::string text;  ///< call target or code
   std::vector<value> args;
@@ -41,21 +46,37 @@ struct pool_task {
   std::chrono::milliseconds timeout{0};
   int pinned = -1;
 
+  /// queued -> running -> finished, or queued -> finished (cancelled or dropped before it
+  /// ran), or running -> cancelling -> finished (cancel() of a running task).
   std::atomic<int> phase{queued};
-  std::atomic<bool> cancel_requested{false};
   std::atomic<bool> timed_out{false};
-  std::atomic<int> running_on{-1};  ///< slot index while running
+  // Written by the worker that claims the task before its queued -> running CAS, read by
+  // others only after they saw `running`.
+  int running_on = -1;
+  std::weak_ptr<pool_worker> worker;
 
   std::promise<value> promise;                               ///< used when done is empty
   std::function<void(std::exception_ptr, value)> done;       ///< Asio / callback completion
   std::shared_ptr<pool_task> self;  ///< keeps the task alive while its raw pointer is queued
   std::weak_ptr<pool_impl> pool;
 
-  /// Delivers the outcome exactly once: only the caller that moves the phase to finished
-  /// (from `from`) completes the task.
-  bool complete(int from, std::exception_ptr e, value v = {}) {
+  /// Exactly one caller wins the move from `from` to finished; only it may count the task and
+  /// then deliver() its outcome (count first, so stats never lag behind a ready future).
+  bool claim(int from) {
     int expected = from;
-    if (!phase.compare_exchange_strong(expected, finished)) return false;
+    return phase.compare_exchange_strong(expected, finished);
+  }
+  /// Claims a started task: returns the phase it was claimed from (running or cancelling), or
+  /// -1 if someone else finished it.
+  int claim_started() {
+    int expected = running;
+    if (phase.compare_exchange_strong(expected, finished)) return running;
+    if (expected == cancelling && phase.compare_exchange_strong(expected, finished)) {
+      return cancelling;
+    }
+    return -1;
+  }
+  void deliver(std::exception_ptr e, value v = {}) {
     if (done) {
       done(std::move(e), std::move(v));
     } else if (e) {
@@ -63,7 +84,6 @@ struct pool_task {
     } else {
       promise.set_value(std::move(v));
     }
-    return true;
   }
 };
 
@@ -83,19 +103,19 @@ struct pool_slot {
   std::atomic<std::uint32_t> bell{0};
   std::mutex pinned_mu;
   std::deque<std::shared_ptr<pool_task>> pinned;
+  std::atomic<std::size_t> pinned_count{0};  ///< pinned.size(), readable without the lock
+  std::atomic<bool> dead{false};  ///< a replacement interpreter could not be created
 
   std::atomic<std::int64_t> interpreter_id{-1};
   std::atomic<std::uint64_t> done{0}, failed{0}, timed_out{0}, cancelled{0}, recycled{0},
       replaced_broken{0};
   std::atomic<std::int64_t> busy_ns{0};
-  std::atomic<std::uint64_t> generation{0};  ///< bumped when a stuck worker is replaced
 };
 
 /// One worker thread serving a slot. Shared with the thread, so an abandoned (stuck) worker
 /// keeps its data alive after the pool has moved on.
-struct pool_worker {
+struct pool_worker : std::enable_shared_from_this<pool_worker> {
   int slot = 0;
-  std::uint64_t generation = 0;
   std::thread thread;
   std::atomic<bool> abandoned{false};
   std::atomic<bool> exited{false};
@@ -109,24 +129,31 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   ~pool_impl();
 
   void start();
-  std::shared_ptr<pool_task> enqueue(std::shared_ptr<pool_task> t, bool wait_for_room);
+  void enqueue(const std::shared_ptr<pool_task>& t, bool wait_for_room);
   bool cancel(const std::shared_ptr<pool_task>& t);
   void shutdown(bool cancel_pending);
   pool_stats stats() const;
   std::size_t size() const noexcept { return slots_.size(); }
+  std::uint64_t next_task_id() noexcept { return ++task_ids_; }
 
  private:
-  void worker_main(std::shared_ptr<pool_worker> w, std::promise<void>* started);
-  void spawn(int slot, std::promise<void>* started);
+  void worker_main(const std::shared_ptr<pool_worker>& w, std::promise<void>* started);
+  void spawn_locked(int slot, std::promise<void>* started);
   void init_interpreter(pool_worker& w);
   std::shared_ptr<pool_task> next_task(pool_worker& w);
   std::shared_ptr<pool_task> try_pop(pool_worker& w);
   void run_task(pool_worker& w, const std::shared_ptr<pool_task>& t);
   void ring(int slot);
   void wake_one();
-  void interrupt_async(int slot, std::uint64_t generation, std::string type);
+  void interrupt_async(const std::shared_ptr<pool_worker>& w, std::uint64_t task_id,
+                       std::string type);
   void watchdog_main();
-  void declare_broken(int slot, std::uint64_t generation, const std::shared_ptr<pool_task>& t);
+  void declare_broken(const std::shared_ptr<pool_worker>& w, const std::shared_ptr<pool_task>& t);
+  void worker_exited(pool_worker& w);
+  void slot_died(int slot, const std::string& why);
+  bool fail_unstarted(const std::shared_ptr<pool_task>& t, errc code, const std::string& msg);
+  void fail_pinned(pool_slot& s, errc code, const std::string& msg);
+  void fail_shared_queue(errc code, const std::string& msg);
   void reap_helpers(bool all);
 
   pool_options options_;
@@ -135,10 +162,14 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
 
   boost::lockfree::queue<pool_task*> queue_;
   std::counting_semaphore<> room_;
-  std::atomic<std::size_t> queued_{0};
+  std::atomic<std::size_t> queued_{0};        ///< live tasks waiting (for stats)
+  std::atomic<std::size_t> in_shared_{0};     ///< entries in queue_, tombstones included
+  std::atomic<std::size_t> live_slots_{0};
+  std::atomic<std::uint64_t> task_ids_{0};
   std::vector<std::unique_ptr<pool_slot>> slots_;
 
   std::mutex workers_mu_;
+  std::condition_variable workers_cv_;  ///< a worker exited or was abandoned
   std::vector<std::shared_ptr<pool_worker>> workers_;     ///< current worker per slot
   std::vector<std::shared_ptr<pool_worker>> abandoned_;   ///< stuck workers replaced
 
@@ -149,13 +180,14 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> shut_down_{false};
   std::mutex shutdown_mu_;
-  std::atomic<std::uint64_t> submitted_{0}, completed_{0};
+  std::atomic<std::uint64_t> submitted_{0}, completed_{0}, not_run_{0};
 
   // Watchdog: deadlines of running tasks.
   struct deadline_entry {
-    int slot;
-    std::uint64_t generation;
+    std::weak_ptr<pool_worker> worker;
     std::weak_ptr<pool_task> task;
+    std::uint64_t task_id;
+    int slot;
     bool grace;  ///< second stage: TimeoutError already raised
   };
   std::mutex wd_mu_;
@@ -191,6 +223,7 @@ pool_impl::pool_impl(pool_options o)
     s->index = static_cast<int>(i);
     slots_.push_back(std::move(s));
   }
+  live_slots_ = options_.size;
   workers_.resize(options_.size);
 }
 
@@ -200,7 +233,10 @@ void pool_impl::start() {
   std::vector<std::promise<void>> started(slots_.size());
   std::vector<std::future<void>> ready;
   for (auto& p : started) ready.push_back(p.get_future());
-  for (std::size_t i = 0; i < slots_.size(); ++i) spawn(static_cast<int>(i), &started[i]);
+  {
+    std::lock_guard lock(workers_mu_);
+    for (std::size_t i = 0; i < slots_.size(); ++i) spawn_locked(static_cast<int>(i), &started[i]);
+  }
   std::exception_ptr first;
   for (std::size_t i = 0; i < ready.size(); ++i) {
     try {
@@ -225,16 +261,15 @@ void pool_impl::start() {
   }
 }
 
-void pool_impl::spawn(int slot, std::promise<void>* started) {
+// With workers_mu_ held. The thread owns a reference to the pool, so a worker left behind
+// (stuck in C code) never touches a freed pool when it returns.
+void pool_impl::spawn_locked(int slot, std::promise<void>* started) {
   auto w = std::make_shared<pool_worker>();
   w->slot = slot;
-  w->generation = slots_[slot]->generation.load();
   w->host = std::make_unique<interp_host>(config_);
-  {
-    std::lock_guard lock(workers_mu_);
-    workers_[slot] = w;
-  }
-  w->thread = std::thread([this, w, started] { worker_main(w, started); });
+  workers_[slot] = w;
+  w->thread = std::thread(
+      [self = shared_from_this(), w, started] { self->worker_main(w, started); });
 }
 
 void pool_impl::init_interpreter(pool_worker& w) {
@@ -266,20 +301,33 @@ void pool_impl::init_interpreter(pool_worker& w) {
   w.host->leave();
 }
 
-void pool_impl::worker_main(std::shared_ptr<pool_worker> w, std::promise<void>* started) {
+void pool_impl::worker_exited(pool_worker& w) {
+  {
+    std::lock_guard lock(workers_mu_);
+    w.exited = true;
+  }
+  workers_cv_.notify_all();
+}
+
+void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<void>* started) {
   try {
     init_interpreter(*w);
+  } catch (abi::__forced_unwind&) {
+    throw;  // CPython ends this thread (runtime finalising)
   } catch (...) {
     if (started != nullptr) {
       started->set_exception(std::current_exception());
     } else {
+      std::string why = "unknown error";
       try {
         throw;
       } catch (const std::exception& e) {
-        log_->critical("[slot {}] replacement interpreter could not start: {}", w->slot, e.what());
+        why = e.what();
+      } catch (...) {
       }
+      slot_died(w->slot, why);
     }
-    w->exited = true;
+    worker_exited(*w);
     return;
   }
   if (started != nullptr) started->set_value();
@@ -296,7 +344,7 @@ void pool_impl::worker_main(std::shared_ptr<pool_worker> w, std::promise<void>* 
       break;
     }
     if (options_.max_tasks_per_interpreter != 0 &&
-        ++since_recycle >= options_.max_tasks_per_interpreter) {
+        ++since_recycle >= options_.max_tasks_per_interpreter && !stopping_.load()) {
       since_recycle = 0;
       auto old_id = w->host->state()->id;
       auto fresh = std::make_unique<interp_host>(config_);
@@ -307,9 +355,12 @@ void pool_impl::worker_main(std::shared_ptr<pool_worker> w, std::promise<void>* 
       }
       try {
         init_interpreter(*w);
+      } catch (abi::__forced_unwind&) {
+        throw;
       } catch (const std::exception& e) {
-        log_->critical("[slot {}] could not recycle interpreter {}: {}", w->slot, old_id, e.what());
-        w->exited = true;
+        slot_died(w->slot, std::string("recycling interpreter ") + std::to_string(old_id) +
+                               ": " + e.what());
+        worker_exited(*w);
         return;
       }
       ++slot.recycled;
@@ -318,38 +369,92 @@ void pool_impl::worker_main(std::shared_ptr<pool_worker> w, std::promise<void>* 
     }
   }
   w->host->end();
-  w->exited = true;
+  worker_exited(*w);
+}
+
+// The slot has no interpreter and cannot get one: its pinned tasks fail, new pinned tasks are
+// refused, and when no slot is left every queued task fails too.
+void pool_impl::slot_died(int slot, const std::string& why) {
+  auto& s = *slots_[slot];
+  if (s.dead.exchange(true)) return;
+  log_->critical("[slot {}] no interpreter: {}; the slot is out of service", slot, why);
+  std::string msg = "pool interpreter " + std::to_string(slot) +
+                    " could not be created: " + why;
+  fail_pinned(s, errc::creation_failed, msg);
+  if (--live_slots_ == 0) {
+    fail_shared_queue(errc::creation_failed, "no pool interpreter is left (" + msg + ")");
+  }
+}
+
+bool pool_impl::fail_unstarted(const std::shared_ptr<pool_task>& t, errc code,
+                               const std::string& msg) {
+  if (!t->claim(queued)) return false;
+  --queued_;
+  ++not_run_;
+  ++completed_;
+  t->deliver(make_error(code, msg));
+  return true;
+}
+
+void pool_impl::fail_pinned(pool_slot& s, errc code, const std::string& msg) {
+  std::deque<std::shared_ptr<pool_task>> pinned;
+  {
+    std::lock_guard lock(s.pinned_mu);
+    pinned.swap(s.pinned);
+    s.pinned_count = 0;
+  }
+  for (auto& t : pinned) {
+    room_.release();
+    fail_unstarted(t, code, msg);
+  }
+}
+
+void pool_impl::fail_shared_queue(errc code, const std::string& msg) {
+  pool_task* raw = nullptr;
+  while (queue_.pop(raw)) {
+    auto t = std::move(raw->self);
+    --in_shared_;
+    room_.release();
+    fail_unstarted(t, code, msg);
+  }
 }
 
 std::shared_ptr<pool_task> pool_impl::try_pop(pool_worker& w) {
   auto& slot = *slots_[w.slot];
-  {
-    std::lock_guard lock(slot.pinned_mu);
-    if (!slot.pinned.empty()) {
-      auto t = std::move(slot.pinned.front());
-      slot.pinned.pop_front();
+  for (;;) {
+    std::shared_ptr<pool_task> t;
+    if (slot.pinned_count.load() != 0) {
+      std::lock_guard lock(slot.pinned_mu);
+      if (!slot.pinned.empty()) {
+        t = std::move(slot.pinned.front());
+        slot.pinned.pop_front();
+        --slot.pinned_count;
+      }
+    }
+    if (!t) {
+      pool_task* raw = nullptr;
+      if (!queue_.pop(raw)) return nullptr;
+      t = std::move(raw->self);
+      --in_shared_;
+    }
+    room_.release();
+    // Claim it. Whoever moves a task out of `queued` (this CAS, cancel, a shutdown that
+    // cancels) also takes it off queued_. A cancelled task is a tombstone: drop it.
+    t->running_on = w.slot;
+    t->worker = w.weak_from_this();
+    int expected = queued;
+    if (t->phase.compare_exchange_strong(expected, running)) {
       --queued_;
-      room_.release();
       return t;
     }
   }
-  pool_task* raw = nullptr;
-  if (queue_.pop(raw)) {
-    --queued_;
-    room_.release();
-    return std::move(raw->self);
-  }
-  return nullptr;
 }
 
 std::shared_ptr<pool_task> pool_impl::next_task(pool_worker& w) {
   auto& slot = *slots_[w.slot];
   for (int spin = 0;; ++spin) {
     if (w.abandoned) return nullptr;
-    if (auto t = try_pop(w)) {
-      if (t->phase.load() == queued) return t;  // else: cancelled while queued; drop it
-      continue;
-    }
+    if (auto t = try_pop(w)) return t;
     if (stopping_.load()) return nullptr;  // stopping and nothing left for us
     if (spin < spin_rounds) {
       ISOLA_CPU_RELAX();
@@ -364,7 +469,8 @@ std::shared_ptr<pool_task> pool_impl::next_task(pool_worker& w) {
       sleepers_.fetch_add(1);
     }
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    bool work = queued_.load() != 0 || stopping_.load() || w.abandoned.load();
+    bool work = in_shared_.load() != 0 || slot.pinned_count.load() != 0 || stopping_.load() ||
+                w.abandoned.load();
     if (!work) slot.bell.wait(bell);
     {
       std::lock_guard lock(idle_mu_);
@@ -399,25 +505,32 @@ void pool_impl::wake_one() {
 
 void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
   auto& slot = *slots_[w.slot];
-  int expected = queued;
-  if (!t->phase.compare_exchange_strong(expected, running)) return;  // cancelled meanwhile
-  t->running_on = w.slot;
   auto timeout = t->timeout.count() > 0 ? t->timeout : options_.default_timeout;
   auto t0 = std::chrono::steady_clock::now();
-  std::multimap<std::chrono::steady_clock::time_point, deadline_entry>::iterator deadline;
   bool has_deadline = timeout.count() > 0;
   if (has_deadline) {
     std::lock_guard lock(wd_mu_);
-    deadline = deadlines_.emplace(t0 + timeout, deadline_entry{w.slot, w.generation, t, false});
-    if (deadline == deadlines_.begin()) wd_cv_.notify_one();
+    auto it = deadlines_.emplace(
+        t0 + timeout, deadline_entry{w.weak_from_this(), t, t->id, w.slot, false});
+    if (it == deadlines_.begin()) wd_cv_.notify_one();
   }
 
   std::exception_ptr err;
   value result;
   w.host->enter();
-  w.host->task_started();
+  w.host->task_started(t->id);
   try {
     result = with_python_errors([&]() -> value {
+      // An interrupt that reached us before task_started() found no task to hit; the flags
+      // it set first are visible now (both sides hold this interpreter's GIL).
+      if (t->phase.load() == cancelling) {
+        PyErr_SetNone(PyExc_KeyboardInterrupt);
+        throw py::error_already_set();
+      }
+      if (t->timed_out.load()) {
+        PyErr_SetNone(PyExc_TimeoutError);
+        throw py::error_already_set();
+      }
       switch (t->kind) {
         case task_kind::call: {
           auto fn = resolve_target(t->text);
@@ -462,6 +575,8 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
       }
       return none;
     });
+  } catch (abi::__forced_unwind&) {
+    throw;  // CPython ends this thread (runtime finalising while we were stuck)
   } catch (...) {
     err = std::current_exception();
   }
@@ -472,7 +587,7 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
     std::lock_guard lock(wd_mu_);
     // The watchdog may have moved the entry to its grace stage; erase whatever is ours.
     for (auto it = deadlines_.begin(); it != deadlines_.end(); ++it) {
-      if (it->second.task.lock() == t) {
+      if (it->second.task_id == t->id) {
         deadlines_.erase(it);
         break;
       }
@@ -481,7 +596,10 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
   slot.busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
                       std::chrono::steady_clock::now() - t0)
                       .count();
-  if (t->cancel_requested.load()) {
+  // declare_broken() may have delivered errc::timeout already; then it has counted the task.
+  int claimed = t->claim_started();
+  if (claimed < 0) return;
+  if (claimed == cancelling) {
     ++slot.cancelled;
     ++slot.failed;
     err = make_error(errc::cancelled, "task cancelled while running");
@@ -504,10 +622,11 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
   } else {
     ++slot.done;
   }
-  if (t->complete(running, err, std::move(result))) ++completed_;
+  ++completed_;
+  t->deliver(err, std::move(result));
 }
 
-std::shared_ptr<pool_task> pool_impl::enqueue(std::shared_ptr<pool_task> t, bool wait_for_room) {
+void pool_impl::enqueue(const std::shared_ptr<pool_task>& t, bool wait_for_room) {
   if (stopping_.load()) {
     throw error(errc::shut_down, "cannot submit: the pool has been shut down");
   }
@@ -515,6 +634,17 @@ std::shared_ptr<pool_task> pool_impl::enqueue(std::shared_ptr<pool_task> t, bool
     throw std::out_of_range("interpreter_index " + std::to_string(t->pinned) +
                             " is out of range; the pool has " + std::to_string(slots_.size()) +
                             " interpreters (0.." + std::to_string(slots_.size() - 1) + ")");
+  }
+  auto dead_error = [&] {
+    return error(errc::creation_failed,
+                 t->pinned >= 0
+                     ? "cannot submit: pool interpreter " + std::to_string(t->pinned) +
+                           " is out of service (a replacement could not be created; see the log)"
+                     : std::string("cannot submit: no pool interpreter is left (replacements "
+                                   "could not be created; see the log)"));
+  };
+  if ((t->pinned >= 0 && slots_[t->pinned]->dead.load()) || live_slots_.load() == 0) {
+    throw dead_error();
   }
   if (wait_for_room) {
     room_.acquire();
@@ -527,6 +657,7 @@ std::shared_ptr<pool_task> pool_impl::enqueue(std::shared_ptr<pool_task> t, bool
     room_.release();
     throw error(errc::shut_down, "cannot submit: the pool has been shut down");
   }
+  t->id = next_task_id();
   t->pool = weak_from_this();
   ++submitted_;
   ++queued_;
@@ -535,44 +666,45 @@ std::shared_ptr<pool_task> pool_impl::enqueue(std::shared_ptr<pool_task> t, bool
     {
       std::lock_guard lock(slot.pinned_mu);
       slot.pinned.push_back(t);
+      ++slot.pinned_count;
     }
     ring(t->pinned);
+    // The slot may have died meanwhile (its pinned tasks were failed before ours arrived).
+    if (slot.dead.load()) fail_pinned(slot, errc::creation_failed, dead_error().what());
   } else {
     t->self = t;
+    ++in_shared_;
     queue_.bounded_push(t.get());  // room_ guarantees space
     wake_one();
+    if (live_slots_.load() == 0) fail_shared_queue(errc::creation_failed, dead_error().what());
   }
-  return t;
 }
 
 bool pool_impl::cancel(const std::shared_ptr<pool_task>& t) {
-  if (t->complete(queued, make_error(errc::cancelled, "task cancelled before it ran"))) {
-    ++completed_;
-    // It stays in the queue as a tombstone that a worker drops; count it as cancelled.
-    int slot = t->pinned >= 0 ? t->pinned : 0;
-    ++slots_[slot]->cancelled;
+  if (fail_unstarted(t, errc::cancelled, "task cancelled before it ran")) {
+    // It stays queued as a tombstone holding room until a worker drops it: wake one.
+    if (t->pinned >= 0) {
+      ring(t->pinned);
+    } else {
+      wake_one();
+    }
     return true;
   }
-  if (t->phase.load() != running) return false;
-  t->cancel_requested = true;
-  int slot = t->running_on.load();
-  if (slot < 0) return false;
-  interrupt_async(slot, slots_[slot]->generation.load(), "KeyboardInterrupt");
+  int expected = running;
+  if (!t->phase.compare_exchange_strong(expected, cancelling)) return false;  // finished
+  if (auto w = t->worker.lock()) interrupt_async(w, t->id, "KeyboardInterrupt");
   return true;
 }
 
-void pool_impl::interrupt_async(int slot, std::uint64_t generation, std::string type) {
-  std::shared_ptr<pool_worker> w;
-  {
-    std::lock_guard lock(workers_mu_);
-    w = workers_[slot];
-  }
-  if (!w || w->generation != generation) return;
+void pool_impl::interrupt_async(const std::shared_ptr<pool_worker>& w, std::uint64_t task_id,
+                                std::string type) {
   auto finished = std::make_shared<std::atomic<bool>>(false);
-  std::thread th([w, type = std::move(type), finished] {
+  std::thread th([w, task_id, type = std::move(type), finished] {
     try {
       std::lock_guard lock(w->host_mu);
-      w->host->interrupt(type);
+      w->host->interrupt(type, task_id);
+    } catch (abi::__forced_unwind&) {
+      throw;
     } catch (const std::exception& e) {
       logger("isola.pool")->error("[slot {}] interrupt failed: {}", w->slot, e.what());
     }
@@ -619,52 +751,56 @@ void pool_impl::watchdog_main() {
     deadline_entry e = first->second;
     deadlines_.erase(first);
     auto t = e.task.lock();
-    if (!t || t->phase.load() != running) continue;
+    auto w = e.worker.lock();
+    if (!t || !w || t->phase.load() == finished) continue;
     if (!e.grace) {
       t->timed_out = true;
       deadlines_.emplace(std::chrono::steady_clock::now() + options_.grace_period,
-                         deadline_entry{e.slot, e.generation, t, true});
+                         deadline_entry{e.worker, e.task, e.task_id, e.slot, true});
       lock.unlock();
       log_->warn("[slot {}] task timed out; raising TimeoutError in it", e.slot);
-      interrupt_async(e.slot, e.generation, "TimeoutError");
+      interrupt_async(w, e.task_id, "TimeoutError");
       reap_helpers(false);
       lock.lock();
     } else {
       lock.unlock();
-      declare_broken(e.slot, e.generation, t);
+      declare_broken(w, t);
       lock.lock();
     }
   }
 }
 
-void pool_impl::declare_broken(int slot, std::uint64_t generation,
+void pool_impl::declare_broken(const std::shared_ptr<pool_worker>& w,
                                const std::shared_ptr<pool_task>& t) {
-  auto& s = *slots_[slot];
-  std::shared_ptr<pool_worker> w;
+  auto& s = *slots_[w->slot];
+  std::int64_t stuck_id = s.interpreter_id.load();
+  bool replaced = false;
   {
     std::lock_guard lock(workers_mu_);
-    w = workers_[slot];
-    if (!w || w->generation != generation || stopping_.load()) return;
-    s.generation = generation + 1;
+    if (w->abandoned || w->exited || workers_[w->slot] != w) return;
+    if (t->claim_started() < 0) return;  // it returned just now: not stuck
     w->abandoned = true;
     abandoned_.push_back(w);
-  }
-  if (t->complete(running, make_error(errc::timeout,
-                                      "task did not stop within the grace period after its "
-                                      "TimeoutError (stuck in C code?); its interpreter was "
-                                      "replaced"))) {
-    ++completed_;
     ++s.failed;
     ++s.timed_out;
+    ++s.replaced_broken;
+    ++completed_;
+    // The stuck interpreter must not hold up runtime shutdown.
+    unregister_interp(w->host->state().get());
+    // The replacement is in place before anyone can see the task fail, so a shutdown() that
+    // follows waits for the replacement, not for the stuck thread.
+    if (!stopping_.load() || s.pinned_count.load() != 0 || in_shared_.load() != 0) {
+      spawn_locked(w->slot, nullptr);
+      replaced = true;
+    }
   }
-  ++s.replaced_broken;
-  log_->critical("[slot {}] interpreter {} is stuck after a timeout; starting a replacement "
-                 "(the stuck one is abandoned and ends if it ever returns)",
-                 slot, s.interpreter_id.load());
-  // The stuck interpreter must not hold up runtime shutdown.
-  unregister_interp(w->host->state().get());
-  ring(slot);
-  spawn(slot, nullptr);
+  workers_cv_.notify_all();
+  log_->critical("[slot {}] interpreter {} is stuck after a timeout; {} (the stuck one is "
+                 "abandoned and ends if it ever returns)",
+                 w->slot, stuck_id, replaced ? "starting a replacement" : "the pool is stopping");
+  t->deliver(make_error(errc::timeout,
+                        "task did not stop within the grace period after its TimeoutError "
+                        "(stuck in C code?); its interpreter was replaced"));
 }
 
 void pool_impl::shutdown(bool cancel_pending) {
@@ -672,43 +808,26 @@ void pool_impl::shutdown(bool cancel_pending) {
   if (shut_down_) return;
   stopping_ = true;
   if (cancel_pending) {
-    for (auto& s : slots_) {
-      std::deque<std::shared_ptr<pool_task>> pinned;
-      {
-        std::lock_guard lock(s->pinned_mu);
-        pinned.swap(s->pinned);
-      }
-      for (auto& t : pinned) {
-        --queued_;
-        room_.release();
-        if (t->complete(queued, make_error(errc::cancelled, "pool shut down before the task ran"))) {
-          ++completed_;
-          ++s->cancelled;
-        }
-      }
-    }
-    pool_task* raw = nullptr;
-    while (queue_.pop(raw)) {
-      auto t = std::move(raw->self);
-      --queued_;
-      room_.release();
-      if (t->complete(queued, make_error(errc::cancelled, "pool shut down before the task ran"))) {
-        ++completed_;
-        ++slots_[0]->cancelled;
-      }
-    }
+    for (auto& s : slots_) fail_pinned(*s, errc::cancelled, "pool shut down before the task ran");
+    fail_shared_queue(errc::cancelled, "pool shut down before the task ran");
   }
   for (std::size_t i = 0; i < slots_.size(); ++i) ring(static_cast<int>(i));
 
-  std::vector<std::shared_ptr<pool_worker>> workers;
-  {
-    std::lock_guard lock(workers_mu_);
-    workers = workers_;
-  }
+  std::vector<std::shared_ptr<pool_worker>> all;
   {
     release_gil unlocked;
-    for (auto& w : workers) {
-      if (w && w->thread.joinable()) w->thread.join();
+    {
+      // Wait until every slot's current worker has exited or been abandoned; the watchdog
+      // keeps running meanwhile, so a stuck worker is abandoned after its grace period and
+      // its replacement (installed under this lock) is waited for instead.
+      std::unique_lock lock(workers_mu_);
+      workers_cv_.wait(lock, [&] {
+        return std::all_of(workers_.begin(), workers_.end(), [](const auto& w) {
+          return !w || w->exited.load() || w->abandoned.load();
+        });
+      });
+      all = workers_;
+      all.insert(all.end(), abandoned_.begin(), abandoned_.end());
     }
     {
       std::lock_guard lock(wd_mu_);
@@ -717,22 +836,28 @@ void pool_impl::shutdown(bool cancel_pending) {
     wd_cv_.notify_all();
     if (watchdog_.joinable()) watchdog_.join();
     reap_helpers(true);
-    std::lock_guard lock(workers_mu_);
-    for (auto& w : abandoned_) {
-      if (w->exited.load() && w->thread.joinable()) {
+    for (auto& w : all) {
+      if (!w->thread.joinable()) continue;
+      if (w->exited.load()) {
         w->thread.join();
-      } else if (w->thread.joinable()) {
+      } else {
         log_->critical("[slot {}] leaving a stuck interpreter's thread behind at shutdown",
                        w->slot);
         w->thread.detach();
       }
     }
   }
+  // Whatever is still queued had no interpreter left to run it.
+  for (auto& s : slots_) fail_pinned(*s, errc::shut_down, "pool shut down; no interpreter ran the task");
+  fail_shared_queue(errc::shut_down, "pool shut down; no interpreter ran the task");
   shut_down_ = true;
 }
 
 pool_stats pool_impl::stats() const {
   pool_stats out;
+  // Read completed first: every counter it covers was bumped before it.
+  out.completed = completed_.load();
+  out.not_run = not_run_.load();
   for (const auto& s : slots_) {
     interpreter_stats i;
     i.index = static_cast<std::size_t>(s->index);
@@ -743,12 +868,12 @@ pool_stats pool_impl::stats() const {
     i.tasks_cancelled = s->cancelled.load();
     i.recycled = s->recycled.load();
     i.replaced_broken = s->replaced_broken.load();
+    i.dead = s->dead.load();
     i.busy = std::chrono::nanoseconds(s->busy_ns.load());
     out.interpreters.push_back(i);
   }
   out.queue_depth = queued_.load();
   out.submitted = submitted_.load();
-  out.completed = completed_.load();
   return out;
 }
 
@@ -784,10 +909,6 @@ std::shared_ptr<detail::pool_task> make_task(detail::task_kind kind, std::string
   t->pinned = o.interpreter_index;
   return t;
 }
-task_future future_of(std::shared_ptr<detail::pool_task> t) {
-  auto f = t->promise.get_future();
-  return task_future(std::move(f), std::move(t));
-}
 }  // namespace
 
 task_future pool::submit_with(std::string target, std::vector<value> args,
@@ -822,7 +943,7 @@ void pool::submit_callback(std::string target, std::vector<value> args, task_opt
   try {
     impl_->enqueue(t, true);
   } catch (...) {
-    t->complete(detail::queued, std::current_exception());
+    if (t->claim(detail::queued)) t->deliver(std::current_exception());
   }
 }
 

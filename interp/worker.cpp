@@ -57,6 +57,8 @@ void worker::thread_main(std::promise<void>& created) {
   auto t0 = std::chrono::steady_clock::now();
   try {
     host_.create();
+  } catch (abi::__forced_unwind&) {
+    throw;
   } catch (...) {
     created.set_exception(std::current_exception());
     return;

@@ -2,6 +2,8 @@
 // thread state, runs queued tasks with the GIL held, and ends the interpreter on close.
 #pragma once
 
+#include <cxxabi.h>
+
 #include "python.hpp"
 
 #include "host.hpp"
@@ -97,6 +99,8 @@ void promise_task<R, F>::run() {
     }
   } catch (const py::error_already_set&) {
     promise.set_exception(std::make_exception_ptr(fetch_python_error()));
+  } catch (abi::__forced_unwind&) {
+    throw;  // CPython ends this thread (runtime finalising); never swallow that
   } catch (...) {
     promise.set_exception(std::current_exception());
   }

@@ -199,14 +199,6 @@ std::vector<value> args_of(value v) {
   return out;
 }
 
-// The [pool-bugs] cases reproduce implementation bugs that crash, hang for a while or race;
-// they do nothing unless ISOLA_TEST_POOL_BUGS=1 (run: ISOLA_TEST_POOL_BUGS=1 isola_tests
-// '[pool-bugs]', preferably under AddressSanitizer).
-bool bug_repros_enabled() {
-  const char* v = std::getenv("ISOLA_TEST_POOL_BUGS");
-  return v != nullptr && std::string(v) == "1";
-}
-
 long gettid_now() { return static_cast<long>(::syscall(SYS_gettid)); }
 
 // How many stamps of `of` lie strictly between the first and last stamp of `within`.
@@ -568,12 +560,11 @@ TEST_CASE("a task stuck in C code without the GIL: replaced, and shutdown does n
   gate.close_write();
   REQUIRE(done.get());
   CHECK(wait_until_ended(observer, old_id));
-  // Known bug (reported): the abandoned worker counts its task a second time when it returns.
-  // CHECK(p.stats().interpreters.at(0).tasks_timed_out == 1) -- see the [!shouldfail] case.
+  CHECK(p.stats().interpreters.at(0).tasks_timed_out == 1);  // not counted again on return
 }
 
-TEST_CASE("a stuck task that comes back is not counted twice", "[pool][concurrent][!shouldfail]") {
-  // Known bug (reported): declare_broken() counts the task as failed and timed out; when the
+TEST_CASE("a stuck task that comes back is not counted twice", "[pool][concurrent]") {
+  // Regression (fixed): declare_broken() counts the task as failed and timed out; when the
   // abandoned worker returns from the C call, run_task() counts it again before its complete()
   // loses (interp/pool.cpp, run_task: ++slot.failed / ++slot.timed_out before t->complete).
   isola::pool_options o;
@@ -596,9 +587,8 @@ TEST_CASE("a stuck task that comes back is not counted twice", "[pool][concurren
   CHECK(s.tasks_failed == 1);
 }
 
-TEST_CASE("destroying a pool while a task is stuck in C code", "[pool][pool-bugs]") {
-  if (!bug_repros_enabled()) return;
-  // Known bug (reported); a use-after-free, so it runs only with ISOLA_TEST_POOL_BUGS=1. The
+TEST_CASE("destroying a pool while a task is stuck in C code", "[pool][concurrent]") {
+  // Regression: a use-after-free (run it under AddressSanitizer). The
   // pool's destructor leaves the stuck worker thread behind (detached); when the C call
   // returns, that thread runs the rest of pool_impl::run_task and worker_main on the freed
   // pool_impl (wd_mu_, deadlines_, slots_, completed_, log_). AddressSanitizer reports
@@ -624,9 +614,8 @@ TEST_CASE("destroying a pool while a task is stuck in C code", "[pool][pool-bugs
   CHECK(wait_until_ended(observer, old_id));
 }
 
-TEST_CASE("shutdown right after a task failed with errc::timeout", "[pool][pool-bugs]") {
-  if (!bug_repros_enabled()) return;
-  // Known bug (reported): declare_broken() completes the task's future (errc::timeout) before
+TEST_CASE("shutdown right after a task failed with errc::timeout", "[pool][concurrent]") {
+  // Regression (fixed): declare_broken() completes the task's future (errc::timeout) before
   // it installs the replacement worker in workers_[slot]. A shutdown() that runs in between
   // (here: at once, on the thread the future woke) snapshots the stuck worker and joins it, so
   // it waits until the C call returns, forever if it never does. The replacement spawned
@@ -683,9 +672,11 @@ TEST_CASE("cancel() removes a queued task and interrupts a running one", "[pool]
     // One interpreter, FIFO: this runs after the cancelled task's turn has passed.
     CHECK(p.submit("isola_test_pool:plus_one", 1).get().as_int() == 2);
     CHECK_FALSE(side.ready_now());  // the cancelled task never ran
-    auto s = p.stats().interpreters.at(0);
-    CHECK(s.tasks_cancelled == 1);
-    CHECK(p.stats().queue_depth == 0);
+    // It never ran on an interpreter: it counts as not_run, not against interpreter 0.
+    auto st = p.stats();
+    CHECK(st.not_run == 1);
+    CHECK(st.interpreters.at(0).tasks_cancelled == 0);
+    CHECK(st.queue_depth == 0);
   }
   SECTION("running: interrupted, fails with cancelled, the interpreter is reused") {
     auto f = p.submit_code("import os, time\n"
@@ -721,10 +712,9 @@ TEST_CASE("cancel() removes a queued task and interrupts a running one", "[pool]
   }
 }
 
-TEST_CASE("a task cancelled while queued counts as failed", "[pool][!shouldfail]") {
-  // Known bug (reported): interpreter_stats::tasks_failed is documented to include
-  // cancellations, but pool_impl::cancel() (and shutdown(true)) only bump tasks_cancelled for
-  // a queued task, so done + failed no longer adds up to completed.
+TEST_CASE("a task cancelled while queued counts as not run; the stats add up", "[pool]") {
+  // Regression: cancel() used to charge a queued task to interpreter 0's tasks_cancelled and
+  // to no failure count, so done + failed no longer added up to completed.
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);
@@ -733,13 +723,17 @@ TEST_CASE("a task cancelled while queued counts as failed", "[pool][!shouldfail]
   auto busy = p.submit("isola_test_pool:wait_gate", started.w, gate.r);
   REQUIRE(started.get());
   auto queued = p.submit("isola_test_pool:plus_one", 1);
+  CHECK(p.stats().queue_depth == 1);
   REQUIRE(queued.cancel());
+  CHECK(p.stats().queue_depth == 0);  // a cancelled task is no longer counted as waiting
   gate.put();
   busy.get();
   auto s = stats_when_completed(p, 2);
   auto t = sum(s);
-  CHECK(t.cancelled == 1);
-  CHECK(t.done + t.failed == s.completed);
+  CHECK(t.cancelled == 0);
+  CHECK(s.not_run == 1);
+  CHECK(t.done == 1);
+  CHECK(t.done + t.failed + s.not_run == s.completed);
 }
 
 // ---- 7. back-pressure --------------------------------------------------------------------------
@@ -1016,13 +1010,10 @@ TEST_CASE("max_tasks_per_interpreter replaces the interpreter after N tasks", "[
   CHECK(rt().live_interpreters() == before + 1);  // the replaced ones ended
 }
 
-TEST_CASE("a recycled interpreter whose init fails leaves its tasks hanging", "[pool][pool-bugs]") {
-  if (!bug_repros_enabled()) return;
-  // Known bug (reported); it takes 5 s to show, so it runs only with ISOLA_TEST_POOL_BUGS=1.
-  // When init fails in the replacement interpreter (recycling or a broken-interpreter
-  // replacement), worker_main
-  // returns and the slot has no worker; its queued tasks are never run nor failed, and their
-  // futures never become ready, not even after the pool is destroyed.
+TEST_CASE("a recycled interpreter whose init fails: its queued tasks fail, the pool says why", "[pool][concurrent]") {
+  // Regression: when init failed in a replacement interpreter (recycling or a broken-
+  // interpreter replacement), the slot was left without a worker and its queued tasks' futures
+  // never became ready. Now the slot is marked dead and what only it could run fails.
   temp_dir dir;
   isola::pool_options o;
   o.size = 1;
@@ -1032,22 +1023,30 @@ TEST_CASE("a recycled interpreter whose init fails leaves its tasks hanging", "[
                 "if os.path.exists(flag):\n"
                 "    raise RuntimeError('second init fails')\n"
                 "open(flag, 'w').close()\n";
-  std::optional<isola::task_future> second;
-  {
-    isola::pool p(o);
-    CHECK(p.submit("isola_test_pool:plus_one", 1).get().as_int() == 2);
-    second = p.submit("isola_test_pool:plus_one", 2);
-    CHECK(second->wait_for(5s) == std::future_status::ready);
-  }
-  CHECK(second->wait_for(0s) == std::future_status::ready);
+  os_pipe started, gate;
+  open_at_exit release{gate};
+  isola::pool p(o);
+  // The second task is queued while the first runs, so it is waiting when recycling fails.
+  auto first = p.submit("isola_test_pool:wait_gate", started.w, gate.r, "first");
+  REQUIRE(started.get());
+  auto second = p.submit("isola_test_pool:plus_one", 2);
+  gate.put();
+  CHECK(first.get().as_str() == "first");
+  REQUIRE(second.wait_for(30s) == std::future_status::ready);
+  auto code = code_of(second);
+  REQUIRE(code);
+  CHECK(*code == isola::errc::creation_failed);
+  CHECK(p.stats().interpreters.at(0).dead);
+  CHECK(p.stats().not_run == 1);
+  auto refused = isola_error_of([&] { p.submit("isola_test_pool:plus_one", 3); });
+  REQUIRE(refused);
+  CHECK(*refused == isola::errc::creation_failed);
 }
 
 // ---- 11. Asio ----------------------------------------------------------------------------------
 
 TEST_CASE("async_submit with a callback, use_future and use_awaitable", "[pool][concurrent]") {
-  // The io_context is made before the pool so that it outlives it: a worker can still be
-  // inside post() on it after the handler has run and run() has returned, because
-  // async_submit holds no outstanding work on the handler's executor (reported).
+  // The io_context is made before the pool so that it outlives it.
   boost::asio::io_context io;
   isola::pool_options o;
   o.size = 2;
@@ -1164,8 +1163,8 @@ TEST_CASE("async_submit with a callback, use_future and use_awaitable", "[pool][
   }
 }
 
-TEST_CASE("async_submit keeps the handler's io_context busy until it runs", "[pool][!shouldfail]") {
-  // Known bug (reported): Asio's asynchronous-operation requirements say an operation keeps
+TEST_CASE("async_submit keeps the handler's io_context busy until it runs", "[pool]") {
+  // Regression (fixed): Asio's asynchronous-operation requirements say an operation keeps
   // outstanding work on the handler's associated executor until the handler is invoked.
   // pool::async_submit stores the plain executor, so io_context::run() with no other work
   // returns at once and the handler runs only at the next run().
@@ -1270,11 +1269,10 @@ TEST_CASE("two tasks on a pool of two run at the same time", "[pool][concurrent]
   CHECK(b_in_a > 0);
 }
 
-// ---- races (run with ISOLA_TEST_POOL_BUGS=1 and '[pool-bugs]') ---------------------------------
+// ---- races -----------------------------------------------------------------------------------
 
-TEST_CASE("stats().completed counts a task once its future is ready", "[pool][pool-bugs]") {
-  if (!bug_repros_enabled()) return;
-  // Known bug (reported): complete() makes the future ready and only then does the caller bump
+TEST_CASE("stats().completed counts a task once its future is ready", "[pool][concurrent]") {
+  // Regression (fixed): complete() makes the future ready and only then does the caller bump
   // completed_ (run_task, cancel, declare_broken, shutdown), so a thread that has just seen the
   // result can read completed one short.
   isola::pool_options o;
@@ -1291,9 +1289,8 @@ TEST_CASE("stats().completed counts a task once its future is ready", "[pool][po
 
 
 TEST_CASE("cancel() of a task that is just finishing must not hit the next task",
-          "[pool][pool-bugs]") {
-  if (!bug_repros_enabled()) return;
-  // Known bug (reported): cancel() and the watchdog interrupt a slot, not a task. The
+          "[pool][concurrent]") {
+  // Regression (fixed): cancel() and the watchdog interrupt a slot, not a task. The
   // interrupt runs on a helper thread that first has to attach, i.e. take the GIL; while task A
   // holds it, the helper waits. If A ends first and the worker starts B, the helper gets the
   // GIL inside B (after the 5 ms switch interval), sees running_task_ == true and raises
@@ -1302,7 +1299,7 @@ TEST_CASE("cancel() of a task that is just finishing must not hit the next task"
   o.size = 1;
   isola::pool p(o);
   os_pipe started;
-  int wrong = 0, rounds = 150;
+  int wrong = 0, rounds = 60;
   std::string first_wrong;
   for (int i = 0; i < rounds; ++i) {
     // A: says it runs, then busy-loops ~3 ms holding the GIL. B: busy-loops ~30 ms.
@@ -1324,9 +1321,8 @@ TEST_CASE("cancel() of a task that is just finishing must not hit the next task"
   CHECK(wrong == 0);
 }
 
-TEST_CASE("a timeout firing as its task ends must not hit the next task", "[pool][pool-bugs]") {
-  if (!bug_repros_enabled()) return;
-  // Known bug (reported), the same race through the watchdog: A's deadline passes while A
+TEST_CASE("a timeout firing as its task ends must not hit the next task", "[pool][concurrent]") {
+  // Regression (fixed), the same race through the watchdog: A's deadline passes while A
   // still runs (holding the GIL), the helper waits for the GIL, A ends, B starts, and B gets
   // A's TimeoutError.
   isola::pool_options o;

@@ -15,6 +15,7 @@
 
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/system_executor.hpp>
 
@@ -60,10 +61,11 @@ struct interpreter_stats {
   std::size_t index = 0;
   std::int64_t interpreter_id = -1;  ///< the slot's current interpreter
   std::uint64_t tasks_done = 0;      ///< completed successfully
-  std::uint64_t tasks_failed = 0;    ///< raised (timeouts and cancellations included)
+  std::uint64_t tasks_failed = 0;    ///< raised (timeouts and cancellations while running included)
   std::uint64_t tasks_timed_out = 0;
-  std::uint64_t tasks_cancelled = 0;
+  std::uint64_t tasks_cancelled = 0;  ///< cancelled while running here (see pool_stats::not_run)
   std::uint64_t recycled = 0;  ///< replaced after max_tasks_per_interpreter
+  bool dead = false;           ///< a replacement interpreter could not be created
   std::uint64_t replaced_broken = 0;  ///< replaced because stuck after a timeout
   std::chrono::nanoseconds busy{0};   ///< time spent running tasks
 };
@@ -72,7 +74,11 @@ struct pool_stats {
   std::vector<interpreter_stats> interpreters;
   std::size_t queue_depth = 0;  ///< tasks waiting (not yet running)
   std::uint64_t submitted = 0;
-  std::uint64_t completed = 0;  ///< finished in any way
+  std::uint64_t completed = 0;  ///< finished in any way; counted before the future is ready
+  /// Finished without running on any interpreter: cancelled while queued, dropped by
+  /// shutdown(true), or failed because no interpreter could be created for it. Invariant once
+  /// quiet: sum of tasks_done + tasks_failed over interpreters + not_run == completed.
+  std::uint64_t not_run = 0;
 };
 
 namespace detail {
@@ -83,8 +89,8 @@ class pool_impl;
 /// The result of a submitted task: a std::future<value> plus cancel().
 /// - get() returns the value or throws: python_error (a Python exception, TimeoutError for a
 ///   timeout), isola::error with errc::cancelled, errc::timeout (the task ignored its
-///   TimeoutError and its interpreter was replaced) or errc::interpreter_closing (pool shut
-///   down with cancel_pending).
+///   TimeoutError and its interpreter was replaced), errc::cancelled (also: pool shut down
+///   with cancel_pending) or errc::creation_failed (no interpreter could be made to run it).
 class task_future {
  public:
   task_future() = default;
@@ -100,7 +106,8 @@ class task_future {
   bool valid() const noexcept { return future_.valid(); }
   /// Removes a queued task (its future fails with errc::cancelled) or interrupts a running
   /// one (KeyboardInterrupt is raised in it; the future fails with errc::cancelled).
-  /// Returns false if the task had already finished.
+  /// Returns false if the task had already finished (or was already cancelled); when it
+  /// returns true the future fails with errc::cancelled.
   bool cancel();
   std::future<value>& future() noexcept { return future_; }
 
@@ -154,21 +161,26 @@ class pool {
 
   /// Asio form of submit_with. Completion signature: void(std::exception_ptr, isola::value).
   /// The handler runs on its associated executor (default: asio::system_executor), never on
-  /// a worker thread. Works with callbacks, asio::use_future and asio::use_awaitable.
+  /// a worker thread; the operation keeps outstanding work on that executor until the handler
+  /// has been posted, so io_context::run() does not return early. Works with callbacks,
+  /// asio::use_future and asio::use_awaitable.
   template <typename CompletionToken>
   auto async_submit(std::string target, std::vector<value> args, CompletionToken&& token,
                     task_options options = {}) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, value)>(
         [this](auto handler, std::string target, std::vector<value> args, task_options o) {
           auto ex = boost::asio::get_associated_executor(handler, boost::asio::system_executor());
+          auto work = std::make_shared<decltype(boost::asio::make_work_guard(ex))>(
+              boost::asio::make_work_guard(ex));
           // std::function needs a copyable target; Asio handlers (use_awaitable's) may be
           // move-only, so the handler lives in a shared_ptr and is invoked once, moved out.
           auto h = std::make_shared<decltype(handler)>(std::move(handler));
           submit_callback(std::move(target), std::move(args), o,
-                          [h, ex](std::exception_ptr e, value v) mutable {
+                          [h, ex, work](std::exception_ptr e, value v) mutable {
                             boost::asio::post(ex, [h, e, v = std::move(v)]() mutable {
                               std::move(*h)(e, std::move(v));
                             });
+                            work->reset();
                           });
         },
         token, std::move(target), std::move(args), options);
@@ -176,6 +188,9 @@ class pool {
 
   /// Stops taking tasks. Queued tasks finish (or, with cancel_pending, fail with
   /// errc::cancelled); running tasks finish; then the interpreters end and threads are joined.
+  /// An interpreter stuck in C code past its timeout and grace period does not hold shutdown
+  /// up: its thread is left behind (detached) and ends its interpreter if it ever returns.
+  /// A task with no timeout that never returns does hold it up.
   void shutdown(bool cancel_pending = false);
 
   pool_stats stats() const;
