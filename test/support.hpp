@@ -1,5 +1,5 @@
 // Helpers shared by the test files: the runtime main() holds, catching an expected failure
-// as a value, counting failures in threads, running isola_test_child.
+// as a value, counting failures in threads, running isola_test_child and other programs.
 #pragma once
 
 #include <isola/isola.hpp>
@@ -65,6 +65,17 @@ struct child_result {
   std::string describe() const;
 };
 child_result run_child(const std::vector<std::string>& args);
+
+/// Runs a program (argv[0] is its path) with `input` on stdin and waits: what it wrote to
+/// stdout and to stderr, separately.
+struct program_result {
+  int exit_code = -1;  ///< -1 if it did not exit normally
+  int signal = 0;      ///< the signal that ended it, else 0
+  std::string out;
+  std::string err;
+  std::string describe() const;
+};
+program_result run_program(const std::vector<std::string>& argv, const std::string& input = "");
 
 /// A temporary directory removed with its contents at scope end.
 class temp_dir {

@@ -4,21 +4,11 @@
 
 #include "support.hpp"
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <regex>
-#include <stdexcept>
 #include <string>
 #include <vector>
-
-extern char** environ;
 
 namespace {
 
@@ -31,50 +21,12 @@ std::string isola_path() {
   return ISOLA_TEST_CLI;
 }
 
-struct cli_result {
-  int exit_code = -1;  ///< -1 if it did not exit normally
-  int signal = 0;
-  std::string out;  ///< stdout
-  std::string err;  ///< stderr
-  std::string describe() const {
-    return (signal != 0 ? "killed by signal " + std::to_string(signal)
-                        : "exit code " + std::to_string(exit_code)) +
-           "\n--- stdout:\n" + out + "--- stderr:\n" + err;
-  }
-};
-
 /// Runs `isola args...` with `input` on stdin and waits for it.
-cli_result run_isola(const std::vector<std::string>& args, const std::string& input = "") {
-  temp_dir io;
-  write_file(io.file("stdin"), input);
-  std::vector<std::string> all{isola_path()};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  const std::string& exe = all[0];
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, io.file("stdin").c_str(), O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, io.file("stdout").c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addopen(&actions, 2, io.file("stderr").c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) throw std::runtime_error("cannot start " + exe + ": " + std::strerror(rc));
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) throw std::runtime_error("waitpid failed");
-  }
-  cli_result r;
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
-  r.out = isola_test::read_file(io.file("stdout"));
-  r.err = isola_test::read_file(io.file("stderr"));
-  return r;
+isola_test::program_result run_isola(const std::vector<std::string>& args,
+                                     const std::string& input = "") {
+  std::vector<std::string> argv{isola_path()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return isola_test::run_program(argv, input);
 }
 
 bool contains(const std::string& text, const std::string& part) {
