@@ -77,8 +77,8 @@ void check_script(const fs::path& script) {
 
 /// The runner every pool task calls: runs the file as `python script.py` would (runpy with
 /// run_name '__main__': __name__, __file__, sys.argv; the script's folder first on sys.path;
-/// SystemExit with code 0 or None is success), then flushes the interpreter's sys.stdout and sys.stderr so that the script's output comes
-/// before isola's report.
+/// SystemExit with code 0 or None is success), then flushes the interpreter's sys.stdout and
+/// sys.stderr so that the script's output comes before isola's report.
 constexpr const char* runner_source = R"py(
 import os
 import runpy
