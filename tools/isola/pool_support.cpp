@@ -74,19 +74,18 @@ std::string describe(const std::exception_ptr& e) {
 }
 
 void print_pool_stats(const pool_stats& s, std::FILE* out) {
-  // Finished tasks are counted from the slots: their counters are updated before a task's
-  // future becomes ready, pool_stats::completed only after (it can lag behind).
-  std::uint64_t finished = 0;
-  for (const auto& i : s.interpreters) finished += i.tasks_done + i.tasks_failed;
-  fmt::print(out, "pool: {} interpreter{}, {} task{} submitted, {} finished, queue depth {}\n",
+  fmt::print(out, "pool: {} interpreter{}, {} task{} submitted, {} finished{}, queue depth {}\n",
              s.interpreters.size(), s.interpreters.size() == 1 ? "" : "s", s.submitted,
-             s.submitted == 1 ? "" : "s", std::max(finished, s.completed), s.queue_depth);
+             s.submitted == 1 ? "" : "s", s.completed,
+             s.not_run > 0 ? fmt::format(" ({} without running)", s.not_run) : "",
+             s.queue_depth);
   fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9}  {:>8}  {:>8}\n", "slot", "interp",
              "done", "failed", "timed out", "busy s", "recycled", "replaced");
   for (const auto& i : s.interpreters) {
-    fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9.3f}  {:>8}  {:>8}\n", i.index,
+    fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9.3f}  {:>8}  {:>8}{}\n", i.index,
                i.interpreter_id, i.tasks_done, i.tasks_failed, i.tasks_timed_out,
-               std::chrono::duration<double>(i.busy).count(), i.recycled, i.replaced_broken);
+               std::chrono::duration<double>(i.busy).count(), i.recycled, i.replaced_broken,
+               i.dead ? "  dead (no interpreter could be created)" : "");
   }
 }
 
