@@ -115,6 +115,7 @@ void interp_host::end() {
   std::unique_lock<std::mutex> serial(lifecycle_mutex(), std::defer_lock);
   if (serialise_lifecycle) serial.lock();
   PyEval_RestoreThread(tstate_);
+  run_at_end(*state_);
   Py_EndInterpreter(tstate_);  // needs the GIL; leaves no thread state current
   tstate_ = nullptr;
   this_thread_sleep_slot = nullptr;
@@ -156,6 +157,8 @@ bool interp_host::interrupt(std::string_view type, std::uint64_t task_id) {
     {
       std::lock_guard lock(sleep_.mu);
       sleep_.interrupted = true;
+      sleep_.interrupt_type = std::string(type);
+      if (sleep_.wait_stop != nullptr) sleep_.wait_stop->request_stop();
     }
     sleep_.cv.notify_all();
     return true;

@@ -13,16 +13,21 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <stop_token>
+#include <string>
 #include <string_view>
 
 namespace isola::detail {
 
 /// Lets an interrupt wake `time.sleep` in the worker: isola replaces time.sleep in its
 /// interpreters with a version that waits here (GIL released) instead of in the kernel.
+/// A blocking channel wait registers its stop source here the same way.
 struct sleep_slot {
   std::mutex mu;
   std::condition_variable cv;
   bool interrupted = false;
+  std::stop_source* wait_stop = nullptr;  ///< a channel wait in progress on this thread
+  std::string interrupt_type;  ///< the builtin exception of the last interrupt
 };
 
 /// The sleep slot of the calling worker thread, or nullptr on other threads.

@@ -810,6 +810,13 @@ void pool_impl::shutdown(bool cancel_pending) {
   if (cancel_pending) {
     for (auto& s : slots_) fail_pinned(*s, errc::cancelled, "pool shut down before the task ran");
     fail_shared_queue(errc::cancelled, "pool shut down before the task ran");
+    // Tasks blocked on a channel would never finish: end those waits (ChannelClosed).
+    std::lock_guard lock(workers_mu_);
+    for (auto& w : workers_) {
+      if (!w) continue;
+      std::lock_guard host_lock(w->host_mu);
+      if (w->host) stop_waits(*w->host->state());
+    }
   }
   for (std::size_t i = 0; i < slots_.size(); ++i) ring(static_cast<int>(i));
 

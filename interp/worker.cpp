@@ -128,6 +128,7 @@ void worker::close() {
     std::lock_guard lock(state()->mu);
     if (state()->phase == interp_phase::running) state()->phase = interp_phase::closing;
   }
+  stop_waits(*state());  // a task blocked on a channel ends with ChannelClosed
   {
     std::lock_guard lock(queue_mu_);
     stopping_ = true;

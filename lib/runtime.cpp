@@ -117,7 +117,9 @@ runtime::~runtime() {
     }
   }
 
-  // Threads attached to the main interpreter must leave before Py_Finalize.
+  // Threads attached to the main interpreter must leave before Py_Finalize, and its threads
+  // blocked on channels would keep Py_Finalize waiting for them.
+  detail::stop_waits(*rt.main);
   {
     std::unique_lock lock(rt.main->mu);
     rt.main->phase = detail::interp_phase::closing;
@@ -131,6 +133,7 @@ runtime::~runtime() {
     ts = PyThreadState_New(PyInterpreterState_Main());
   }
   PyEval_RestoreThread(ts);
+  detail::run_at_end(*rt.main);
   if (Py_FinalizeEx() < 0) log->error("Py_FinalizeEx reported an error while flushing buffers");
   {
     std::lock_guard lock(rt.main->mu);

@@ -39,6 +39,56 @@ void unregister_interp(const interp_state* s) {
   std::erase_if(rt.live, [s](const auto& p) { return p.get() == s; });
 }
 
+bool add_at_end(interp_state& s, std::function<void()> hook) {
+  std::lock_guard lock(s.mu);
+  if (s.at_end_ran) return false;
+  s.at_end.push_back(std::move(hook));
+  return true;
+}
+
+void run_at_end(interp_state& s) noexcept {
+  for (;;) {
+    std::vector<std::function<void()>> hooks;
+    {
+      std::lock_guard lock(s.mu);
+      if (s.at_end.empty()) {
+        s.at_end_ran = true;
+        return;
+      }
+      hooks.swap(s.at_end);
+    }
+    for (auto& h : hooks) h();
+  }
+}
+
+bool register_wait(interp_state& s, std::stop_source* stop) {
+  std::lock_guard lock(s.mu);
+  if (s.waits_stopped) return false;
+  s.waits.push_back(stop);
+  return true;
+}
+
+void unregister_wait(interp_state& s, std::stop_source* stop) noexcept {
+  std::lock_guard lock(s.mu);
+  std::erase(s.waits, stop);
+}
+
+void stop_waits(interp_state& s) noexcept {
+  std::lock_guard lock(s.mu);
+  s.waits_stopped = true;
+  for (auto* w : s.waits) w->request_stop();
+}
+
+std::shared_ptr<interp_state> find_interp(std::int64_t id) {
+  auto& rt = runtime();
+  std::lock_guard lock(rt.mu);
+  if (rt.main && rt.main->id == id) return rt.main;
+  for (const auto& s : rt.live) {
+    if (s->id == id) return s;
+  }
+  return nullptr;
+}
+
 void defer_release(std::shared_ptr<void> p) {
   auto& rt = runtime();
   std::lock_guard lock(rt.mu);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <stop_token>
 #include <thread>
 #include <vector>
 
@@ -35,6 +36,17 @@ struct interp_state {
   int guards = 0;
   _is* interp = nullptr;
   std::function<void()> closer;
+  /// Run once on the interpreter's own thread with its GIL held, just before it ends (for the
+  /// main interpreter: before Py_Finalize), in the order added. Guarded by `mu`; add with
+  /// add_at_end(). Hooks must not throw.
+  std::vector<std::function<void()>> at_end;
+  bool at_end_ran = false;
+  /// Channels' record of buffers this interpreter shares without copying (opaque here).
+  std::shared_ptr<void> exports;
+  /// Blocking channel waits in progress in this interpreter (any of its threads), so that
+  /// closing it can end them; guarded by `mu`. After stop_waits() new waits are refused.
+  std::vector<std::stop_source*> waits;
+  bool waits_stopped = false;
 
   std::string label() const;  ///< "interpreter 3" or "interpreter 3 (worker-1)"
 };
@@ -69,6 +81,21 @@ void defer_release(std::shared_ptr<void> p);
 /// Call with `lock` held on s.mu; phase must already refuse new guards.
 void wait_for_guards(interp_state& s, std::unique_lock<std::mutex>& lock,
                      std::chrono::milliseconds warn_every = std::chrono::seconds(2));
+
+/// Adds an at-end hook; false (hook not added) if the hooks have already run.
+bool add_at_end(interp_state& s, std::function<void()> hook);
+/// Runs and clears the hooks (the owner calls this with the GIL held, before ending).
+void run_at_end(interp_state& s) noexcept;
+
+/// Registers a blocking wait of this interpreter; false if its waits have been stopped.
+bool register_wait(interp_state& s, std::stop_source* stop);
+void unregister_wait(interp_state& s, std::stop_source* stop) noexcept;
+/// Ends every wait in progress (their stop sources are requested) and refuses new ones:
+/// called when the interpreter starts closing.
+void stop_waits(interp_state& s) noexcept;
+
+/// The state of a live interpreter (or the main one) by its id; nullptr if none.
+std::shared_ptr<interp_state> find_interp(std::int64_t id);
 
 /// True if the calling thread currently has a thread state of this interpreter attached.
 bool attached_here(const interp_state& s) noexcept;
