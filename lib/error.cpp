@@ -19,6 +19,9 @@ class category final : public std::error_category {
       case errc::creation_failed: return "interpreter creation failed";
       case errc::queue_full: return "queue is full";
       case errc::shut_down: return "shut down";
+      case errc::channel_closed: return "channel is closed";
+      case errc::channel_empty: return "channel is empty";
+      case errc::channel_full: return "channel is full";
     }
     return "unknown isola error " + std::to_string(code);
   }

@@ -21,6 +21,9 @@ enum class errc {
   creation_failed,          ///< Py_NewInterpreterFromConfig (or set-up after it) failed
   queue_full,               ///< a bounded queue had no room (try_submit)
   shut_down,                ///< the pool was shut down and takes no more work
+  channel_closed,           ///< the channel is closed (and, for a receive, drained)
+  channel_empty,            ///< a non-blocking receive found no item (try_recv)
+  channel_full,             ///< a non-blocking send found no room (try_send)
 };
 
 /// The std::error_category of isola::errc (name "isola").

@@ -2,9 +2,11 @@
 #pragma once
 
 #include <isola/attach.hpp>
+#include <isola/channel.hpp>
 #include <isola/error.hpp>
 #include <isola/interpreter.hpp>
 #include <isola/log.hpp>
+#include <isola/message.hpp>
 #include <isola/pool.hpp>
 #include <isola/runtime.hpp>
 #include <isola/value.hpp>

@@ -1,0 +1,207 @@
+// isola_channel_bench: throughput and round-trip figures of the channel core, as JSON.
+// One C++ thread sends, another receives; each figure is the median of its runs.
+//   isola_channel_bench [--messages N] [--runs R] [--capacity C] [--rounds N]
+#include <isola/channel.hpp>
+
+#include "ring.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+struct options {
+  std::size_t messages = 4'000'000;
+  int runs = 3;
+  std::size_t capacity = 4096;
+  std::size_t batch = 256;
+  int rounds = 200'000;
+};
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+[[noreturn]] void fail(const char* what) {
+  std::fprintf(stderr, "isola_channel_bench: %s\n", what);
+  std::exit(1);
+}
+
+/// Messages per second, one sender and one receiver, single-item send()/recv().
+double single_items(const options& o) {
+  isola::channel ch(o.capacity);
+  std::int64_t sum = 0;
+  auto t0 = clock_type::now();
+  std::thread receiver([&] {
+    for (std::size_t i = 0; i < o.messages; ++i) {
+      auto r = ch.recv();
+      if (!r) fail("recv failed");
+      sum += std::get<std::int64_t>(std::get<isola::value>(r->payload).data());
+    }
+  });
+  for (std::size_t i = 0; i < o.messages; ++i) {
+    if (!ch.send(isola::message(static_cast<std::int64_t>(i)))) fail("send failed");
+  }
+  receiver.join();
+  const double s = seconds_since(t0);
+  const auto n = static_cast<std::int64_t>(o.messages);
+  if (sum != n * (n - 1) / 2) fail("single-item checksum mismatch");
+  return static_cast<double>(o.messages) / s;
+}
+
+/// Items per second with send_many()/recv_many() in batches of o.batch.
+double batches(const options& o) {
+  isola::channel ch(o.capacity);
+  std::int64_t sum = 0;
+  auto t0 = clock_type::now();
+  std::thread receiver([&] {
+    std::vector<isola::message> got;
+    got.reserve(o.batch);
+    std::size_t n = 0;
+    while (n < o.messages) {
+      got.clear();
+      auto r = ch.recv_many(got, o.batch);
+      if (!r) fail("recv_many failed");
+      for (auto& m : got) sum += std::get<std::int64_t>(std::get<isola::value>(m.payload).data());
+      n += *r;
+    }
+  });
+  std::vector<isola::message> batch;
+  batch.reserve(o.batch);
+  for (std::size_t i = 0; i < o.messages;) {
+    batch.clear();
+    for (std::size_t k = 0; k < o.batch && i < o.messages; ++k, ++i) {
+      batch.emplace_back(static_cast<std::int64_t>(i));
+    }
+    auto r = ch.send_many(batch);
+    if (r.error) fail("send_many failed");
+  }
+  receiver.join();
+  const double s = seconds_since(t0);
+  const auto n = static_cast<std::int64_t>(o.messages);
+  if (sum != n * (n - 1) / 2) fail("batch checksum mismatch");
+  return static_cast<double>(o.messages) / s;
+}
+
+/// The typed ring alone (T = int64_t, try_push/try_pop spinning): the ceiling under the
+/// channel's message handling and wake-up protocol.
+double raw_ring(const options& o) {
+  isola::detail::ring<std::int64_t> ring(o.capacity);
+  std::int64_t sum = 0;
+  auto t0 = clock_type::now();
+  std::thread receiver([&] {
+    for (std::size_t i = 0; i < o.messages;) {
+      if (ring.try_pop([&](std::int64_t&& v) noexcept { sum += v; }) ==
+          isola::detail::ring_status::ok) {
+        ++i;
+      } else {
+        isola::detail::cpu_relax();
+      }
+    }
+  });
+  for (std::size_t i = 0; i < o.messages;) {
+    auto v = static_cast<std::int64_t>(i);
+    if (ring.try_push(v) == isola::detail::ring_status::ok) {
+      ++i;
+    } else {
+      isola::detail::cpu_relax();
+    }
+  }
+  receiver.join();
+  const double s = seconds_since(t0);
+  const auto n = static_cast<std::int64_t>(o.messages);
+  if (sum != n * (n - 1) / 2) fail("ring checksum mismatch");
+  return static_cast<double>(o.messages) / s;
+}
+
+struct rtt {
+  double p50_us, p99_us;
+};
+
+/// Round trip: A sends on one channel, B echoes on another, A receives; per-round times.
+rtt pingpong(const options& o) {
+  isola::channel there(1), back(1);
+  std::thread echo([&] {
+    for (;;) {
+      auto r = there.recv();
+      if (!r) return;  // closed
+      if (!back.send(std::move(*r))) fail("echo send failed");
+    }
+  });
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(o.rounds));
+  for (int i = 0; i < o.rounds; ++i) {
+    auto t0 = clock_type::now();
+    if (!there.send(isola::message(std::int64_t{i}))) fail("ping send failed");
+    auto r = back.recv();
+    if (!r) fail("pong recv failed");
+    us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
+  }
+  there.close();
+  echo.join();
+  std::sort(us.begin(), us.end());
+  return {us[us.size() / 2], us[us.size() * 99 / 100]};
+}
+
+std::size_t parse(const char* s) {
+  char* end = nullptr;
+  auto v = std::strtoull(s, &end, 10);
+  if (!end || *end != '\0' || v == 0) fail("numeric arguments must be positive integers");
+  return static_cast<std::size_t>(v);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) fail("usage: isola_channel_bench [--messages N] [--runs R] "
+                            "[--capacity C] [--batch B] [--rounds N]");
+    if (a == "--messages") o.messages = parse(argv[++i]);
+    else if (a == "--runs") o.runs = static_cast<int>(parse(argv[++i]));
+    else if (a == "--capacity") o.capacity = parse(argv[++i]);
+    else if (a == "--batch") o.batch = parse(argv[++i]);
+    else if (a == "--rounds") o.rounds = static_cast<int>(parse(argv[++i]));
+    else fail(("unknown option " + a).c_str());
+  }
+
+  std::vector<double> single, batch, ring, p50, p99;
+  for (int r = 0; r < o.runs; ++r) {
+    single.push_back(single_items(o));
+    batch.push_back(batches(o));
+    ring.push_back(raw_ring(o));
+    const rtt t = pingpong(o);
+    p50.push_back(t.p50_us);
+    p99.push_back(t.p99_us);
+  }
+  std::printf(
+      "{\n"
+      "  \"messages\": %zu,\n"
+      "  \"runs\": %d,\n"
+      "  \"capacity\": %zu,\n"
+      "  \"batch\": %zu,\n"
+      "  \"hardware_threads\": %u,\n"
+      "  \"cpp_msgs_per_s\": %.0f,\n"
+      "  \"cpp_batch_items_per_s\": %.0f,\n"
+      "  \"cpp_ring_int64_msgs_per_s\": %.0f,\n"
+      "  \"cpp_pingpong_rtt_us_p50\": %.3f,\n"
+      "  \"cpp_pingpong_rtt_us_p99\": %.3f\n"
+      "}\n",
+      o.messages, o.runs, o.capacity, o.batch, std::thread::hardware_concurrency(),
+      median(single), median(batch), median(ring), median(p50), median(p99));
+}

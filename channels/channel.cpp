@@ -1,0 +1,571 @@
+// isola::channel: the channel core (ring + waiter counters + pending Asio operations), the
+// blocking protocol (spin, then park on a futex), and the process-wide registry of names.
+#include <isola/channel.hpp>
+
+#include "park.hpp"
+#include "ring.hpp"
+
+#include <climits>
+#include <deque>
+#include <map>
+#include <mutex>
+
+namespace isola {
+namespace detail {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+/// Rounds of (pause + probe) before a blocking call parks: about 15-30 us on current x86
+/// (a pause is 10-40 ns), longer than a wake-up round trip between two running threads, far
+/// shorter than a futex sleep and wake.
+constexpr int spin_rounds = 512;
+
+/// Waiter counters: the low half counts threads parked (or about to park) on a side, the high
+/// half async operations queued on it. One load tells a producer whether to do anything.
+constexpr std::uint64_t sync_one = 1;
+constexpr std::uint64_t async_one = std::uint64_t{1} << 32;
+constexpr std::uint64_t sync_mask = async_one - 1;
+
+boost::system::error_code code(errc e) noexcept { return make_error_code(e); }
+
+int wake_count(std::size_t n) noexcept {
+  return n > static_cast<std::size_t>(INT_MAX) ? INT_MAX : static_cast<int>(n);
+}
+
+deadline deadline_after(const channel_timeout& timeout) noexcept {
+  if (!timeout) return std::nullopt;
+  if (*timeout <= std::chrono::nanoseconds::zero()) return clock::time_point::min();
+  // Beyond a century is "forever" (and would overflow the clock's representation).
+  if (*timeout >= std::chrono::hours(24 * 365 * 100)) return std::nullopt;
+  return clock::now() + *timeout;
+}
+
+bool passed(const deadline& d) noexcept { return d && clock::now() >= *d; }
+
+}  // namespace
+
+/// The shared state behind every handle to one channel.
+class channel_core {
+ public:
+  /// The waiters of one direction: receivers (waiting for items) or senders (for room).
+  struct alignas(cache_line) side {
+    std::atomic<std::uint64_t> waiters{0};  ///< sync_one per parking thread, async_one per op
+    std::atomic<std::uint32_t> event{0};    ///< the futex word; bumped before every wake-up
+  };
+
+  channel_core(std::size_t capacity, std::string name);
+  ~channel_core();
+  channel_core(const channel_core&) = delete;
+  channel_core& operator=(const channel_core&) = delete;
+
+  // Non-blocking steps; each notifies the other side when it moved something.
+  ring_status push_one(message& m) noexcept {
+    const ring_status st = ring_.try_push(m);
+    if (st == ring_status::ok) after_push(1);
+    return st;
+  }
+  ring_status pop_one(message& out) noexcept {
+    const ring_status st = ring_.try_pop([&](message&& m) noexcept { out = std::move(m); });
+    if (st == ring_status::ok) after_pop(1);
+    return st;
+  }
+  /// Pushes the longest prefix that fits now (several claims if the ring's end is crossed).
+  ring_status push_available(std::span<message> items, std::size_t& sent) noexcept;
+  /// Pops what is there now, up to max_items, onto out (which must not need to grow beyond
+  /// what pop_available reserves before each claim).
+  ring_status pop_available(std::vector<message>& out, std::size_t max_items,
+                            std::size_t& got);
+
+  /// Repeats attempt() until it moves something, the ring is closed, the deadline passes or
+  /// stop is requested: first spinning on ready(), then parked on s.event.
+  template <typename Attempt, typename Ready>
+  boost::system::error_code block(side& s, Attempt&& attempt, Ready&& ready,
+                                  const deadline& until, const std::stop_token& stop);
+
+  bool close() noexcept;
+  void start(std::shared_ptr<async_recv_op> op) { enqueue(async_recv_, receivers_, std::move(op)); }
+  void start(std::shared_ptr<async_send_op> op) { enqueue(async_send_, senders_, std::move(op)); }
+  void cancel(async_op* op) noexcept;
+
+  ring<message> ring_;
+  side receivers_;
+  side senders_;
+  const std::uint64_t id_;
+  const std::string name_;
+
+ private:
+  void after_push(std::size_t n) noexcept {
+    const std::uint64_t w = receivers_.waiters.load(std::memory_order_seq_cst);
+    if (w == 0) [[likely]] return;
+    if (w & sync_mask) wake(receivers_, n);
+    if (w >> 32) kick();
+  }
+  void after_pop(std::size_t n) noexcept {
+    const std::uint64_t w = senders_.waiters.load(std::memory_order_seq_cst);
+    if (w == 0) [[likely]] return;
+    if (w & sync_mask) wake(senders_, n);
+    if (w >> 32) kick();
+  }
+  static void wake(side& s, std::size_t n) noexcept {
+    s.event.fetch_add(1, std::memory_order_seq_cst);
+    unpark(s.event, wake_count(n));
+  }
+  /// Wakes a parked thread of side s if there are any (used on the drain path, which must
+  /// not kick itself).
+  static void wake_parked(side& s, std::size_t n) noexcept {
+    if (s.waiters.load(std::memory_order_seq_cst) & sync_mask) wake(s, n);
+  }
+
+  template <typename Op>
+  using op_list = std::deque<std::shared_ptr<Op>>;
+
+  /// Queues an async op (or completes it at once if already cancelled) and serves the lists.
+  template <typename Op>
+  void enqueue(op_list<Op>& list, side& s, std::shared_ptr<Op> op);
+  /// Removes op from list if it is there.
+  template <typename Op>
+  static std::shared_ptr<Op> take(op_list<Op>& list, async_op* op) noexcept;
+  /// Serves pending async ops; one thread at a time, the others just ask it to go round again.
+  void kick() noexcept;
+  void drain() noexcept;
+  /// Serves the ops of one list in order while attempt(op) moves something; returns whether
+  /// any moved. finish(op, ec) completes an op.
+  template <typename Op, typename Attempt, typename Finish>
+  bool serve(op_list<Op>& list, side& mine, side& other, Attempt&& attempt, Finish&& finish);
+
+  std::mutex async_mu_;  ///< guards the two lists and async_op::cancelled; slow path only
+  std::deque<std::shared_ptr<async_recv_op>> async_recv_;
+  std::deque<std::shared_ptr<async_send_op>> async_send_;
+  std::atomic<std::uint32_t> kicks_{0};
+};
+
+namespace {
+
+std::atomic<std::uint64_t> next_channel_id{1};
+
+/// Named channels. Weak references: a name is findable while its channel is alive. Leaked on
+/// purpose, so channels destroyed during static destruction can still unregister.
+struct registry {
+  std::mutex mu;
+  struct entry {
+    const channel_core* core;
+    std::weak_ptr<channel_core> weak;
+  };
+  std::map<std::string, entry, std::less<>> names;
+};
+
+registry& the_registry() {
+  static registry* r = new registry;
+  return *r;
+}
+
+}  // namespace
+
+channel_core::channel_core(std::size_t capacity, std::string name)
+    : ring_(capacity), id_(next_channel_id.fetch_add(1)), name_(std::move(name)) {}
+
+channel_core::~channel_core() {
+  if (!name_.empty()) {
+    registry& r = the_registry();
+    std::lock_guard lock(r.mu);
+    auto it = r.names.find(name_);
+    if (it != r.names.end() && it->second.core == this) r.names.erase(it);
+  }
+  // No handle is left, so nothing else runs here: pending async receivers get what is queued,
+  // then channel_closed; pending senders get channel_closed. The ring destroys the rest.
+  ring_.close();
+  drain();
+}
+
+ring_status channel_core::push_available(std::span<message> items, std::size_t& sent) noexcept {
+  sent = 0;
+  ring_status st = ring_status::ok;
+  while (sent < items.size()) {
+    std::size_t k = 0;
+    st = ring_.try_push_n(items.data() + sent, items.size() - sent, k);
+    if (st != ring_status::ok) break;
+    sent += k;
+    after_push(k);
+  }
+  return sent > 0 ? ring_status::ok : st;
+}
+
+ring_status channel_core::pop_available(std::vector<message>& out, std::size_t max_items,
+                                        std::size_t& got) {
+  got = 0;
+  ring_status st = ring_status::ok;
+  while (got < max_items) {
+    // Grow before claiming: consume() runs on claimed slots and must not throw.
+    const std::size_t chunk = std::min(max_items - got, ring_.capacity());
+    if (out.capacity() - out.size() < chunk) {
+      out.reserve(std::max(out.size() + chunk, out.capacity() * 2));
+    }
+    std::size_t k = 0;
+    st = ring_.try_pop_n(chunk, k, [&](message&& m) noexcept { out.push_back(std::move(m)); });
+    if (st != ring_status::ok) break;
+    got += k;
+    after_pop(k);
+  }
+  return got > 0 ? ring_status::ok : st;
+}
+
+template <typename Attempt, typename Ready>
+boost::system::error_code channel_core::block(side& s, Attempt&& attempt, Ready&& ready,
+                                              const deadline& until,
+                                              const std::stop_token& stop) {
+  auto outcome = [](ring_status st) {
+    return st == ring_status::ok ? boost::system::error_code{} : code(errc::channel_closed);
+  };
+  ring_status st = attempt();
+  if (st != ring_status::would_block) return outcome(st);
+  if (passed(until)) return code(errc::timeout);
+  if (stop.stop_requested()) return code(errc::cancelled);
+
+  for (int i = 0; i < spin_rounds; ++i) {
+    cpu_relax();
+    if (ready()) {
+      st = attempt();
+      if (st != ring_status::would_block) return outcome(st);
+    }
+  }
+
+  // A stop request bumps the event and wakes every parked thread of this side; each re-checks
+  // its own token. Rare, so the extra wake-ups of other waiters do not matter.
+  struct waker {
+    side* s;
+    void operator()() noexcept { wake(*s, INT_MAX); }
+  };
+  std::optional<std::stop_callback<waker>> on_stop;
+  if (stop.stop_possible()) on_stop.emplace(stop, waker{&s});
+
+  // Leaving without having moved anything: a wake-up meant for the item (room) that is there
+  // now may have come to this thread, so hand it on.
+  auto give_up = [&](errc why) {
+    if (ready()) wake_parked(s, 1);
+    return code(why);
+  };
+  /// Counts this thread as parked on s for its scope (also when attempt() throws).
+  struct counted {
+    side& s;
+    explicit counted(side& s_) noexcept : s(s_) {
+      s.waiters.fetch_add(sync_one, std::memory_order_seq_cst);
+    }
+    ~counted() { s.waiters.fetch_sub(sync_one, std::memory_order_seq_cst); }
+  };
+  for (;;) {
+    bool in_time = true;
+    {
+      // Count ourselves before the last check (seq_cst), so that a producer either sees us
+      // in the counter or we see its item: the pairing described in ring.hpp.
+      counted c(s);
+      const std::uint32_t key = s.event.load(std::memory_order_seq_cst);
+      st = attempt();
+      if (st == ring_status::would_block && !stop.stop_requested()) {
+        in_time = park(s.event, key, until);
+      }
+    }
+    if (st != ring_status::would_block) return outcome(st);
+    if (stop.stop_requested()) return give_up(errc::cancelled);
+    if (!in_time || passed(until)) {
+      st = attempt();
+      if (st != ring_status::would_block) return outcome(st);
+      return give_up(errc::timeout);
+    }
+  }
+}
+
+bool channel_core::close() noexcept {
+  if (!ring_.close()) return false;
+  wake(receivers_, INT_MAX);
+  wake(senders_, INT_MAX);
+  kick();
+  return true;
+}
+
+static void complete(async_recv_op& op, boost::system::error_code ec) noexcept {
+  op.complete(ec, {});
+}
+static void complete(async_send_op& op, boost::system::error_code ec) noexcept {
+  op.complete(ec);
+}
+
+template <typename Op>
+void channel_core::enqueue(op_list<Op>& list, side& s, std::shared_ptr<Op> op) {
+  {
+    std::lock_guard lock(async_mu_);
+    if (!op->cancelled) {
+      s.waiters.fetch_add(async_one, std::memory_order_seq_cst);
+      list.push_back(std::move(op));
+    }
+  }
+  if (op) {
+    complete(*op, boost::asio::error::operation_aborted);
+    return;
+  }
+  kick();
+}
+
+template <typename Op>
+std::shared_ptr<Op> channel_core::take(op_list<Op>& list, async_op* op) noexcept {
+  for (auto it = list.begin(); it != list.end(); ++it) {
+    if (it->get() == op) {
+      auto found = std::move(*it);
+      list.erase(it);
+      return found;
+    }
+  }
+  return nullptr;
+}
+
+void channel_core::cancel(async_op* op) noexcept {
+  std::shared_ptr<async_recv_op> recv;
+  std::shared_ptr<async_send_op> send;
+  {
+    std::lock_guard lock(async_mu_);
+    op->cancelled = true;  // a drain holding the op sees it when it would queue it again
+    if ((recv = take(async_recv_, op))) {
+      receivers_.waiters.fetch_sub(async_one, std::memory_order_seq_cst);
+    } else if ((send = take(async_send_, op))) {
+      senders_.waiters.fetch_sub(async_one, std::memory_order_seq_cst);
+    }
+  }
+  if (recv) complete(*recv, boost::asio::error::operation_aborted);
+  if (send) complete(*send, boost::asio::error::operation_aborted);
+}
+
+void channel_core::kick() noexcept {
+  if (kicks_.fetch_add(1, std::memory_order_acq_rel) != 0) return;  // the drainer goes again
+  std::uint32_t seen = 1;
+  for (;;) {
+    drain();
+    const std::uint32_t left = kicks_.fetch_sub(seen, std::memory_order_acq_rel) - seen;
+    if (left == 0) return;
+    seen = left;
+  }
+}
+
+void channel_core::drain() noexcept {
+  // Ops are taken off a list to be served without holding the mutex (completions post
+  // handlers; a failed send destroys its message); one that cannot be served yet goes back to
+  // the front, unless it was cancelled meanwhile. Its counter stays up all along, so a
+  // producer that pushes meanwhile kicks and the drainer goes round again.
+  for (bool progress = true; progress;) {
+    message m;
+    progress = serve(
+        async_recv_, receivers_, senders_,
+        [&](async_recv_op&) {
+          return ring_.try_pop([&](message&& x) noexcept { m = std::move(x); });
+        },
+        [&](async_recv_op& op, boost::system::error_code ec) {
+          op.complete(ec, ec ? message{} : std::move(m));
+        });
+    progress |= serve(
+        async_send_, senders_, receivers_,
+        [&](async_send_op& op) { return ring_.try_push(op.msg); },
+        [&](async_send_op& op, boost::system::error_code ec) { op.complete(ec); });
+  }
+}
+
+template <typename Op, typename Attempt, typename Finish>
+bool channel_core::serve(op_list<Op>& list, side& mine, side& other, Attempt&& attempt,
+                         Finish&& finish) {
+  bool progress = false;
+  for (;;) {
+    std::shared_ptr<Op> op;
+    {
+      std::lock_guard lock(async_mu_);
+      if (list.empty()) break;
+      op = std::move(list.front());
+      list.pop_front();
+    }
+    const ring_status st = attempt(*op);
+    if (st == ring_status::would_block) {
+      std::lock_guard lock(async_mu_);
+      if (!op->cancelled) {
+        list.push_front(std::move(op));
+        break;
+      }
+    }
+    mine.waiters.fetch_sub(async_one, std::memory_order_seq_cst);
+    if (st == ring_status::ok) {
+      progress = true;
+      wake_parked(other, 1);
+      finish(*op, {});
+    } else {
+      finish(*op, st == ring_status::closed ? code(errc::channel_closed)
+                                            : boost::asio::error::operation_aborted);
+    }
+  }
+  return progress;
+}
+
+void start_async_recv(const std::shared_ptr<channel_core>& core,
+                      std::shared_ptr<async_recv_op> op) {
+  core->start(std::move(op));
+}
+
+void start_async_send(const std::shared_ptr<channel_core>& core,
+                      std::shared_ptr<async_send_op> op) {
+  core->start(std::move(op));
+}
+
+void cancel_async(const std::weak_ptr<channel_core>& core,
+                  const std::weak_ptr<async_op>& op) noexcept {
+  auto c = core.lock();
+  auto o = op.lock();
+  if (c && o) c->cancel(o.get());
+}
+
+}  // namespace detail
+
+using detail::ring_status;
+
+static_assert(channel::max_capacity == detail::ring<message>::max_capacity);
+
+channel::channel(std::size_t capacity)
+    : core_(std::make_shared<detail::channel_core>(capacity, std::string())) {}
+
+channel channel::open(std::string_view name, std::size_t capacity) {
+  if (name.empty()) throw std::invalid_argument("channel::open: the name must not be empty");
+  auto& r = detail::the_registry();
+  std::lock_guard lock(r.mu);
+  auto it = r.names.find(name);
+  if (it != r.names.end()) {
+    if (auto core = it->second.weak.lock()) return channel(std::move(core));
+  }
+  auto core = std::make_shared<detail::channel_core>(capacity, std::string(name));
+  if (it != r.names.end()) {
+    it->second = {core.get(), core};
+  } else {
+    r.names.emplace(std::string(name), detail::registry::entry{core.get(), core});
+  }
+  return channel(std::move(core));
+}
+
+std::optional<channel> channel::find(std::string_view name) {
+  auto& r = detail::the_registry();
+  std::lock_guard lock(r.mu);
+  auto it = r.names.find(name);
+  if (it == r.names.end()) return std::nullopt;
+  auto core = it->second.weak.lock();
+  if (!core) return std::nullopt;
+  return channel(std::move(core));
+}
+
+boost::system::result<void> channel::send(message&& msg, channel_timeout timeout,
+                                          std::stop_token stop) {
+  auto& c = *core_;
+  auto ec = c.block(
+      c.senders_, [&] { return c.push_one(msg); }, [&] { return c.ring_.push_ready(); },
+      detail::deadline_after(timeout), stop);
+  if (ec) return ec;
+  return {};
+}
+
+boost::system::result<message> channel::recv(channel_timeout timeout, std::stop_token stop) {
+  auto& c = *core_;
+  message out;
+  auto ec = c.block(
+      c.receivers_, [&] { return c.pop_one(out); }, [&] { return c.ring_.pop_ready(); },
+      detail::deadline_after(timeout), stop);
+  if (ec) return ec;
+  return out;
+}
+
+boost::system::result<void> channel::try_send(message&& msg) {
+  switch (core_->push_one(msg)) {
+    case ring_status::ok: return {};
+    case ring_status::would_block: return detail::code(errc::channel_full);
+    case ring_status::closed: break;
+  }
+  return detail::code(errc::channel_closed);
+}
+
+boost::system::result<message> channel::try_recv() {
+  message out;
+  switch (core_->pop_one(out)) {
+    case ring_status::ok: return out;
+    case ring_status::would_block: return detail::code(errc::channel_empty);
+    case ring_status::closed: break;
+  }
+  return detail::code(errc::channel_closed);
+}
+
+send_many_result channel::send_many(std::span<message> items, channel_timeout timeout,
+                                    std::stop_token stop) {
+  auto& c = *core_;
+  send_many_result r;
+  const detail::deadline until = detail::deadline_after(timeout);
+  while (r.sent < items.size()) {
+    auto ec = c.block(
+        c.senders_,
+        [&] {
+          std::size_t k = 0;
+          const ring_status st = c.push_available(items.subspan(r.sent), k);
+          r.sent += k;
+          return st;
+        },
+        [&] { return c.ring_.push_ready(); }, until, stop);
+    if (ec) {
+      r.error = ec;
+      break;
+    }
+  }
+  return r;
+}
+
+send_many_result channel::try_send_many(std::span<message> items) {
+  send_many_result r;
+  const ring_status st = core_->push_available(items, r.sent);
+  if (r.sent < items.size()) {
+    r.error = detail::code(st == ring_status::closed ? errc::channel_closed : errc::channel_full);
+  }
+  return r;
+}
+
+boost::system::result<std::size_t> channel::recv_many(std::vector<message>& out,
+                                                      std::size_t max_items,
+                                                      channel_timeout timeout,
+                                                      std::stop_token stop) {
+  if (max_items == 0) return std::size_t{0};
+  auto& c = *core_;
+  std::size_t got = 0;
+  auto ec = c.block(
+      c.receivers_, [&] { return c.pop_available(out, max_items, got); },
+      [&] { return c.ring_.pop_ready(); }, detail::deadline_after(timeout), stop);
+  if (ec) return ec;
+  return got;
+}
+
+boost::system::result<std::vector<message>> channel::recv_many(std::size_t max_items,
+                                                               channel_timeout timeout,
+                                                               std::stop_token stop) {
+  std::vector<message> out;
+  auto r = recv_many(out, max_items, timeout, std::move(stop));
+  if (!r) return r.error();
+  return out;
+}
+
+boost::system::result<std::size_t> channel::try_recv_many(std::vector<message>& out,
+                                                          std::size_t max_items) {
+  if (max_items == 0) return std::size_t{0};
+  std::size_t got = 0;
+  switch (core_->pop_available(out, max_items, got)) {
+    case ring_status::ok: return got;
+    case ring_status::would_block: return detail::code(errc::channel_empty);
+    case ring_status::closed: break;
+  }
+  return detail::code(errc::channel_closed);
+}
+
+bool channel::close() noexcept { return core_->close(); }
+
+std::size_t channel::capacity() const noexcept { return core_->ring_.capacity(); }
+std::size_t channel::size() const noexcept { return core_->ring_.size(); }
+bool channel::closed() const noexcept { return core_->ring_.closed(); }
+std::uint64_t channel::id() const noexcept { return core_->id_; }
+const std::string& channel::name() const noexcept { return core_->name_; }
+
+}  // namespace isola

@@ -1,0 +1,75 @@
+// Thread parking for channels: FUTEX_WAIT_BITSET with an absolute CLOCK_MONOTONIC deadline
+// (the clock of std::chrono::steady_clock in libstdc++ and libc++); elsewhere a condition
+// variable shared by all words (correct, slower).
+#include "park.hpp"
+
+#include <climits>
+#include <ctime>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#else
+#include <condition_variable>
+#include <mutex>
+#endif
+
+namespace isola::detail {
+
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
+              std::atomic<std::uint32_t>::is_always_lock_free);
+
+#if defined(__linux__)
+
+bool park(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+          const deadline& until) noexcept {
+  timespec ts{};
+  if (until) {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        until->time_since_epoch())
+                        .count();
+    if (ns <= 0) return false;
+    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  }
+  const long r = ::syscall(SYS_futex, reinterpret_cast<const std::uint32_t*>(&word),
+                           FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected,
+                           until ? &ts : nullptr, nullptr, FUTEX_BITSET_MATCH_ANY);
+  if (r == -1 && errno == ETIMEDOUT) return false;
+  return true;  // woken, EAGAIN (word changed), EINTR: the caller re-checks
+}
+
+void unpark(std::atomic<std::uint32_t>& word, int count) noexcept {
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE | FUTEX_PRIVATE_FLAG,
+            count, nullptr, nullptr, 0);
+}
+
+#else
+
+namespace {
+std::mutex park_mu;
+std::condition_variable park_cv;
+}  // namespace
+
+bool park(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
+          const deadline& until) noexcept {
+  std::unique_lock lock(park_mu);
+  if (word.load() != expected) return true;
+  if (!until) {
+    park_cv.wait(lock);
+    return true;
+  }
+  return park_cv.wait_until(lock, *until) == std::cv_status::no_timeout;
+}
+
+void unpark(std::atomic<std::uint32_t>&, int) noexcept {
+  { std::lock_guard lock(park_mu); }
+  park_cv.notify_all();
+}
+
+#endif
+
+}  // namespace isola::detail

@@ -1,0 +1,290 @@
+// detail::ring<T>: the bounded multi-producer multi-consumer ring under isola::channel. Lock-free
+// claims with one CAS per operation (or per batch), per-slot stamps, and a "closed" bit in the
+// tail so that no send can succeed after close().
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <new>
+#include <string>
+#include <stdexcept>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace isola::detail {
+
+inline constexpr std::size_t cache_line = 64;
+
+/// One pause instruction: tells the core (and its hyper-thread sibling) that we are spinning.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#else
+  std::this_thread::yield();
+#endif
+}
+
+/// Exponential backoff for the short windows where another thread has claimed a slot and not
+/// yet finished with it: a few pauses, then yields (crossbeam's Backoff).
+class backoff {
+ public:
+  void spin() noexcept {
+    for (unsigned i = 0; i < (1u << std::min(step_, spin_limit)); ++i) cpu_relax();
+    if (step_ <= spin_limit) ++step_;
+  }
+  void snooze() noexcept {
+    if (step_ <= spin_limit) {
+      for (unsigned i = 0; i < (1u << step_); ++i) cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+    if (step_ <= yield_limit) ++step_;
+  }
+
+ private:
+  static constexpr unsigned spin_limit = 6;
+  static constexpr unsigned yield_limit = 10;
+  unsigned step_ = 0;
+};
+
+enum class ring_status : unsigned char {
+  ok,           ///< at least one item moved
+  would_block,  ///< empty (pop) or full (push)
+  closed,       ///< push: closed; pop: closed and drained
+};
+
+/// Bounded MPMC ring of T, the array queue of Dmitry Vyukov as refined by crossbeam-channel:
+/// - Positions (head, tail) are `lap | index` with index < capacity in the low bits; the bit
+///   above the index bits is the "closed" mark, set only in tail. Wrapping moves to index 0 of
+///   the next lap, so any capacity works without a division.
+/// - A slot's stamp is `position` when free for the producer of that position and
+///   `position + 1` when it holds that position's item; the consumer sets it to the same
+///   index one lap later. A CAS on tail (head) claims one position or a run of positions.
+/// - Tail and head CASes are seq_cst, and the emptiness/fullness checks go through a seq_cst
+///   fence: the channel's waiter counters rely on that (a producer's tail CAS and its later
+///   load of the receiver counter pair with a receiver's counter increment and later
+///   emptiness check, so one of the two always sees the other).
+/// - Not wait-free: a thread that has claimed a slot and is descheduled before publishing it
+///   makes others spin (then yield) on that slot, as in every array queue of this kind.
+/// - T must be nothrow-movable: a claimed slot cannot be given back.
+template <typename T>
+class ring {
+  static_assert(std::is_nothrow_move_constructible_v<T>);
+  static_assert(std::is_nothrow_destructible_v<T>);
+
+  static constexpr std::size_t slot_align =
+      std::min<std::size_t>(cache_line, std::bit_ceil(sizeof(std::uint64_t) + sizeof(T)));
+
+  struct alignas(slot_align) slot {
+    std::atomic<std::uint64_t> stamp;
+    alignas(T) unsigned char storage[sizeof(T)];
+    T* item() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
+  };
+
+ public:
+  /// Largest capacity: positions need index, mark and lap bits in 64 bits.
+  static constexpr std::size_t max_capacity = std::size_t{1} << 40;
+
+  explicit ring(std::size_t capacity)
+      : cap_(capacity),
+        mark_bit_(std::bit_ceil(capacity + 1)),
+        one_lap_(mark_bit_ * 2) {
+    if (capacity == 0 || capacity > max_capacity) {
+      throw std::invalid_argument("channel capacity must be between 1 and 2^40, not " +
+                                  std::to_string(capacity));
+    }
+    slots_ = static_cast<slot*>(
+        ::operator new(sizeof(slot) * cap_, std::align_val_t{alignof(slot)}));
+    for (std::size_t i = 0; i < cap_; ++i) {
+      new (&slots_[i].stamp) std::atomic<std::uint64_t>(i);
+    }
+  }
+
+  /// Destroys the items still queued. Only with no other thread using the ring.
+  ~ring() {
+    std::uint64_t head = head_.load(std::memory_order_relaxed);
+    const std::uint64_t tail = tail_.load(std::memory_order_relaxed) & ~mark_bit_;
+    while (head != tail) {
+      slot& s = slots_[head & (mark_bit_ - 1)];
+      if (s.stamp.load(std::memory_order_relaxed) == head + 1) s.item()->~T();
+      head = next(head);
+    }
+    for (std::size_t i = 0; i < cap_; ++i) slots_[i].stamp.~atomic();
+    ::operator delete(slots_, std::align_val_t{alignof(slot)});
+  }
+
+  ring(const ring&) = delete;
+  ring& operator=(const ring&) = delete;
+
+  std::size_t capacity() const noexcept { return cap_; }
+
+  /// Moves item into the ring (item is left untouched unless the result is ok).
+  ring_status try_push(T& item) noexcept {
+    std::size_t n = 0;
+    return try_push_n(&item, 1, n);
+  }
+
+  /// Moves a prefix of items[0..count) into the ring with one claim: as many as there are free
+  /// slots up to the end of the ring's array (a later call continues at its start). `pushed`
+  /// says how many; the rest are untouched.
+  ring_status try_push_n(T* items, std::size_t count, std::size_t& pushed) noexcept {
+    pushed = 0;
+    if (count == 0) return ring_status::ok;
+    backoff b;
+    std::uint64_t tail = tail_.load(std::memory_order_relaxed);
+    for (;;) {
+      if (tail & mark_bit_) return ring_status::closed;
+      const std::uint64_t index = tail & (mark_bit_ - 1);
+      const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
+      if (stamp == tail) {
+        // Free. Extend the claim over the following free slots of this lap.
+        const std::uint64_t room = std::min<std::uint64_t>(count, cap_ - index);
+        std::uint64_t k = 1;
+        while (k < room && slots_[index + k].stamp.load(std::memory_order_acquire) == tail + k) {
+          ++k;
+        }
+        const std::uint64_t new_tail = advance(tail, k);
+        if (tail_.compare_exchange_weak(tail, new_tail, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed)) {
+          for (std::uint64_t i = 0; i < k; ++i) {
+            slot& s = slots_[index + i];
+            new (s.storage) T(std::move(items[i]));
+            s.stamp.store(tail + i + 1, std::memory_order_release);
+          }
+          pushed = static_cast<std::size_t>(k);
+          return ring_status::ok;
+        }
+        b.spin();
+      } else if (stamp + one_lap_ == tail + 1) {
+        // The slot holds the item of the previous lap: full, unless a consumer has claimed it.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        const std::uint64_t head = head_.load(std::memory_order_relaxed);
+        if (head + one_lap_ == tail) return ring_status::would_block;
+        b.spin();
+        tail = tail_.load(std::memory_order_relaxed);
+      } else {
+        // Our tail is stale, or a consumer of the previous lap is still reading the slot.
+        b.snooze();
+        tail = tail_.load(std::memory_order_relaxed);
+      }
+    }
+  }
+
+  /// Takes one item: consume(T&&) is called with it (it must not throw).
+  template <typename Consume>
+  ring_status try_pop(Consume&& consume) noexcept {
+    std::size_t n = 0;
+    return try_pop_n(1, n, std::forward<Consume>(consume));
+  }
+
+  /// Takes up to max_items with one claim (up to the end of the ring's array), calling
+  /// consume(T&&) for each in order; `popped` says how many.
+  template <typename Consume>
+  ring_status try_pop_n(std::size_t max_items, std::size_t& popped, Consume&& consume) noexcept {
+    popped = 0;
+    if (max_items == 0) return ring_status::ok;
+    backoff b;
+    std::uint64_t head = head_.load(std::memory_order_relaxed);
+    for (;;) {
+      const std::uint64_t index = head & (mark_bit_ - 1);
+      const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
+      if (stamp == head + 1) {
+        const std::uint64_t avail = std::min<std::uint64_t>(max_items, cap_ - index);
+        std::uint64_t k = 1;
+        while (k < avail &&
+               slots_[index + k].stamp.load(std::memory_order_acquire) == head + k + 1) {
+          ++k;
+        }
+        const std::uint64_t new_head = advance(head, k);
+        if (head_.compare_exchange_weak(head, new_head, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed)) {
+          for (std::uint64_t i = 0; i < k; ++i) {
+            slot& s = slots_[index + i];
+            T* item = s.item();
+            consume(std::move(*item));
+            item->~T();
+            s.stamp.store(head + i + one_lap_, std::memory_order_release);
+          }
+          popped = static_cast<std::size_t>(k);
+          return ring_status::ok;
+        }
+        b.spin();
+      } else if (stamp == head) {
+        // Nothing published here yet: empty, unless a producer has claimed the slot.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        const std::uint64_t tail = tail_.load(std::memory_order_relaxed);
+        if ((tail & ~mark_bit_) == head) {
+          return (tail & mark_bit_) ? ring_status::closed : ring_status::would_block;
+        }
+        b.spin();
+        head = head_.load(std::memory_order_relaxed);
+      } else {
+        b.snooze();
+        head = head_.load(std::memory_order_relaxed);
+      }
+    }
+  }
+
+  /// Sets the closed mark; true if this call set it. Pushes fail from now on; pops drain.
+  bool close() noexcept {
+    return (tail_.fetch_or(mark_bit_, std::memory_order_seq_cst) & mark_bit_) == 0;
+  }
+
+  bool closed() const noexcept { return (tail_.load(std::memory_order_acquire) & mark_bit_) != 0; }
+
+  /// Cheap probes for spinning (no fence, no claim): an item is published at head / the slot
+  /// at tail is free, or the ring is closed.
+  bool pop_ready() const noexcept {
+    const std::uint64_t head = head_.load(std::memory_order_relaxed);
+    return slots_[head & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == head + 1 ||
+           closed();
+  }
+  bool push_ready() const noexcept {
+    const std::uint64_t tail = tail_.load(std::memory_order_relaxed);
+    if (tail & mark_bit_) return true;
+    return slots_[tail & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == tail;
+  }
+
+  /// Items queued (claimed slots count); exact only when no one is using the ring.
+  std::size_t size() const noexcept {
+    for (;;) {
+      const std::uint64_t tail = tail_.load(std::memory_order_seq_cst);
+      const std::uint64_t head = head_.load(std::memory_order_seq_cst);
+      if (tail_.load(std::memory_order_seq_cst) != tail) continue;
+      const std::uint64_t ti = tail & (mark_bit_ - 1);
+      const std::uint64_t hi = head & (mark_bit_ - 1);
+      if (hi < ti) return static_cast<std::size_t>(ti - hi);
+      if (hi > ti) return static_cast<std::size_t>(cap_ - hi + ti);
+      return (tail & ~mark_bit_) == head ? 0 : static_cast<std::size_t>(cap_);
+    }
+  }
+
+ private:
+  /// The position k places after pos, where pos + k - 1 is still in pos's lap.
+  std::uint64_t advance(std::uint64_t pos, std::uint64_t k) const noexcept {
+    const std::uint64_t index = pos & (mark_bit_ - 1);
+    if (index + k < cap_) return pos + k;
+    return (pos & ~(one_lap_ - 1)) + one_lap_;
+  }
+  std::uint64_t next(std::uint64_t pos) const noexcept { return advance(pos, 1); }
+
+  const std::uint64_t cap_;
+  const std::uint64_t mark_bit_;
+  const std::uint64_t one_lap_;
+  slot* slots_ = nullptr;
+  alignas(cache_line) std::atomic<std::uint64_t> head_{0};
+  alignas(cache_line) std::atomic<std::uint64_t> tail_{0};
+};
+
+}  // namespace isola::detail

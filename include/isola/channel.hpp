@@ -1,0 +1,269 @@
+// isola::channel: a bounded multi-producer multi-consumer queue of isola::message between
+// threads and interpreters, with blocking, non-blocking, batch and Boost.Asio operations.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/system_executor.hpp>
+#include <boost/system/error_code.hpp>
+#include <boost/system/result.hpp>
+
+#include <isola/error.hpp>
+#include <isola/message.hpp>
+
+namespace isola {
+
+/// How long a blocking channel operation may wait. std::nullopt waits without limit; zero (or
+/// less) makes one attempt. Measured on std::chrono::steady_clock.
+using channel_timeout = std::optional<std::chrono::nanoseconds>;
+
+/// What send_many / try_send_many did: the first `sent` items were accepted (moved from);
+/// `error` says why it stopped before the end (errc::channel_closed, errc::timeout,
+/// errc::cancelled, or errc::channel_full for try_send_many) and is clear when all went.
+struct send_many_result {
+  std::size_t sent = 0;
+  boost::system::error_code error;
+};
+
+namespace detail {
+
+/// A pending async_recv / async_send, queued in its channel until an item / room arrives.
+class async_op {
+ public:
+  virtual ~async_op() = default;
+  bool cancelled = false;  ///< written and read under the channel's async mutex
+};
+
+class async_recv_op : public async_op {
+ public:
+  /// Called exactly once, from any thread, with no channel lock held: posts the handler.
+  virtual void complete(boost::system::error_code ec, message m) noexcept = 0;
+};
+
+class async_send_op : public async_op {
+ public:
+  explicit async_send_op(message m) noexcept : msg(std::move(m)) {}
+  message msg;  ///< moved into the channel when accepted; destroyed with the op otherwise
+  /// Called exactly once, from any thread, with no channel lock held: posts the handler.
+  virtual void complete(boost::system::error_code ec) noexcept = 0;
+};
+
+void start_async_recv(const std::shared_ptr<channel_core>& core,
+                      std::shared_ptr<async_recv_op> op);
+void start_async_send(const std::shared_ptr<channel_core>& core,
+                      std::shared_ptr<async_send_op> op);
+/// Removes a still-queued op and completes it with asio::error::operation_aborted.
+void cancel_async(const std::weak_ptr<channel_core>& core,
+                  const std::weak_ptr<async_op>& op) noexcept;
+
+/// The handler's associated executor (default asio::system_executor), holding outstanding
+/// work until the completion has been posted to it.
+template <typename Handler>
+using tracked_executor_t = std::decay_t<decltype(boost::asio::prefer(
+    std::declval<boost::asio::associated_executor_t<Handler, boost::asio::system_executor>>(),
+    boost::asio::execution::outstanding_work.tracked))>;
+
+template <typename Handler>
+tracked_executor_t<Handler> track(const Handler& h) {
+  return boost::asio::prefer(boost::asio::get_associated_executor(h, boost::asio::system_executor()),
+                             boost::asio::execution::outstanding_work.tracked);
+}
+
+/// Installed in a handler's cancellation slot: any cancellation type withdraws the op if the
+/// channel has not completed it yet.
+struct async_cancel {
+  std::weak_ptr<channel_core> core;
+  std::weak_ptr<async_op> op;
+  void operator()(boost::asio::cancellation_type_t type) const noexcept {
+    if (type != boost::asio::cancellation_type::none) cancel_async(core, op);
+  }
+};
+
+template <typename Handler>
+class recv_op final : public async_recv_op {
+ public:
+  explicit recv_op(Handler h) : work_(track(h)), handler_(std::move(h)) {}
+  void complete(boost::system::error_code ec, message m) noexcept override {
+    auto ex = std::move(work_);  // the posted handler counts as work from here on
+    boost::asio::post(ex, [h = std::move(handler_), ec, m = std::move(m)]() mutable {
+      boost::asio::get_associated_cancellation_slot(h).clear();
+      std::move(h)(ec, std::move(m));
+    });
+  }
+
+ private:
+  tracked_executor_t<Handler> work_;
+  Handler handler_;
+};
+
+template <typename Handler>
+class send_op final : public async_send_op {
+ public:
+  send_op(message m, Handler h)
+      : async_send_op(std::move(m)), work_(track(h)), handler_(std::move(h)) {}
+  void complete(boost::system::error_code ec) noexcept override {
+    auto ex = std::move(work_);
+    boost::asio::post(ex, [h = std::move(handler_), ec]() mutable {
+      boost::asio::get_associated_cancellation_slot(h).clear();
+      std::move(h)(ec);
+    });
+  }
+
+ private:
+  tracked_executor_t<Handler> work_;
+  Handler handler_;
+};
+
+}  // namespace detail
+
+/// A handle to a channel: a bounded, multi-producer multi-consumer FIFO of isola::message.
+/// - Copyable and cheap (a shared_ptr); every copy names the same channel. The channel lives
+///   while any handle, channel_ref or queued message refers to it. Destroying the last one
+///   closes it: pending async receivers get the items still queued, then channel_closed;
+///   remaining items are destroyed (a channel that holds a ref to itself is never destroyed).
+/// - Thread-safe: any thread may call anything at the same time, except that an empty
+///   (default-constructed or moved-from) handle may only be assigned, compared or destroyed.
+/// - Order: items from one producer are received in the order it sent them (sends that do not
+///   overlap in time; two async_sends in flight at once may be accepted in either order).
+/// - Each accepted item is received exactly once; after close() sends fail with
+///   errc::channel_closed and receivers get every accepted item, then errc::channel_closed.
+/// - Items are C++ objects: they stay valid after the sending interpreter has ended; their
+///   destructors (a buffer_source's) never run under a channel lock.
+/// - Blocking calls spin for a few microseconds, then park on a futex; a send or receive only
+///   makes a system call when the other side has a thread parked. Errors come back as
+///   boost::system::error_code values holding isola::errc (compare with `ec == errc::...`).
+class channel {
+ public:
+  /// Largest capacity a channel can have.
+  static constexpr std::size_t max_capacity = std::size_t{1} << 40;
+
+  /// An empty handle (no channel).
+  channel() noexcept = default;
+  /// A new anonymous channel holding up to capacity items (1 .. max_capacity; else throws
+  /// std::invalid_argument).
+  explicit channel(std::size_t capacity);
+  /// The channel a channel_ref refers to (empty if the ref is).
+  channel(channel_ref ref) noexcept : core_(std::move(ref.core)) {}
+
+  /// The channel registered under name, created with capacity if there is none. The name
+  /// stays registered while any handle to that channel exists, and is free again once the
+  /// channel is destroyed (the registry holds weak references). capacity applies only when
+  /// the channel is created here; an existing channel keeps its own.
+  static channel open(std::string_view name, std::size_t capacity);
+  /// The channel registered under name, if one exists.
+  static std::optional<channel> find(std::string_view name);
+
+  /// Waits for room, then appends msg. msg is moved from only on success. Fails with
+  /// errc::channel_closed, errc::timeout, or errc::cancelled once stop is requested.
+  boost::system::result<void> send(message&& msg, channel_timeout timeout = std::nullopt,
+                                   std::stop_token stop = {});
+  /// Waits for an item and removes it. Fails with errc::channel_closed (closed and drained),
+  /// errc::timeout or errc::cancelled.
+  boost::system::result<message> recv(channel_timeout timeout = std::nullopt,
+                                      std::stop_token stop = {});
+
+  /// Appends msg if there is room now; else errc::channel_full (or channel_closed), with msg
+  /// untouched. Never blocks.
+  boost::system::result<void> try_send(message&& msg);
+  /// Removes an item if one is there now; else errc::channel_empty (or channel_closed).
+  boost::system::result<message> try_recv();
+
+  /// Sends items in order, as many as fit at once, waiting for room for the rest; accepted
+  /// items are moved from. Stops early on close, timeout (for the whole call) or stop.
+  send_many_result send_many(std::span<message> items, channel_timeout timeout = std::nullopt,
+                             std::stop_token stop = {});
+  /// As many of items (from the front) as fit now; never blocks.
+  send_many_result try_send_many(std::span<message> items);
+  /// Waits for at least one item, then appends to out every item available at once, up to
+  /// max_items, without waiting further. Returns how many were appended (>= 1), or an error
+  /// as recv() does (max_items == 0 returns 0 at once).
+  boost::system::result<std::size_t> recv_many(std::vector<message>& out, std::size_t max_items,
+                                               channel_timeout timeout = std::nullopt,
+                                               std::stop_token stop = {});
+  boost::system::result<std::vector<message>> recv_many(std::size_t max_items,
+                                                        channel_timeout timeout = std::nullopt,
+                                                        std::stop_token stop = {});
+  /// What is available now, up to max_items; errc::channel_empty / channel_closed if none.
+  boost::system::result<std::size_t> try_recv_many(std::vector<message>& out,
+                                                   std::size_t max_items);
+
+  /// Closes the channel: sends fail from now on, blocked and pending senders fail with
+  /// errc::channel_closed, receivers drain what was accepted. True if this call closed it.
+  bool close() noexcept;
+
+  /// Asio receive. Completion signature: void(boost::system::error_code, isola::message).
+  /// - The handler runs on its associated executor (default asio::system_executor), never
+  ///   inside the call nor on the sending thread; no thread waits on behalf of the operation.
+  /// - Errors: errc::channel_closed; asio::error::operation_aborted when the handler's
+  ///   cancellation slot is signalled before an item was taken.
+  /// - Works with callbacks, asio::use_future, asio::use_awaitable, asio::deferred.
+  template <typename CompletionToken>
+  auto async_recv(CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(boost::system::error_code, message)>(
+        [core = core_](auto handler) {
+          auto slot = boost::asio::get_associated_cancellation_slot(handler);
+          auto op = std::make_shared<detail::recv_op<decltype(handler)>>(std::move(handler));
+          if (slot.is_connected()) slot.template emplace<detail::async_cancel>(core, op);
+          detail::start_async_recv(core, std::move(op));
+        },
+        token);
+  }
+
+  /// Asio send. Completion signature: void(boost::system::error_code). Completes when msg
+  /// has been accepted (or with errc::channel_closed / operation_aborted, msg then destroyed).
+  /// Executor and cancellation as async_recv.
+  template <typename CompletionToken>
+  auto async_send(message msg, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+        [core = core_](auto handler, message m) {
+          auto slot = boost::asio::get_associated_cancellation_slot(handler);
+          auto op = std::make_shared<detail::send_op<decltype(handler)>>(std::move(m),
+                                                                         std::move(handler));
+          if (slot.is_connected()) slot.template emplace<detail::async_cancel>(core, op);
+          detail::start_async_send(core, std::move(op));
+        },
+        token, std::move(msg));
+  }
+
+  std::size_t capacity() const noexcept;
+  /// Items queued; approximate while other threads use the channel.
+  std::size_t size() const noexcept;
+  bool closed() const noexcept;
+  /// Process-unique id, never reused.
+  std::uint64_t id() const noexcept;
+  /// The registered name; empty for an anonymous channel.
+  const std::string& name() const noexcept;
+
+  explicit operator bool() const noexcept { return core_ != nullptr; }
+  operator channel_ref() const noexcept { return channel_ref{core_}; }
+  const std::shared_ptr<detail::channel_core>& core() const noexcept { return core_; }
+  friend bool operator==(const channel& a, const channel& b) noexcept {
+    return a.core_ == b.core_;
+  }
+
+ private:
+  explicit channel(std::shared_ptr<detail::channel_core> core) noexcept
+      : core_(std::move(core)) {}
+  std::shared_ptr<detail::channel_core> core_;
+};
+
+}  // namespace isola

@@ -1,0 +1,759 @@
+// isola::channel: FIFO order, full/empty, producers x consumers without loss or duplication,
+// close while threads are blocked, timeouts, batches, stop_token cancellation, the Asio forms,
+// named channels, and what happens to queued items when a channel is destroyed.
+// Waits that a broken channel could turn into hangs have generous limits; no check depends on
+// how fast anything is (timeouts are checked to last at least as long as asked, never at most).
+#include <catch2/catch.hpp>
+
+#include "support.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <numeric>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+using namespace isola_test;
+using namespace std::chrono_literals;
+using isola::channel;
+using isola::errc;
+using isola::message;
+
+namespace {
+
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+constexpr bool under_sanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+constexpr bool under_sanitizer = true;
+#else
+constexpr bool under_sanitizer = false;
+#endif
+#else
+constexpr bool under_sanitizer = false;
+#endif
+
+std::int64_t int_of(const message& m) { return m.as_value()->as_int(); }
+
+/// Counts live sources; each owns `size` bytes.
+struct counting_source final : isola::buffer_source {
+  static inline std::atomic<int> alive{0};
+  std::vector<std::byte> data;
+  explicit counting_source(std::size_t size) : data(size, std::byte{7}) { ++alive; }
+  ~counting_source() override { --alive; }
+  std::span<const std::byte> bytes() const noexcept override { return data; }
+};
+
+isola::shared_buffer counted_buffer(std::size_t size = 16) {
+  return isola::shared_buffer(std::make_shared<counting_source>(size));
+}
+
+/// Waits until pred() holds; false after a generous limit (a hang turned into a failure).
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::seconds limit = 30s) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+/// Runs op(stop_token) on a thread, requests stop once it has had time to block, and returns
+/// what op returned. If op does not return, closes ch so the thread can end, and fails.
+template <typename Op>
+boost::system::error_code stopped_outcome(channel& ch, Op op) {
+  std::stop_source stop;
+  std::promise<boost::system::error_code> result;
+  std::thread t([&] { result.set_value(op(stop.get_token())); });
+  std::this_thread::sleep_for(30ms);
+  stop.request_stop();
+  auto f = result.get_future();
+  const bool returned = f.wait_for(30s) == std::future_status::ready;
+  if (!returned) ch.close();
+  t.join();
+  CHECK(returned);
+  return f.get();
+}
+
+}  // namespace
+
+TEST_CASE("channel: items come out in the order they went in", "[channel]") {
+  channel ch(8);
+  CHECK(ch.capacity() == 8);
+  CHECK(ch.size() == 0);
+  CHECK_FALSE(ch.closed());
+  for (int i = 0; i < 8; ++i) REQUIRE(ch.try_send(message(i)));
+  CHECK(ch.size() == 8);
+  for (int i = 0; i < 8; ++i) {
+    auto r = ch.try_recv();
+    REQUIRE(r);
+    CHECK(int_of(*r) == i);
+  }
+  // Many laps round a small ring, capacity not a power of two.
+  channel small(3);
+  int next_in = 0, next_out = 0;
+  while (next_out < 1000) {
+    while (small.try_send(message(next_in))) ++next_in;
+    auto r = small.try_recv();
+    REQUIRE(r);
+    CHECK(int_of(*r) == next_out++);
+  }
+}
+
+TEST_CASE("channel: try_send on a full channel and try_recv on an empty one", "[channel]") {
+  channel ch(2);
+  auto empty = ch.try_recv();
+  REQUIRE_FALSE(empty);
+  CHECK(empty.error() == errc::channel_empty);
+  REQUIRE(ch.try_send(message("a")));
+  REQUIRE(ch.try_send(message("b")));
+  message third(std::string(100, 'c'));
+  auto full = ch.try_send(std::move(third));
+  REQUIRE_FALSE(full);
+  CHECK(full.error() == errc::channel_full);
+  CHECK(full.error().message() == "channel is full");
+  // A refused message is left as it was.
+  REQUIRE(third.as_value());
+  CHECK(third.as_value()->as_str() == std::string(100, 'c'));
+  CHECK(ch.try_recv()->as_value()->as_str() == "a");
+  REQUIRE(ch.try_send(std::move(third)));
+  CHECK(ch.try_recv()->as_value()->as_str() == "b");
+  CHECK(ch.try_recv()->as_value()->as_str() == std::string(100, 'c'));
+}
+
+TEST_CASE("channel: capacity must be at least 1", "[channel]") {
+  CHECK_THROWS_AS(channel(0), std::invalid_argument);
+  CHECK_THROWS_AS(channel(channel::max_capacity + 1), std::invalid_argument);
+}
+
+TEST_CASE("channel: every kind of message goes through", "[channel]") {
+  static_assert(std::is_nothrow_move_constructible_v<message>);
+  channel ch(8);
+  channel other(1);
+  const std::byte raw[] = {std::byte{1}, std::byte{2}, std::byte{3}};
+  auto buf = isola::shared_buffer::copy_of(raw);
+  REQUIRE(ch.send(message(isola::make_list(1, "two", 3.0))));
+  REQUIRE(ch.send(message(buf)));
+  REQUIRE(ch.send(message(isola::pickled{buf, {buf, isola::shared_buffer::adopt({std::byte{9}})}})));
+  REQUIRE(ch.send(message(isola::channel_ref(other))));
+
+  CHECK(*ch.recv()->as_value() == isola::value(isola::make_list(1, "two", 3.0)));
+  auto b = ch.recv();
+  REQUIRE(b->as_buffer());
+  CHECK(*b->as_buffer() == buf);  // shared, not copied
+  CHECK(b->as_buffer()->size() == 3);
+  CHECK(b->as_buffer()->data()[2] == std::byte{3});
+  auto p = ch.recv();
+  REQUIRE(p->as_pickled());
+  CHECK(p->as_pickled()->out_of_band.size() == 2);
+  CHECK(p->as_pickled()->out_of_band[1].bytes()[0] == std::byte{9});
+  auto c = ch.recv();
+  REQUIRE(c->as_channel());
+  channel back(*c->as_channel());
+  CHECK(back == other);
+  CHECK(back.id() == other.id());
+  CHECK_FALSE(back == ch);
+}
+
+TEST_CASE("channel: producers x consumers move a million messages, none lost or doubled",
+          "[channel][concurrent]") {
+  const int producers = 3, consumers = 3;
+  const std::int64_t per_producer = under_sanitizer ? 30'000 : 340'000;  // >= 1 000 000 in all
+  const bool batched = GENERATE(false, true);
+  INFO("batched: " << batched);
+  channel ch(256);
+  thread_failures failures;
+  // seen[c][p * per_producer + seq]: how often consumer c got item seq of producer p.
+  std::vector<std::vector<std::uint8_t>> seen(
+      consumers, std::vector<std::uint8_t>(static_cast<std::size_t>(producers * per_producer)));
+
+  std::vector<std::thread> threads;
+  for (int c = 0; c < consumers; ++c) {
+    threads.emplace_back([&, c] {
+      std::vector<std::int64_t> last(producers, -1);
+      std::vector<message> got;
+      auto take = [&](const message& m) {
+        const std::int64_t v = int_of(m);
+        const int p = static_cast<int>(v / per_producer);
+        const std::int64_t seq = v % per_producer;
+        failures.check(seq > last[p], "items of one producer out of order");
+        last[p] = seq;
+        ++seen[c][static_cast<std::size_t>(v)];
+      };
+      for (;;) {
+        if (batched) {
+          got.clear();
+          auto r = ch.recv_many(got, 64, 60s);
+          if (!r) {
+            failures.check(r.error() == errc::channel_closed, "recv_many: " + r.error().message());
+            return;
+          }
+          for (auto& m : got) take(m);
+        } else {
+          auto r = ch.recv(60s);
+          if (!r) {
+            failures.check(r.error() == errc::channel_closed, "recv: " + r.error().message());
+            return;
+          }
+          take(*r);
+        }
+      }
+    });
+  }
+  std::vector<std::thread> senders;
+  for (int p = 0; p < producers; ++p) {
+    senders.emplace_back([&, p] {
+      std::vector<message> batch;
+      for (std::int64_t seq = 0; seq < per_producer;) {
+        if (batched) {
+          batch.clear();
+          for (int k = 0; k < 50 && seq < per_producer; ++k, ++seq) {
+            batch.emplace_back(p * per_producer + seq);
+          }
+          auto r = ch.send_many(batch, 60s);
+          failures.check(!r.error && r.sent == batch.size(), "send_many stopped early");
+        } else {
+          failures.check(bool(ch.send(message(p * per_producer + seq), 60s)), "send failed");
+          ++seq;
+        }
+      }
+    });
+  }
+  for (auto& t : senders) t.join();
+  ch.close();
+  for (auto& t : threads) t.join();
+  REQUIRE(failures.count == 0);
+  std::size_t missing = 0, doubled = 0;
+  for (std::size_t i = 0; i < seen[0].size(); ++i) {
+    int n = 0;
+    for (int c = 0; c < consumers; ++c) n += seen[c][i];
+    if (n == 0) ++missing;
+    if (n > 1) ++doubled;
+  }
+  CHECK(missing == 0);
+  CHECK(doubled == 0);
+}
+
+TEST_CASE("channel: close wakes blocked senders and receivers; receivers drain first",
+          "[channel][concurrent]") {
+  channel full(1), empty(1);
+  REQUIRE(full.try_send(message(1)));
+  thread_failures failures;
+  std::atomic<int> returned{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&] {
+      auto r = full.send(message(2));
+      failures.check(!r && r.error() == errc::channel_closed, "blocked send: not channel_closed");
+      ++returned;
+    });
+    threads.emplace_back([&] {
+      auto r = empty.recv();
+      failures.check(!r && r.error() == errc::channel_closed, "blocked recv: not channel_closed");
+      ++returned;
+    });
+  }
+  std::this_thread::sleep_for(50ms);  // let them park (the result is the same if they have not)
+  CHECK(returned == 0);
+  CHECK(full.close());
+  CHECK_FALSE(full.close());
+  CHECK(empty.close());
+  for (auto& t : threads) t.join();
+  CHECK(failures.count == 0);
+  CHECK(returned == 4);
+  // The item accepted before close is still delivered, then channel_closed.
+  auto r = full.recv();
+  REQUIRE(r);
+  CHECK(int_of(*r) == 1);
+  CHECK(full.recv().error() == errc::channel_closed);
+  CHECK(full.try_recv().error() == errc::channel_closed);
+  CHECK(full.try_send(message(3)).error() == errc::channel_closed);
+  CHECK(full.send(message(3)).error() == errc::channel_closed);
+  CHECK(full.closed());
+}
+
+TEST_CASE("channel: close during traffic loses and doubles nothing", "[channel][concurrent]") {
+  for (int round = 0; round < (under_sanitizer ? 5 : 30); ++round) {
+    channel ch(16);
+    std::atomic<std::int64_t> sent_sum{0}, sent_count{0}, got_sum{0}, got_count{0};
+    std::vector<std::thread> threads;
+    for (int p = 0; p < 2; ++p) {
+      threads.emplace_back([&, p] {
+        for (std::int64_t i = 1;; ++i) {
+          const std::int64_t v = i * 2 + p;
+          if (!ch.send(message(v))) return;
+          sent_sum += v;
+          ++sent_count;
+        }
+      });
+      threads.emplace_back([&] {
+        for (;;) {
+          auto r = ch.recv();
+          if (!r) return;
+          got_sum += int_of(*r);
+          ++got_count;
+        }
+      });
+    }
+    std::this_thread::sleep_for(2ms);
+    ch.close();
+    for (auto& t : threads) t.join();
+    REQUIRE(got_count == sent_count);
+    REQUIRE(got_sum == sent_sum);
+  }
+}
+
+TEST_CASE("channel: a timeout waits at least as long as asked", "[channel]") {
+  channel ch(1);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = ch.recv(250ms);
+  auto waited = std::chrono::steady_clock::now() - t0;
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == errc::timeout);
+  CHECK(waited >= 250ms);
+
+  REQUIRE(ch.send(message(1)));
+  t0 = std::chrono::steady_clock::now();
+  auto s = ch.send(message(2), 250ms);
+  waited = std::chrono::steady_clock::now() - t0;
+  REQUIRE_FALSE(s);
+  CHECK(s.error() == errc::timeout);
+  CHECK(waited >= 250ms);
+
+  // Zero makes one attempt.
+  CHECK(ch.send(message(3), 0ns).error() == errc::timeout);
+  CHECK(int_of(*ch.recv(0ns)) == 1);
+  CHECK(ch.recv(0ns).error() == errc::timeout);
+  CHECK(ch.recv(-5ms).error() == errc::timeout);
+}
+
+TEST_CASE("channel: a receiver that times out passes its wake-up on", "[channel][concurrent]") {
+  // Two parked receivers, one item: whichever is woken and whatever happens to the other,
+  // the item is received once and the other receiver times out.
+  channel ch(4);
+  std::atomic<int> got{0}, timed_out{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&] {
+      auto r = ch.recv(300ms);
+      if (r) ++got;
+      else if (r.error() == errc::timeout) ++timed_out;
+    });
+  }
+  std::this_thread::sleep_for(50ms);
+  REQUIRE(ch.send(message(1)));
+  for (auto& t : threads) t.join();
+  CHECK(got == 1);
+  CHECK(timed_out == 1);
+}
+
+TEST_CASE("channel: send_many and recv_many", "[channel]") {
+  SECTION("try_send_many takes what fits and leaves the rest") {
+    channel ch(10);
+    std::vector<message> items;
+    for (int i = 0; i < 15; ++i) items.emplace_back(i);
+    auto r = ch.try_send_many(items);
+    CHECK(r.sent == 10);
+    CHECK(r.error == errc::channel_full);
+    CHECK(int_of(items[10]) == 10);  // not taken, untouched
+    std::vector<message> out;
+    auto got = ch.recv_many(out, 7);
+    REQUIRE(got);
+    CHECK(*got == 7);
+    REQUIRE(out.size() == 7);
+    for (int i = 0; i < 7; ++i) CHECK(int_of(out[i]) == i);
+    auto rest = ch.recv_many(100);
+    REQUIRE(rest.has_value());
+    REQUIRE(rest->size() == 3);  // what is there, without waiting for more
+    CHECK(int_of((*rest)[2]) == 9);
+    CHECK(ch.try_recv_many(out, 5).error() == errc::channel_empty);
+    CHECK(*ch.recv_many(out, 0) == 0);
+  }
+  SECTION("send_many waits for room for the rest") {
+    channel ch(4);
+    std::vector<message> items;
+    for (int i = 0; i < 25; ++i) items.emplace_back(i);
+    std::vector<std::int64_t> received;
+    std::thread consumer([&] {
+      std::vector<message> out;
+      while (received.size() < 25) {
+        out.clear();
+        auto r = ch.recv_many(out, 3, 30s);
+        if (!r) return;
+        for (auto& m : out) received.push_back(int_of(m));
+      }
+    });
+    auto r = ch.send_many(items, 30s);
+    consumer.join();
+    CHECK(r.sent == 25);
+    CHECK_FALSE(r.error);
+    std::vector<std::int64_t> expected(25);
+    std::iota(expected.begin(), expected.end(), 0);
+    CHECK(received == expected);
+  }
+  SECTION("send_many reports a partial send on timeout and on close") {
+    channel ch(3);
+    std::vector<message> items;
+    for (int i = 0; i < 5; ++i) items.emplace_back(i);
+    auto r = ch.send_many(items, 50ms);
+    CHECK(r.sent == 3);
+    CHECK(r.error == errc::timeout);
+    ch.close();
+    auto after = ch.send_many(std::span(items).subspan(3));
+    CHECK(after.sent == 0);
+    CHECK(after.error == errc::channel_closed);
+    auto drained = ch.recv_many(10);
+    REQUIRE(drained.has_value());
+    CHECK(drained->size() == 3);
+    CHECK(ch.recv_many(10).error() == errc::channel_closed);
+  }
+}
+
+TEST_CASE("channel: a stop request cancels a blocked send or recv", "[channel][concurrent]") {
+  channel ch(1);
+  SECTION("recv") {
+    auto ec = stopped_outcome(ch, [&](std::stop_token st) {
+      return ch.recv(std::nullopt, st).error();
+    });
+    CHECK(ec == errc::cancelled);
+  }
+  SECTION("send") {
+    REQUIRE(ch.try_send(message(1)));
+    auto ec = stopped_outcome(ch, [&](std::stop_token st) {
+      return ch.send(message(2), std::nullopt, st).error();
+    });
+    CHECK(ec == errc::cancelled);
+    CHECK(int_of(*ch.try_recv()) == 1);  // the cancelled item was not sent
+    CHECK(ch.try_recv().error() == errc::channel_empty);
+  }
+  SECTION("already requested: fails at once if it would block, succeeds if it would not") {
+    std::stop_source stop;
+    stop.request_stop();
+    CHECK(ch.recv(std::nullopt, stop.get_token()).error() == errc::cancelled);
+    REQUIRE(ch.send(message(5), std::nullopt, stop.get_token()));
+    CHECK(int_of(*ch.recv(std::nullopt, stop.get_token())) == 5);
+  }
+  SECTION("other waiters are unaffected") {
+    std::stop_source stop;
+    std::atomic<int> got{-1};
+    std::thread cancelled([&] { (void)ch.recv(std::nullopt, stop.get_token()); });
+    std::thread waiting([&] {
+      auto r = ch.recv(30s);
+      if (r) got = static_cast<int>(int_of(*r));
+    });
+    std::this_thread::sleep_for(30ms);
+    stop.request_stop();
+    cancelled.join();
+    REQUIRE(ch.send(message(7)));
+    waiting.join();
+    CHECK(got == 7);
+  }
+}
+
+TEST_CASE("channel: Asio callbacks complete on the handler's executor", "[channel]") {
+  boost::asio::io_context io;
+  channel ch(1);
+  {
+    // No associated executor: the handler runs on asio::system_executor's threads.
+    std::promise<std::int64_t> first;
+    ch.async_recv([&](boost::system::error_code ec, message m) {
+      first.set_value(ec ? -1 : int_of(m));
+    });
+    REQUIRE(ch.send(message(41)));
+    auto f = first.get_future();
+    REQUIRE(f.wait_for(30s) == std::future_status::ready);
+    CHECK(f.get() == 41);
+  }
+  std::vector<std::int64_t> got;
+  boost::system::error_code last;
+  std::thread::id ran_on;
+  got.clear();
+  ch.async_recv(boost::asio::bind_executor(io, [&](boost::system::error_code ec, message m) {
+    ran_on = std::this_thread::get_id();
+    if (!ec) got.push_back(int_of(m));
+    last = ec;
+  }));
+  REQUIRE(ch.send(message(42)));
+  io.restart();
+  io.run();
+  CHECK(ran_on == std::this_thread::get_id());
+  REQUIRE(got.size() == 1);
+  CHECK(got[0] == 42);
+
+  // async_send on a full channel completes once there is room.
+  REQUIRE(ch.send(message(1)));
+  bool sent = false;
+  ch.async_send(message(2), boost::asio::bind_executor(io, [&](boost::system::error_code ec) {
+    CHECK_FALSE(ec);
+    sent = true;
+  }));
+  io.restart();
+  io.poll();
+  CHECK_FALSE(sent);
+  CHECK(int_of(*ch.recv()) == 1);
+  io.restart();
+  io.run();
+  CHECK(sent);
+  CHECK(int_of(*ch.recv()) == 2);
+
+  // A pending receive completes with channel_closed on close.
+  ch.async_recv(boost::asio::bind_executor(io, [&](boost::system::error_code ec, message) {
+    last = ec;
+  }));
+  ch.close();
+  io.restart();
+  io.run();
+  CHECK(last == errc::channel_closed);
+  bool send_failed = false;
+  ch.async_send(message(3), boost::asio::bind_executor(io, [&](boost::system::error_code ec) {
+    send_failed = ec == errc::channel_closed;
+  }));
+  io.restart();
+  io.run();
+  CHECK(send_failed);
+}
+
+TEST_CASE("channel: Asio with use_future and use_awaitable", "[channel][concurrent]") {
+  channel ch(2);
+  {
+    auto f = ch.async_recv(boost::asio::use_future);
+    REQUIRE(ch.send(message(7)));
+    REQUIRE(f.wait_for(30s) == std::future_status::ready);
+    CHECK(int_of(f.get()) == 7);
+    auto s = ch.async_send(message(8), boost::asio::use_future);
+    REQUIRE(s.wait_for(30s) == std::future_status::ready);
+    s.get();
+    CHECK(int_of(*ch.recv()) == 8);
+  }
+  {
+    // A coroutine echoes until the channel closes; the test feeds it from this thread.
+    boost::asio::io_context io;
+    channel in(4), out(4);
+    std::int64_t echoed = 0;
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          for (;;) {
+            auto [ec, m] = co_await in.async_recv(
+                boost::asio::as_tuple(boost::asio::use_awaitable));
+            if (ec) break;
+            co_await out.async_send(std::move(m), boost::asio::use_awaitable);
+            ++echoed;
+          }
+          out.close();
+        },
+        boost::asio::detached);
+    std::thread runner([&] { io.run(); });
+    for (int i = 0; i < 100; ++i) {
+      REQUIRE(in.send(message(i), 30s));
+      auto r = out.recv(30s);
+      REQUIRE(r);
+      CHECK(int_of(*r) == i);
+    }
+    in.close();
+    CHECK(out.recv(30s).error() == errc::channel_closed);
+    runner.join();
+    CHECK(echoed == 100);
+  }
+}
+
+TEST_CASE("channel: a pending Asio receive can be cancelled", "[channel]") {
+  boost::asio::io_context io;
+  channel ch(1);
+  boost::asio::cancellation_signal signal;
+  boost::system::error_code got;
+  bool done = false;
+  ch.async_recv(boost::asio::bind_cancellation_slot(
+      signal.slot(), boost::asio::bind_executor(io, [&](boost::system::error_code ec, message) {
+        got = ec;
+        done = true;
+      })));
+  io.poll();
+  CHECK_FALSE(done);
+  signal.emit(boost::asio::cancellation_type::terminal);
+  io.run();
+  CHECK(done);
+  CHECK(got == boost::asio::error::operation_aborted);
+  // The withdrawn receive takes nothing: the next item goes to the next receiver.
+  REQUIRE(ch.send(message(5)));
+  CHECK(int_of(*ch.try_recv()) == 5);
+
+  // Racing a timer with use_awaitable: the timer wins and the receive is withdrawn.
+  boost::asio::steady_timer timer(io);
+  bool timed_out = false;
+  boost::asio::co_spawn(
+      io,
+      [&]() -> boost::asio::awaitable<void> {
+        timer.expires_after(20ms);
+        using namespace boost::asio::experimental::awaitable_operators;
+        auto r = co_await (ch.async_recv(boost::asio::use_awaitable) ||
+                           timer.async_wait(boost::asio::use_awaitable));
+        timed_out = r.index() == 1;
+      },
+      boost::asio::detached);
+  io.restart();
+  io.run();
+  CHECK(timed_out);
+  REQUIRE(ch.send(message(6)));
+  CHECK(int_of(*ch.try_recv()) == 6);
+}
+
+TEST_CASE("channel: many async receivers and senders on a thread pool", "[channel][concurrent]") {
+  const int n = under_sanitizer ? 2'000 : 20'000;
+  boost::asio::thread_pool pool(2);
+  channel ch(8);
+  std::atomic<std::int64_t> sum{0};
+  std::atomic<int> received{0}, sent{0}, closed{0};
+  for (int i = 0; i < n; ++i) {
+    ch.async_recv(boost::asio::bind_executor(pool, [&](boost::system::error_code ec, message m) {
+      if (ec) {
+        ++closed;
+        return;
+      }
+      sum += int_of(m);
+      ++received;
+    }));
+  }
+  std::thread producer([&] {
+    for (int i = 0; i < n / 2; ++i) (void)ch.send(message(i));
+  });
+  for (int i = n / 2; i < n; ++i) {
+    ch.async_send(message(i), boost::asio::bind_executor(pool, [&](boost::system::error_code ec) {
+      if (!ec) ++sent;
+    }));
+  }
+  producer.join();
+  CHECK(eventually([&] { return received == n && sent == n / 2; }));
+  std::int64_t expected = std::int64_t{n} * (n - 1) / 2;
+  CHECK(sum == expected);
+  ch.close();
+  pool.join();
+  CHECK(closed == 0);
+}
+
+TEST_CASE("channel: named channels", "[channel]") {
+  CHECK_FALSE(channel::find("test.named.a"));
+  {
+    channel a = channel::open("test.named.a", 4);
+    CHECK(a.name() == "test.named.a");
+    channel again = channel::open("test.named.a", 99);  // existing: capacity ignored
+    CHECK(again == a);
+    CHECK(again.capacity() == 4);
+    auto found = channel::find("test.named.a");
+    REQUIRE(found);
+    CHECK(found->id() == a.id());
+    REQUIRE(a.send(message("hello")));
+    CHECK(found->recv()->as_value()->as_str() == "hello");
+    CHECK(channel(4).name().empty());
+    CHECK_FALSE(channel::find(""));
+    CHECK_THROWS_AS(channel::open("", 1), std::invalid_argument);
+  }
+  // The last handle is gone: the name is free, and a new channel gets a new id.
+  CHECK_FALSE(channel::find("test.named.a"));
+  channel b = channel::open("test.named.a", 2);
+  CHECK(b.capacity() == 2);
+
+  // A ref inside a queued message keeps a named channel alive and findable.
+  channel carrier(1);
+  {
+    channel inner = channel::open("test.named.inner", 1);
+    REQUIRE(carrier.send(message(isola::channel_ref(inner))));
+  }
+  CHECK(channel::find("test.named.inner"));
+  (void)carrier.recv();
+  CHECK_FALSE(channel::find("test.named.inner"));
+}
+
+TEST_CASE("channel: named open from many threads agrees on one channel", "[channel][concurrent]") {
+  for (int round = 0; round < 50; ++round) {
+    std::vector<std::uint64_t> ids(4);
+    std::vector<channel> handles(4);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i) {
+      threads.emplace_back([&, i] {
+        handles[i] = channel::open("test.named.race", 1);
+        ids[i] = handles[i].id();
+      });
+    }
+    for (auto& t : threads) t.join();
+    CHECK(std::all_of(ids.begin(), ids.end(), [&](auto id) { return id == ids[0]; }));
+  }
+}
+
+TEST_CASE("channel: queued items are destroyed with the channel, received ones live on",
+          "[channel]") {
+  REQUIRE(counting_source::alive == 0);
+  isola::shared_buffer kept;
+  {
+    channel ch(4);
+    REQUIRE(ch.send(message(counted_buffer())));
+    REQUIRE(ch.send(message(counted_buffer())));
+    REQUIRE(ch.send(message(isola::pickled{counted_buffer(), {counted_buffer()}})));
+    CHECK(counting_source::alive == 4);
+    kept = *ch.recv()->as_buffer();
+    CHECK(counting_source::alive == 4);
+  }
+  CHECK(counting_source::alive == 1);  // only the one received
+  CHECK(kept.size() == 16);
+  kept = {};
+  CHECK(counting_source::alive == 0);
+
+  // Pending async receivers get the queued items when the last handle goes; senders fail.
+  boost::asio::io_context io;
+  int delivered = 0, closed = 0;
+  {
+    channel ch(1);
+    REQUIRE(ch.send(message(counted_buffer())));
+    ch.async_send(message(counted_buffer()), boost::asio::bind_executor(io, [&](auto ec) {
+      CHECK(ec == errc::channel_closed);
+    }));
+    CHECK(counting_source::alive == 2);
+  }
+  io.run();
+  CHECK(counting_source::alive == 0);
+  {
+    channel ch(1);
+    REQUIRE(ch.send(message(counted_buffer())));
+    ch.async_recv(boost::asio::bind_executor(io, [&](boost::system::error_code ec, message) {
+      ec ? ++closed : ++delivered;
+    }));
+    ch.async_recv(boost::asio::bind_executor(io, [&](boost::system::error_code ec, message) {
+      ec ? ++closed : ++delivered;
+    }));
+  }
+  io.restart();
+  io.run();
+  CHECK(delivered == 1);
+  CHECK(closed == 1);
+  CHECK(counting_source::alive == 0);
+}
+
+TEST_CASE("channel: errors compare with isola::errc and read well", "[channel]") {
+  boost::system::error_code ec = errc::channel_closed;
+  CHECK(ec == errc::channel_closed);
+  CHECK(ec.message() == "channel is closed");
+  // Boost keeps the std::error_code inside: converting back gives isola's own category.
+  CHECK(std::error_code(ec).category() == isola::error_category());
+  CHECK(std::error_code(ec) == errc::channel_closed);
+  CHECK(isola::make_error_code(errc::channel_empty).message() == "channel is empty");
+}
