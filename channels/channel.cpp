@@ -2,9 +2,11 @@
 // blocking protocol (spin, then park on a futex), and the process-wide registry of names.
 #include <isola/channel.hpp>
 
+#include "channel_ext.hpp"
 #include "park.hpp"
 #include "ring.hpp"
 
+#include <algorithm>
 #include <climits>
 #include <deque>
 #include <map>
@@ -97,6 +99,7 @@ class channel_core {
 
  private:
   void after_push(std::size_t n) noexcept {
+    if (watchers_.load(std::memory_order_seq_cst) != 0) [[unlikely]] notify_watchers();
     const std::uint64_t w = receivers_.waiters.load(std::memory_order_seq_cst);
     if (w == 0) [[likely]] return;
     if (w & sync_mask) wake(receivers_, n);
@@ -134,6 +137,23 @@ class channel_core {
   /// any moved. finish(op, ec) completes an op.
   template <typename Op, typename Attempt, typename Finish>
   bool serve(op_list<Op>& list, side& mine, side& other, Attempt&& attempt, Finish&& finish);
+
+  friend boost::system::result<std::size_t> wait_select(std::span<const channel>,
+                                                        channel_timeout, std::stop_token);
+  friend bool channel_allows_pickle(const channel&) noexcept;
+  friend void set_channel_pickle(const channel&, bool) noexcept;
+  /// isola.select waiters: bells rung when an item arrives or the channel closes.
+  void notify_watchers() noexcept {
+    std::lock_guard lock(watch_mu_);
+    for (auto* bell : watch_bells_) {
+      bell->fetch_add(1, std::memory_order_seq_cst);
+      unpark(*bell, 1);
+    }
+  }
+  std::atomic<std::uint32_t> watchers_{0};
+  std::mutex watch_mu_;
+  std::vector<std::atomic<std::uint32_t>*> watch_bells_;
+  std::atomic<bool> allow_pickle_{true};
 
   std::mutex async_mu_;  ///< guards the two lists and async_op::cancelled; slow path only
   std::deque<std::shared_ptr<async_recv_op>> async_recv_;
@@ -225,7 +245,8 @@ boost::system::error_code channel_core::block(side& s, Attempt&& attempt, Ready&
 
   for (int i = 0; i < spin_rounds; ++i) {
     cpu_relax();
-    if (ready()) {
+    // ready() is a cheap probe; a full attempt now and then also notices close().
+    if (ready() || i % 64 == 63) {
       st = attempt();
       if (st != ring_status::would_block) return outcome(st);
     }
@@ -280,6 +301,7 @@ bool channel_core::close() noexcept {
   if (!ring_.close()) return false;
   wake(receivers_, INT_MAX);
   wake(senders_, INT_MAX);
+  notify_watchers();
   kick();
   return true;
 }
@@ -568,4 +590,64 @@ bool channel::closed() const noexcept { return core_->ring_.closed(); }
 std::uint64_t channel::id() const noexcept { return core_->id_; }
 const std::string& channel::name() const noexcept { return core_->name_; }
 
+namespace detail {
+
+bool channel_allows_pickle(const channel& ch) noexcept {
+  return ch.core()->allow_pickle_.load(std::memory_order_relaxed);
+}
+
+void set_channel_pickle(const channel& ch, bool allow) noexcept {
+  ch.core()->allow_pickle_.store(allow, std::memory_order_relaxed);
+}
+
+std::optional<std::size_t> select_now(std::span<const channel> chans) noexcept {
+  for (std::size_t i = 0; i < chans.size(); ++i) {
+    if (chans[i].size() > 0 || chans[i].closed()) return i;
+  }
+  return std::nullopt;
+}
+
+boost::system::result<std::size_t> wait_select(std::span<const channel> chans,
+                                               channel_timeout timeout, std::stop_token stop) {
+  std::atomic<std::uint32_t> bell{0};
+  // Register first, then look (both seq_cst): a sender either sees our registration and rings,
+  // or we see its item.
+  for (const auto& ch : chans) {
+    auto& core = *ch.core();
+    std::lock_guard lock(core.watch_mu_);
+    core.watch_bells_.push_back(&bell);
+    core.watchers_.fetch_add(1, std::memory_order_seq_cst);
+  }
+  std::stop_callback on_stop(stop, [&bell] {
+    bell.fetch_add(1, std::memory_order_seq_cst);
+    unpark(bell, 1);
+  });
+  const deadline until = deadline_after(timeout);
+  boost::system::result<std::size_t> out = code(errc::timeout);
+  for (;;) {
+    const std::uint32_t key = bell.load(std::memory_order_seq_cst);
+    if (auto i = select_now(chans)) {
+      out = *i;
+      break;
+    }
+    if (stop.stop_requested()) {
+      out = code(errc::cancelled);
+      break;
+    }
+    if (passed(until) || !park(bell, key, until)) {
+      if (auto i = select_now(chans)) out = *i;
+      break;
+    }
+  }
+  for (const auto& ch : chans) {
+    auto& core = *ch.core();
+    std::lock_guard lock(core.watch_mu_);
+    auto it = std::find(core.watch_bells_.begin(), core.watch_bells_.end(), &bell);
+    if (it != core.watch_bells_.end()) core.watch_bells_.erase(it);
+    core.watchers_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  return out;
+}
+
+}  // namespace detail
 }  // namespace isola

@@ -243,12 +243,12 @@ class ring {
 
   bool closed() const noexcept { return (tail_.load(std::memory_order_acquire) & mark_bit_) != 0; }
 
-  /// Cheap probes for spinning (no fence, no claim): an item is published at head / the slot
-  /// at tail is free, or the ring is closed.
+  /// Cheap probes for spinning (no fence, no claim, no look at the other side's counter, so
+  /// a spinning thread does not pull that line away from its owner): an item is published at
+  /// head / the slot at tail is free (or the ring is closed, which only push can see here).
   bool pop_ready() const noexcept {
     const std::uint64_t head = head_.load(std::memory_order_relaxed);
-    return slots_[head & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == head + 1 ||
-           closed();
+    return slots_[head & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == head + 1;
   }
   bool push_ready() const noexcept {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed);

@@ -1,0 +1,25 @@
+// What the Python face needs from the channel core beyond the public API: the per-channel
+// pickling switch and waiting on several channels at once (isola.select).
+#pragma once
+
+#include <isola/channel.hpp>
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <stop_token>
+
+namespace isola::detail {
+
+/// Whether a channel accepts pickled objects from Python (true unless turned off when made).
+bool channel_allows_pickle(const channel& ch) noexcept;
+void set_channel_pickle(const channel& ch, bool allow) noexcept;
+
+/// The index of the first channel that has an item or is closed, right now.
+std::optional<std::size_t> select_now(std::span<const channel> chans) noexcept;
+/// Waits until select_now() gives an index, without polling: the channels ring a shared bell
+/// when an item arrives or they close. errc::timeout or errc::cancelled otherwise.
+boost::system::result<std::size_t> wait_select(std::span<const channel> chans,
+                                               channel_timeout timeout, std::stop_token stop);
+
+}  // namespace isola::detail

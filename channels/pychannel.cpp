@@ -1,0 +1,855 @@
+// The Python face of channels: isola.Channel, isola.channel(name), isola.select, the
+// exceptions, and the conversion between Python objects and isola::message (plain values are
+// copied, large bytes and memoryviews are shared without copying, other objects are pickled
+// with protocol 5 and out-of-band buffers). See docs/channels.md.
+#include "python.hpp"
+
+#include "host.hpp"
+#include "module.hpp"
+#include "py.hpp"
+#include "pybuffer.hpp"
+#include "state.hpp"
+#include "value_codec.hpp"
+
+#include <isola/channel.hpp>
+#include <isola/log.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace isola::detail {
+namespace {
+
+using namespace std::chrono_literals;
+
+/// Channel(maxsize=0) gets this bound.
+constexpr std::size_t default_maxsize = 4096;
+/// Waits in the main interpreter wake this often to run signal handlers (KeyboardInterrupt).
+constexpr auto signal_check_interval = 50ms;
+
+// ---- the Channel type -------------------------------------------------------------------------
+
+struct py_channel {
+  PyObject_HEAD
+  channel ch;
+};
+
+// The module that made `type` (types are per interpreter, made by PyType_FromModuleAndSpec).
+PyObject* module_of(PyTypeObject* type) { return PyType_GetModule(type); }
+
+PyObject* module_attr(PyObject* module, const char* name) {
+  PyObject* o = module != nullptr ? PyObject_GetAttrString(module, name) : nullptr;
+  if (o == nullptr && !PyErr_Occurred()) {
+    PyErr_Format(PyExc_RuntimeError, "isola.%s is missing", name);
+  }
+  return o;
+}
+
+void raise_from_module(PyObject* module, const char* exc_name, const std::string& msg) {
+  PyObject* exc = module_attr(module, exc_name);
+  if (exc == nullptr) return;
+  PyErr_SetString(exc, msg.c_str());
+  Py_DECREF(exc);
+}
+
+PyTypeObject* channel_type_of(PyObject* module) {
+  PyObject* t = module_attr(module, "Channel");
+  if (t == nullptr) return nullptr;
+  if (!PyType_Check(t)) {
+    Py_DECREF(t);
+    PyErr_SetString(PyExc_TypeError, "isola.Channel has been replaced by something else");
+    return nullptr;
+  }
+  auto* type = reinterpret_cast<PyTypeObject*>(t);
+  Py_DECREF(t);  // the module keeps it alive
+  return type;
+}
+
+PyObject* wrap_channel(PyTypeObject* type, channel ch) {
+  auto* self = reinterpret_cast<py_channel*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  new (&self->ch) channel(std::move(ch));
+  return reinterpret_cast<PyObject*>(self);
+}
+
+bool is_channel(PyObject* module, PyObject* o) {
+  PyTypeObject* t = channel_type_of(module);
+  if (t == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  return Py_TYPE(o) == t;
+}
+
+// ---- errors -----------------------------------------------------------------------------------
+
+// Sets the Python exception for a failed channel operation. `what` is "send" / "recv".
+void raise_channel_error(PyObject* module, const channel& ch, boost::system::error_code ec,
+                         bool queue_names) {
+  std::string label = ch.name().empty() ? "channel #" + std::to_string(ch.id())
+                                        : "channel '" + ch.name() + "'";
+  if (ec == errc::channel_closed) {
+    raise_from_module(module, "ChannelClosed", label + " is closed");
+  } else if (ec == errc::channel_empty) {
+    raise_from_module(module, "QueueEmpty", label + " is empty");
+  } else if (ec == errc::channel_full) {
+    raise_from_module(module, "QueueFull",
+                      label + " is full (maxsize " + std::to_string(ch.capacity()) + ")");
+  } else if (ec == errc::timeout) {
+    if (queue_names) {
+      // queue.Queue semantics: get/put with a timeout raise Empty/Full.
+      raise_from_module(module, "QueueEmpty", label + ": timed out");
+    } else {
+      PyErr_Format(PyExc_TimeoutError, "%s: timed out", label.c_str());
+    }
+  } else {
+    PyErr_Format(PyExc_RuntimeError, "%s: %s", label.c_str(), ec.message().c_str());
+  }
+}
+
+// Parses a timeout argument: None -> wait forever; a non-negative number of seconds.
+bool parse_timeout(PyObject* o, channel_timeout& out) {
+  if (o == nullptr || o == Py_None) {
+    out = std::nullopt;
+    return true;
+  }
+  double secs = PyFloat_AsDouble(o);
+  if (secs == -1.0 && PyErr_Occurred()) {
+    PyErr_Format(PyExc_TypeError, "timeout must be None or a number of seconds, not %s",
+                 Py_TYPE(o)->tp_name);
+    return false;
+  }
+  if (std::isnan(secs) || secs < 0) {
+    PyErr_SetString(PyExc_ValueError, "timeout must be a non-negative number of seconds");
+    return false;
+  }
+  out = std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::chrono::duration<double>(std::min(secs, 1e9)));
+  return true;
+}
+
+// ---- waiting with the GIL released, interruptibly ---------------------------------------------
+
+// Runs op(timeout, stop_token) with the GIL released.
+// - In an isola worker (pool task, interpreter), interrupt() (a timeout, cancel()) stops the
+//   wait and the interrupt's exception is raised here.
+// - In the main interpreter, the wait wakes every 50 ms to run signal handlers, so
+//   KeyboardInterrupt ends it.
+// Returns false with a Python exception set when interrupted; else true and `result` holds
+// op's result (which may be an error such as timeout).
+template <typename Result, typename Op>
+bool wait_released(PyObject* module, Op&& op, channel_timeout timeout, Result& result) {
+  sleep_slot* slot = current_sleep_slot();
+  auto interp = find_interp(PyInterpreterState_GetID(PyInterpreterState_Get()));
+  std::stop_source stop;
+  auto raise_interrupt = [&]() {
+    std::string type;
+    {
+      std::lock_guard lock(slot->mu);
+      slot->interrupted = false;
+      type = slot->interrupt_type.empty() ? "KeyboardInterrupt" : slot->interrupt_type;
+    }
+    // Deliver it now rather than at the next bytecode: clear the pending async exception.
+    PyThreadState_SetAsyncExc(PyThread_get_thread_ident(), nullptr);
+    PyObject* exc = PyDict_GetItemString(PyEval_GetBuiltins(), type.c_str());
+    PyErr_SetNone(exc != nullptr ? exc : PyExc_KeyboardInterrupt);
+    return false;
+  };
+  auto raise_closing = [&]() {
+    raise_from_module(module, "ChannelClosed",
+                      "the interpreter is closing; channel waits in it have ended");
+    return false;
+  };
+  bool interrupted_early = false;
+  if (slot != nullptr) {
+    std::lock_guard lock(slot->mu);
+    // An interrupt that arrived before we could register: do not wait at all.
+    if (slot->interrupted) {
+      interrupted_early = true;
+    } else {
+      slot->wait_stop = &stop;
+    }
+  }
+  if (interrupted_early) return raise_interrupt();
+  auto unregister = [&] {
+    if (slot != nullptr) {
+      std::lock_guard lock(slot->mu);
+      slot->wait_stop = nullptr;
+    }
+    if (interp) unregister_wait(*interp, &stop);
+  };
+  if (interp && !register_wait(*interp, &stop)) {
+    unregister();
+    return raise_closing();
+  }
+
+  const bool check_signals = PyInterpreterState_Get() == PyInterpreterState_Main();
+  using clock = std::chrono::steady_clock;
+  std::optional<clock::time_point> deadline;
+  if (timeout) deadline = clock::now() + *timeout;
+  for (;;) {
+    channel_timeout slice = timeout;
+    if (check_signals) {
+      auto left = deadline ? std::max(*deadline - clock::now(), clock::duration::zero())
+                           : clock::duration(signal_check_interval);
+      slice = std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::min<clock::duration>(left, signal_check_interval));
+    }
+    Py_BEGIN_ALLOW_THREADS
+    result = op(slice, stop.get_token());
+    Py_END_ALLOW_THREADS
+    if (!check_signals || result.has_value() || result.error() != errc::timeout) break;
+    if (PyErr_CheckSignals() < 0) {
+      unregister();
+      return false;
+    }
+    if (deadline && clock::now() >= *deadline) break;
+  }
+  unregister();
+  if (!result.has_value() && result.error() == errc::cancelled) {
+    if (slot != nullptr) {
+      std::lock_guard lock(slot->mu);
+      interrupted_early = slot->interrupted;
+    }
+    if (interrupted_early) return raise_interrupt();
+    return raise_closing();
+  }
+  return true;
+}
+
+// ---- Python object <-> message ----------------------------------------------------------------
+
+// Converts obj for sending through ch. Returns false with a Python exception set.
+bool to_message(PyObject* module, const channel& ch, PyObject* obj, message& out) {
+  if (PyLong_CheckExact(obj)) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow == 0 && !(v == -1 && PyErr_Occurred())) {
+      out = message(value(static_cast<std::int64_t>(v)));
+      return true;
+    }
+    PyErr_Clear();
+  }
+  if (is_channel(module, obj)) {
+    out = message(channel_ref(reinterpret_cast<py_channel*>(obj)->ch));
+    return true;
+  }
+  if ((PyBytes_CheckExact(obj) && PyBytes_GET_SIZE(obj) >= zero_copy_min) ||
+      PyMemoryView_Check(obj)) {
+    shared_buffer b;
+    if (!buffer_from_python(obj, b)) return false;
+    out = message(std::move(b));
+    return true;
+  }
+  try {
+    out = message(from_python(obj));
+    return true;
+  } catch (const py::error_already_set&) {
+    if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError)) {
+      return false;
+    }
+  }
+  if (!channel_allows_pickle(ch)) {
+    PyObject *type = nullptr, *val = nullptr, *tb = nullptr;
+    PyErr_Fetch(&type, &val, &tb);
+    std::string why = val != nullptr ? py::to_string(val) : "";
+    Py_XDECREF(type);
+    Py_XDECREF(val);
+    Py_XDECREF(tb);
+    PyErr_Format(PyExc_TypeError,
+                 "cannot send an object of type '%s' through a channel with pickling off (%s); "
+                 "send plain values (None, bool, int, float, str, bytes, tuple, list, dict) or "
+                 "create the channel with pickle=True",
+                 Py_TYPE(obj)->tp_name, why.c_str());
+    return false;
+  }
+  PyErr_Clear();
+  pickled p;
+  if (!pickle_to(obj, p)) return false;
+  out = message(std::move(p));
+  return true;
+}
+
+PyObject* from_message(PyObject* module, message&& m) {
+  switch (m.payload.index()) {
+    case 0:
+      try {
+        return to_python(*m.as_value()).release();
+      } catch (const py::error_already_set&) {
+        return nullptr;
+      }
+    case 1:
+      return memoryview_of(module, *m.as_buffer());
+    case 2:
+      return unpickle(module, *m.as_pickled());
+    case 3: {
+      PyTypeObject* type = channel_type_of(module);
+      if (type == nullptr) return nullptr;
+      return wrap_channel(type, channel(*m.as_channel()));
+    }
+  }
+  PyErr_SetString(PyExc_SystemError, "isola: unknown message kind");
+  return nullptr;
+}
+
+// ---- Channel methods --------------------------------------------------------------------------
+
+py_channel* as_chan(PyObject* self) { return reinterpret_cast<py_channel*>(self); }
+PyObject* self_module(PyObject* self) { return module_of(Py_TYPE(self)); }
+
+// Argument parsing for (obj, timeout=None) / (timeout=None) style fast calls.
+bool parse_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                std::initializer_list<const char*> names, std::size_t required,
+                std::vector<PyObject*>& out) {
+  out.assign(names.size(), nullptr);
+  if (static_cast<std::size_t>(nargs) > names.size()) {
+    PyErr_Format(PyExc_TypeError, "%s() takes at most %zu arguments (%zd given)", fname,
+                 names.size(), nargs);
+    return false;
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i) out[static_cast<std::size_t>(i)] = args[i];
+  if (kwnames != nullptr) {
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); ++k) {
+      PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+      std::size_t idx = 0;
+      bool found = false;
+      for (const char* n : names) {
+        if (PyUnicode_CompareWithASCIIString(key, n) == 0) {
+          found = true;
+          break;
+        }
+        ++idx;
+      }
+      if (!found) {
+        PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, key);
+        return false;
+      }
+      if (out[idx] != nullptr) {
+        PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'", fname, key);
+        return false;
+      }
+      out[idx] = args[nargs + k];
+    }
+  }
+  for (std::size_t i = 0; i < required; ++i) {
+    if (out[i] == nullptr) {
+      PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
+                   *(names.begin() + i));
+      return false;
+    }
+  }
+  return true;
+}
+
+// send(obj, timeout=None) and put(obj, block=True, timeout=None).
+PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_arg,
+                  bool queue_names) {
+  auto& ch = as_chan(self)->ch;
+  PyObject* module = self_module(self);
+  channel_timeout timeout;
+  if (!parse_timeout(timeout_arg, timeout)) return nullptr;
+  message m;
+  if (!to_message(module, ch, obj, m)) return nullptr;
+  auto r = ch.try_send(std::move(m));
+  if (!r && r.error() == errc::channel_full && block && (!timeout || timeout->count() > 0)) {
+    boost::system::result<void> wr;
+    if (!wait_released(module,
+            [&](channel_timeout t, std::stop_token st) { return ch.send(std::move(m), t, st); },
+            timeout, wr)) {
+      return nullptr;
+    }
+    r = wr;
+  }
+  if (!r && block && (r.error() == errc::timeout || r.error() == errc::channel_full)) {
+    // A blocking send whose time ran out (timeout=0 included).
+    if (queue_names) {
+      raise_from_module(module, "QueueFull", "channel is full: timed out waiting for room");
+    } else {
+      raise_channel_error(module, ch, make_error_code(errc::timeout), false);
+    }
+    return nullptr;
+  }
+  if (!r) {
+    raise_channel_error(module, ch, r.error(), queue_names);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_names) {
+  auto& ch = as_chan(self)->ch;
+  PyObject* module = self_module(self);
+  channel_timeout timeout;
+  if (!parse_timeout(timeout_arg, timeout)) return nullptr;
+  auto r = ch.try_recv();
+  if (!r && r.error() == errc::channel_empty && block && (!timeout || timeout->count() > 0)) {
+    if (!wait_released(module, [&](channel_timeout t, std::stop_token st) { return ch.recv(t, st); },
+                       timeout, r)) {
+      return nullptr;
+    }
+  }
+  if (!r && block && r.error() == errc::channel_empty) {
+    raise_channel_error(module, ch, make_error_code(errc::timeout), queue_names);  // timeout=0
+    return nullptr;
+  }
+  if (!r) {
+    raise_channel_error(module, ch, r.error(), queue_names);
+    return nullptr;
+  }
+  return from_message(module, std::move(*r));
+}
+
+bool truthy(PyObject* o, bool dflt, int& out) {
+  if (o == nullptr) {
+    out = dflt;
+    return true;
+  }
+  out = PyObject_IsTrue(o);
+  return out >= 0;
+}
+
+PyObject* ch_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  std::vector<PyObject*> a;
+  if (!parse_args("send", args, nargs, kw, {"obj", "timeout"}, 1, a)) return nullptr;
+  return do_send(self, a[0], true, a[1], false);
+}
+PyObject* ch_recv(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  if (nargs == 0 && kw == nullptr) return do_recv(self, true, nullptr, false);
+  std::vector<PyObject*> a;
+  if (!parse_args("recv", args, nargs, kw, {"timeout"}, 0, a)) return nullptr;
+  return do_recv(self, true, a[0], false);
+}
+PyObject* ch_send_nowait(PyObject* self, PyObject* obj) {
+  return do_send(self, obj, false, nullptr, true);
+}
+PyObject* ch_recv_nowait(PyObject* self, PyObject*) {
+  return do_recv(self, false, nullptr, true);
+}
+PyObject* ch_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  std::vector<PyObject*> a;
+  if (!parse_args("put", args, nargs, kw, {"obj", "block", "timeout"}, 1, a)) return nullptr;
+  int block = 1;
+  if (!truthy(a[1], true, block)) return nullptr;
+  return do_send(self, a[0], block != 0, a[2], true);
+}
+PyObject* ch_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  std::vector<PyObject*> a;
+  if (!parse_args("get", args, nargs, kw, {"block", "timeout"}, 0, a)) return nullptr;
+  int block = 1;
+  if (!truthy(a[0], true, block)) return nullptr;
+  return do_recv(self, block != 0, a[1], true);
+}
+
+PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  std::vector<PyObject*> a;
+  if (!parse_args("send_many", args, nargs, kw, {"items", "timeout"}, 1, a)) return nullptr;
+  auto& ch = as_chan(self)->ch;
+  PyObject* module = self_module(self);
+  channel_timeout timeout;
+  if (!parse_timeout(a[1], timeout)) return nullptr;
+  std::vector<message> items;
+  {
+    PyObject* it = PyObject_GetIter(a[0]);
+    if (it == nullptr) return nullptr;
+    if (Py_ssize_t hint = PyObject_LengthHint(a[0], 0); hint > 0) {
+      items.reserve(static_cast<std::size_t>(hint));
+    } else {
+      PyErr_Clear();
+    }
+    while (PyObject* o = PyIter_Next(it)) {
+      message m;
+      bool ok = to_message(module, ch, o, m);
+      Py_DECREF(o);
+      if (!ok) {
+        Py_DECREF(it);
+        return nullptr;
+      }
+      items.push_back(std::move(m));
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return nullptr;
+  }
+  std::span<message> rest(items);
+  auto first = ch.try_send_many(rest);
+  std::size_t sent = first.sent;
+  if (sent < items.size() && first.error == errc::channel_full &&
+      (!timeout || timeout->count() > 0)) {
+    // Loop so that the main interpreter's periodic signal checks resume where they stopped.
+    boost::system::result<std::size_t> step;
+    if (!wait_released(module,
+            [&](channel_timeout t, std::stop_token st) -> boost::system::result<std::size_t> {
+              auto r = ch.send_many(rest.subspan(sent), t, st);
+              sent += r.sent;
+              if (r.error) return r.error;
+              return sent;
+            },
+            timeout, step)) {
+      return nullptr;
+    }
+    if (!step) {
+      raise_channel_error(module, ch, step.error(), false);
+      return nullptr;
+    }
+  } else if (first.error && sent < items.size()) {
+    raise_channel_error(module, ch, first.error, false);
+    return nullptr;
+  }
+  return PyLong_FromSize_t(sent);
+}
+
+PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  std::vector<PyObject*> a;
+  if (!parse_args("recv_many", args, nargs, kw, {"max_items", "timeout"}, 1, a)) return nullptr;
+  auto& ch = as_chan(self)->ch;
+  PyObject* module = self_module(self);
+  Py_ssize_t max_items = PyLong_AsSsize_t(a[0]);
+  if (max_items == -1 && PyErr_Occurred()) return nullptr;
+  if (max_items < 1) {
+    PyErr_SetString(PyExc_ValueError, "recv_many: max_items must be at least 1");
+    return nullptr;
+  }
+  channel_timeout timeout;
+  if (!parse_timeout(a[1], timeout)) return nullptr;
+  std::vector<message> got;
+  got.reserve(static_cast<std::size_t>(std::min<Py_ssize_t>(max_items, 4096)));
+  auto r = ch.try_recv_many(got, static_cast<std::size_t>(max_items));
+  if (!r && r.error() == errc::channel_empty && (!timeout || timeout->count() > 0)) {
+    if (!wait_released(module,
+            [&](channel_timeout t, std::stop_token st) {
+              return ch.recv_many(got, static_cast<std::size_t>(max_items), t, st);
+            },
+            timeout, r)) {
+      return nullptr;
+    }
+  }
+  if (!r) {
+    raise_channel_error(module, ch, r.error(), false);
+    return nullptr;
+  }
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(got.size()));
+  if (list == nullptr) return nullptr;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    PyObject* o = from_message(module, std::move(got[i]));
+    if (o == nullptr) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), o);
+  }
+  return list;
+}
+
+PyObject* ch_close(PyObject* self, PyObject*) {
+  return PyBool_FromLong(as_chan(self)->ch.close());
+}
+PyObject* ch_qsize(PyObject* self, PyObject*) {
+  return PyLong_FromSize_t(as_chan(self)->ch.size());
+}
+PyObject* ch_empty(PyObject* self, PyObject*) {
+  return PyBool_FromLong(as_chan(self)->ch.size() == 0);
+}
+PyObject* ch_full(PyObject* self, PyObject*) {
+  auto& ch = as_chan(self)->ch;
+  return PyBool_FromLong(ch.size() >= ch.capacity());
+}
+PyObject* ch_closed(PyObject* self, void*) { return PyBool_FromLong(as_chan(self)->ch.closed()); }
+PyObject* ch_maxsize(PyObject* self, void*) {
+  return PyLong_FromSize_t(as_chan(self)->ch.capacity());
+}
+PyObject* ch_id(PyObject* self, void*) {
+  return PyLong_FromUnsignedLongLong(as_chan(self)->ch.id());
+}
+PyObject* ch_name(PyObject* self, void*) {
+  const auto& n = as_chan(self)->ch.name();
+  if (n.empty()) Py_RETURN_NONE;
+  return PyUnicode_FromStringAndSize(n.data(), static_cast<Py_ssize_t>(n.size()));
+}
+PyObject* ch_pickle(PyObject* self, void*) {
+  return PyBool_FromLong(channel_allows_pickle(as_chan(self)->ch));
+}
+
+PyObject* ch_iter(PyObject* self) { return Py_NewRef(self); }
+PyObject* ch_next(PyObject* self) {
+  PyObject* o = do_recv(self, true, nullptr, false);
+  if (o == nullptr) {
+    PyObject* module = self_module(self);
+    PyObject* closed = module_attr(module, "ChannelClosed");
+    if (closed != nullptr && PyErr_ExceptionMatches(closed)) PyErr_Clear();  // -> StopIteration
+    Py_XDECREF(closed);
+  }
+  return o;
+}
+
+PyObject* ch_repr(PyObject* self) {
+  auto& ch = as_chan(self)->ch;
+  std::string s = "<isola.Channel #" + std::to_string(ch.id());
+  if (!ch.name().empty()) s += " '" + ch.name() + "'";
+  s += " " + std::to_string(ch.size()) + "/" + std::to_string(ch.capacity());
+  if (ch.closed()) s += " closed";
+  s += ">";
+  return PyUnicode_FromString(s.c_str());
+}
+
+PyObject* ch_richcompare(PyObject* a, PyObject* b, int op) {
+  if (Py_TYPE(a) != Py_TYPE(b) || (op != Py_EQ && op != Py_NE)) Py_RETURN_NOTIMPLEMENTED;
+  bool eq = as_chan(a)->ch == as_chan(b)->ch;
+  return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+Py_hash_t ch_hash(PyObject* self) {
+  return static_cast<Py_hash_t>(as_chan(self)->ch.id() & 0x7fffffffffffffffULL);
+}
+
+PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
+  static const char* kwlist[] = {"maxsize", "pickle", nullptr};
+  Py_ssize_t maxsize = 0;
+  int pickle = 1;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$p:Channel", const_cast<char**>(kwlist),
+                                   &maxsize, &pickle)) {
+    return nullptr;
+  }
+  if (maxsize < 0) {
+    PyErr_SetString(PyExc_ValueError, "Channel: maxsize must be >= 0 (0 means the default bound)");
+    return nullptr;
+  }
+  try {
+    channel ch(maxsize == 0 ? default_maxsize : static_cast<std::size_t>(maxsize));
+    set_channel_pickle(ch, pickle != 0);
+    return wrap_channel(type, std::move(ch));
+  } catch (const std::exception& e) {
+    PyErr_Format(PyExc_ValueError, "Channel: %s", e.what());
+    return nullptr;
+  }
+}
+
+void ch_dealloc(PyObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  as_chan(self)->ch.~channel();
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyMethodDef channel_methods[] = {
+    {"send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_send)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "send(obj, timeout=None)\n\nWaits for room (GIL released), then sends obj. Raises "
+     "ChannelClosed after close(), TimeoutError when timeout seconds pass."},
+    {"recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_recv)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "recv(timeout=None)\n\nWaits for an item (GIL released) and returns it. Raises "
+     "ChannelClosed once the channel is closed and drained, TimeoutError on timeout."},
+    {"send_nowait", ch_send_nowait, METH_O,
+     "send_nowait(obj)\n\nSends at once or raises QueueFull (ChannelClosed after close())."},
+    {"recv_nowait", ch_recv_nowait, METH_NOARGS,
+     "recv_nowait()\n\nReturns an item at once or raises QueueEmpty (ChannelClosed when "
+     "closed and drained)."},
+    {"put", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_put)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "put(obj, block=True, timeout=None)\n\nqueue.Queue / PEP 734 style send: raises QueueFull "
+     "when not blocking and full, or when the timeout passes."},
+    {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_get)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "get(block=True, timeout=None)\n\nqueue.Queue / PEP 734 style receive: raises QueueEmpty "
+     "when not blocking and empty, or when the timeout passes."},
+    {"put_nowait", ch_send_nowait, METH_O, "put_nowait(obj)\n\nThe same as send_nowait(obj)."},
+    {"get_nowait", ch_recv_nowait, METH_NOARGS, "get_nowait()\n\nThe same as recv_nowait()."},
+    {"send_many", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_send_many)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "send_many(items, timeout=None) -> int\n\nSends every item of the iterable in order, "
+     "waiting for room as needed; returns how many were sent."},
+    {"recv_many", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_recv_many)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "recv_many(max_items, timeout=None) -> list\n\nWaits for at least one item, then returns "
+     "up to max_items that are available at once."},
+    {"close", ch_close, METH_NOARGS,
+     "close() -> bool\n\nCloses the channel: sends fail from now on, receivers get what was "
+     "already sent, then ChannelClosed. True if this call closed it."},
+    {"qsize", ch_qsize, METH_NOARGS, "qsize() -> int\n\nItems queued now (approximate)."},
+    {"empty", ch_empty, METH_NOARGS, "empty() -> bool"},
+    {"full", ch_full, METH_NOARGS, "full() -> bool"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyGetSetDef channel_getset[] = {
+    {"closed", ch_closed, nullptr, "True once close() has been called.", nullptr},
+    {"maxsize", ch_maxsize, nullptr, "The bound on queued items.", nullptr},
+    {"id", ch_id, nullptr, "Process-unique id of the channel.", nullptr},
+    {"name", ch_name, nullptr, "The name it was opened under, or None.", nullptr},
+    {"pickle", ch_pickle, nullptr, "Whether objects may be sent pickled.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyType_Slot channel_slots[] = {
+    {Py_tp_new, reinterpret_cast<void*>(ch_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(ch_dealloc)},
+    {Py_tp_methods, channel_methods},
+    {Py_tp_getset, channel_getset},
+    {Py_tp_iter, reinterpret_cast<void*>(ch_iter)},
+    {Py_tp_iternext, reinterpret_cast<void*>(ch_next)},
+    {Py_tp_repr, reinterpret_cast<void*>(ch_repr)},
+    {Py_tp_richcompare, reinterpret_cast<void*>(ch_richcompare)},
+    {Py_tp_hash, reinterpret_cast<void*>(ch_hash)},
+    {Py_tp_doc, const_cast<char*>(
+                    "Channel(maxsize=0, *, pickle=True)\n\nA bounded FIFO shared by every "
+                    "interpreter and C++ thread that holds it. maxsize=0 means the default bound "
+                    "(4096). Send it through another channel to share it. Values (None, bool, "
+                    "int, float, str, bytes, tuple, list, dict) are copied; bytes of 64 KiB or "
+                    "more and memoryviews arrive as a read-only memoryview over the same memory; "
+                    "other objects are pickled (protocol 5) unless pickle=False.")},
+    {0, nullptr}};
+
+PyType_Spec channel_spec = {"isola.Channel", sizeof(py_channel), 0, Py_TPFLAGS_DEFAULT,
+                            channel_slots};
+
+// ---- module functions -------------------------------------------------------------------------
+
+PyObject* open_named(PyObject* module, PyObject* args, PyObject* kwds) {
+  static const char* kwlist[] = {"name", "maxsize", nullptr};
+  const char* name = nullptr;
+  Py_ssize_t size = 0;
+  Py_ssize_t maxsize = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "s#|n:channel", const_cast<char**>(kwlist), &name,
+                                   &size, &maxsize)) {
+    return nullptr;
+  }
+  if (size == 0) {
+    PyErr_SetString(PyExc_ValueError, "isola.channel: the name must not be empty");
+    return nullptr;
+  }
+  if (maxsize < 0) {
+    PyErr_SetString(PyExc_ValueError, "isola.channel: maxsize must be >= 0");
+    return nullptr;
+  }
+  PyTypeObject* type = channel_type_of(module);
+  if (type == nullptr) return nullptr;
+  try {
+    auto ch = channel::open(std::string_view(name, static_cast<std::size_t>(size)),
+                            maxsize == 0 ? default_maxsize : static_cast<std::size_t>(maxsize));
+    return wrap_channel(type, std::move(ch));
+  } catch (const std::exception& e) {
+    PyErr_Format(PyExc_ValueError, "isola.channel: %s", e.what());
+    return nullptr;
+  }
+}
+
+PyObject* select_ready(PyObject* module, PyObject* args, PyObject* kwds) {
+  static const char* kwlist[] = {"channels", "timeout", nullptr};
+  PyObject* seq = nullptr;
+  PyObject* timeout_arg = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:select", const_cast<char**>(kwlist), &seq,
+                                   &timeout_arg)) {
+    return nullptr;
+  }
+  channel_timeout timeout;
+  if (!parse_timeout(timeout_arg, timeout)) return nullptr;
+  PyTypeObject* type = channel_type_of(module);
+  if (type == nullptr) return nullptr;
+  py::object list;
+  try {
+    list = py::check(PySequence_List(seq));
+  } catch (const py::error_already_set&) {
+    return nullptr;
+  }
+  std::vector<channel> chans;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list.get()); ++i) {
+    PyObject* o = PyList_GET_ITEM(list.get(), i);
+    if (Py_TYPE(o) != type) {
+      PyErr_Format(PyExc_TypeError, "select: item %zd is a %s, not an isola.Channel", i,
+                   Py_TYPE(o)->tp_name);
+      return nullptr;
+    }
+    chans.push_back(as_chan(o)->ch);
+  }
+  if (chans.empty()) {
+    PyErr_SetString(PyExc_ValueError, "select: give at least one channel");
+    return nullptr;
+  }
+  boost::system::result<std::size_t> r;
+  if (auto now = select_now(chans)) {
+    r = *now;
+  } else if (timeout && timeout->count() == 0) {
+    Py_RETURN_NONE;
+  } else if (!wait_released(module, [&](channel_timeout t,
+                                std::stop_token st) { return wait_select(chans, t, st); },
+                            timeout, r)) {
+    return nullptr;
+  }
+  if (!r) {
+    if (r.error() == errc::timeout) Py_RETURN_NONE;
+    PyErr_Format(PyExc_RuntimeError, "select: %s", r.error().message().c_str());
+    return nullptr;
+  }
+  return Py_NewRef(PyList_GET_ITEM(list.get(), static_cast<Py_ssize_t>(*r)));
+}
+
+PyObject* buffer_address(PyObject*, PyObject* obj) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return nullptr;
+  void* addr = view.buf;
+  PyBuffer_Release(&view);
+  return PyLong_FromVoidPtr(addr);
+}
+
+PyMethodDef channel_functions[] = {
+    {"_buffer_address", buffer_address, METH_O,
+     "_buffer_address(obj) -> int\n\nThe address of obj's buffer memory (for checking that a "
+     "received memoryview shares the sender's memory)."},
+    {"channel", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(open_named)),
+     METH_VARARGS | METH_KEYWORDS,
+     "channel(name, maxsize=0) -> Channel\n\nThe channel registered under name, created (with "
+     "maxsize, 0 meaning the default bound) if there is none: the way to wire interpreters "
+     "together. The name is registered while any handle to the channel exists."},
+    {"select", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(select_ready)),
+     METH_VARARGS | METH_KEYWORDS,
+     "select(channels, timeout=None) -> Channel | None\n\nWaits (GIL released) until one of "
+     "the channels has an item or is closed, and returns the first such channel in the order "
+     "given; None when timeout seconds pass first. It does not receive the item."},
+    {nullptr, nullptr, 0, nullptr}};
+
+int add_exception(PyObject* m, const char* name, const char* doc, PyObject* base) {
+  std::string full = std::string("isola.") + name;
+  PyObject* e = PyErr_NewExceptionWithDoc(full.c_str(), doc, base, nullptr);
+  if (e == nullptr) return -1;
+  return PyModule_Add(m, name, e);
+}
+
+int exec_channels(PyObject* m) {
+  PyObject* type = PyType_FromModuleAndSpec(m, &channel_spec, nullptr);
+  if (type == nullptr) return -1;
+  if (PyModule_Add(m, "Channel", type) < 0) return -1;
+  if (add_shared_buffer_type(m) < 0) return -1;
+  if (add_exception(m, "ChannelClosed", "The channel is closed (and, for receivers, drained).",
+                    nullptr) < 0) {
+    return -1;
+  }
+  PyObject* queue = PyImport_ImportModule("queue");
+  if (queue == nullptr) return -1;
+  PyObject* empty = PyObject_GetAttrString(queue, "Empty");
+  PyObject* full = PyObject_GetAttrString(queue, "Full");
+  Py_DECREF(queue);
+  if (empty == nullptr || full == nullptr) {
+    Py_XDECREF(empty);
+    Py_XDECREF(full);
+    return -1;
+  }
+  int rc = add_exception(m, "QueueEmpty",
+                         "No item is available (subclass of queue.Empty, as in PEP 734).", empty);
+  if (rc == 0) {
+    rc = add_exception(m, "QueueFull",
+                       "No room is available (subclass of queue.Full, as in PEP 734).", full);
+  }
+  Py_DECREF(empty);
+  Py_DECREF(full);
+  if (rc < 0) return -1;
+  // Aliases with isola's own naming.
+  for (auto [alias, target] : {std::pair{"ChannelEmpty", "QueueEmpty"},
+                               std::pair{"ChannelFull", "QueueFull"}}) {
+    PyObject* t = PyObject_GetAttrString(m, target);
+    if (t == nullptr || PyModule_Add(m, alias, t) < 0) return -1;
+  }
+  return 0;
+}
+
+module_part_registrar channels_part({"channels", channel_functions, exec_channels});
+
+}  // namespace
+}  // namespace isola::detail

@@ -1,0 +1,422 @@
+// Channels from Python: isola.Channel / isola.channel(name) across interpreters, the PEP 734
+// queue names, timeouts, close, interruption, zero-copy buffers, pickling, channels in
+// channels, and interpreters that end while they wait or while their items are queued.
+#include <catch2/catch.hpp>
+
+#include "support.hpp"
+
+#include "python.hpp"
+
+#include <isola/channel.hpp>
+
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <thread>
+
+using namespace isola_test;
+using namespace std::chrono_literals;
+using isola::value;
+
+namespace {
+
+// Resident set size of this process in bytes.
+std::size_t rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
+std::string error_type(const std::function<void()>& f) {
+  auto e = python_error_of(f);
+  return e ? e->type_name() : std::string("<no error>");
+}
+
+}  // namespace
+
+TEST_CASE("Python channels carry every value kind in FIFO order between interpreters",
+          "[pychannel]") {
+  auto keep = isola::channel::open("t-fifo", 64);
+  isola::interpreter a, b;
+  auto sent = a.exec_async(
+      "import isola\n"
+      "ch = isola.channel('t-fifo')\n"
+      "for i in range(2000):\n"
+      "    ch.send(i)\n"
+      "for v in [None, True, 1.5, 'é\\ud800', b'bytes', (1, 'a'), [1, [2]], {'k': (1,)}, 2**100, -2**70]:\n"
+      "    ch.send(v)\n");
+  b.exec("import isola\nch = isola.channel('t-fifo')\n"
+         "got = [ch.recv() for _ in range(2000)]\n"
+         "rest = [ch.recv() for _ in range(10)]\n");
+  sent.get();
+  CHECK(b.eval("got == list(range(2000))").as_bool());
+  CHECK(b.eval("rest == [None, True, 1.5, 'é\\ud800', b'bytes', (1, 'a'), [1, [2]], {'k': (1,)}, "
+               "2**100, -2**70]")
+            .as_bool());
+  CHECK(b.eval("type(rest[5]) is tuple and type(rest[2]) is float").as_bool());
+}
+
+TEST_CASE("2 producers x 2 consumers move 1 000 000 ints across interpreters exactly once",
+          "[pychannel][concurrent]") {
+  constexpr std::int64_t per_producer = 500'000;
+  auto ch = isola::channel::open("t-mpmc", 1024);
+  isola::interpreter p1, p2, c1, c2;
+  for (auto* in : {&p1, &p2, &c1, &c2}) in->exec("import sys; sys.path.insert(0, " +
+                                                 value(py_dir()).repr() + ")");
+  auto r1 = c1.call_async("isola_test_channel:consume", "t-mpmc", "");
+  auto r2 = c2.call_async("isola_test_channel:consume", "t-mpmc", "");
+  auto s1 = p1.call_async("isola_test_channel:produce", "t-mpmc", 0, per_producer);
+  auto s2 = p2.call_async("isola_test_channel:produce", "t-mpmc", per_producer, per_producer);
+  CHECK(s1.get().as_int() == per_producer);
+  CHECK(s2.get().as_int() == per_producer);
+  ch.close();  // consumers drain what was sent, then their loops end
+  auto a = r1.get().as_list().items;
+  auto b = r2.get().as_list().items;
+  std::uint64_t mix = 0;
+  std::int64_t total = 0;
+  for (std::int64_t i = 0; i < 2 * per_producer; ++i) {
+    total += i;
+    mix ^= (static_cast<std::uint64_t>(i) * 2654435761ULL) & 0x7FFFFFFFFFFFFFFFULL;
+  }
+  CHECK(a[0].as_int() + b[0].as_int() == 2 * per_producer);
+  CHECK(a[1].as_int() + b[1].as_int() == total);
+  CHECK((static_cast<std::uint64_t>(a[2].as_int()) ^ static_cast<std::uint64_t>(b[2].as_int())) ==
+        mix);
+  CHECK(a[0].as_int() > 0);  // both consumers took part
+  CHECK(b[0].as_int() > 0);
+}
+
+TEST_CASE("close() wakes blocked senders and receivers with ChannelClosed", "[pychannel][concurrent]") {
+  auto empty = isola::channel::open("t-close-empty", 4);
+  auto full = isola::channel::open("t-close-full", 1);
+  REQUIRE(full.try_send(isola::message(value(1))).has_value());
+  isola::interpreter r, s;
+  const char* wait_code =
+      "import isola, time\n"
+      "def wait(fn):\n"
+      "    try:\n"
+      "        fn()\n"
+      "    except isola.ChannelClosed:\n"
+      "        return 'closed'\n"
+      "    return 'returned'\n";
+  r.exec(wait_code);
+  s.exec(wait_code);
+  auto fr = r.eval_async("wait(lambda: isola.channel('t-close-empty').recv())");
+  auto fs = s.eval_async("wait(lambda: isola.channel('t-close-full').send(2))");
+  std::this_thread::sleep_for(200ms);  // let both block (the outcome is the same either way)
+  CHECK(fr.wait_for(0s) != std::future_status::ready);
+  CHECK(fs.wait_for(0s) != std::future_status::ready);
+  empty.close();
+  full.close();
+  CHECK(fr.get().as_str() == "closed");
+  CHECK(fs.get().as_str() == "closed");
+  // The item accepted before close is still delivered, then ChannelClosed.
+  r.exec("ch = isola.channel('t-close-full')\nfirst = ch.recv()\n");
+  CHECK(r.eval("first").as_int() == 1);
+  CHECK(r.eval("wait(ch.recv)").as_str() == "closed");
+  CHECK(r.eval("wait(lambda: ch.send(3))").as_str() == "closed");
+  CHECK(r.eval("ch.closed").as_bool());
+}
+
+TEST_CASE("timeouts and the non-blocking forms", "[pychannel]") {
+  isola::interpreter in;
+  in.exec("import isola, queue, time\n"
+          "ch = isola.Channel(1)\n"
+          "def outcome(fn):\n"
+          "    t0 = time.monotonic()\n"
+          "    try:\n"
+          "        fn()\n"
+          "        name = 'ok'\n"
+          "    except Exception as e:\n"
+          "        name = type(e).__name__\n"
+          "        if isinstance(e, queue.Empty): name += '<Empty'\n"
+          "        if isinstance(e, queue.Full): name += '<Full'\n"
+          "    return [name, time.monotonic() - t0]\n");
+  auto check = [&](const std::string& call, const std::string& expected, double at_least) {
+    auto r = in.eval("outcome(lambda: " + call + ")").as_list().items;
+    INFO(call);
+    CHECK(r[0].as_str() == expected);
+    CHECK(r[1].as_float() >= at_least);
+  };
+  check("ch.recv(timeout=0.25)", "TimeoutError", 0.25);
+  check("ch.get(timeout=0.25)", "QueueEmpty<Empty", 0.25);
+  check("ch.recv_nowait()", "QueueEmpty<Empty", 0);
+  check("ch.get_nowait()", "QueueEmpty<Empty", 0);
+  check("ch.get(block=False)", "QueueEmpty<Empty", 0);
+  check("ch.recv(timeout=0)", "TimeoutError", 0);
+  check("ch.send(1)", "ok", 0);
+  check("ch.send(2, timeout=0.1)", "TimeoutError", 0.1);
+  check("ch.put(2, timeout=0.1)", "QueueFull<Full", 0.1);
+  check("ch.put_nowait(2)", "QueueFull<Full", 0);
+  check("ch.send_nowait(2)", "QueueFull<Full", 0);
+  check("ch.put(2, block=False)", "QueueFull<Full", 0);
+  check("ch.recv(timeout=-1)", "ValueError", 0);
+  check("ch.recv(timeout='soon')", "TypeError", 0);
+  CHECK(in.eval("ch.get()").as_int() == 1);
+  CHECK(in.eval("isola.QueueEmpty is isola.ChannelEmpty").as_bool());
+}
+
+TEST_CASE("the PEP 734 queue API and the rest of Channel", "[pychannel]") {
+  isola::interpreter in;
+  in.exec("import isola, queue\n"
+          "q = isola.Channel(3)\n"
+          "q.put(1); q.put(2, block=True, timeout=1); q.put_nowait(3)\n"
+          "state = [q.qsize(), q.full(), q.empty(), q.maxsize]\n"
+          "got = [q.get(), q.get(block=True, timeout=1), q.get_nowait()]\n"
+          "after = [q.qsize(), q.full(), q.empty()]\n"
+          "sent = q.send_many([4, 5, 6])\n"
+          "many = q.recv_many(10)\n"
+          "q.send_many(range(3)); q.close()\n"
+          "drained = list(q)\n");
+  CHECK(in.eval("state").repr() == "[3, True, False, 3]");
+  CHECK(in.eval("got").repr() == "[1, 2, 3]");
+  CHECK(in.eval("after").repr() == "[0, False, True]");
+  CHECK(in.eval("sent").as_int() == 3);
+  CHECK(in.eval("many").repr() == "[4, 5, 6]");
+  CHECK(in.eval("drained").repr() == "[0, 1, 2]");
+  CHECK(in.eval("issubclass(isola.QueueEmpty, queue.Empty) and "
+                "issubclass(isola.QueueFull, queue.Full)")
+            .as_bool());
+  CHECK(in.eval("isola.Channel().maxsize").as_int() == 4096);  // maxsize=0: the default bound
+  CHECK(error_type([&] { in.exec("isola.Channel(-1)"); }) == "ValueError");
+  CHECK(error_type([&] { in.exec("q.recv_many(0)"); }) == "ValueError");
+  CHECK(in.eval("isola.channel('t-named') == isola.channel('t-named')").as_bool());
+  CHECK(in.eval("isola.channel('t-named').name").as_str() == "t-named");
+  CHECK(in.eval("repr(isola.Channel(2))").as_str().find("isola.Channel #") != std::string::npos);
+}
+
+TEST_CASE("select returns the first channel with an item", "[pychannel][concurrent]") {
+  auto keep_a = isola::channel::open("t-sel-a", 4);
+  auto keep_b = isola::channel::open("t-sel-b", 4);
+  isola::interpreter in, other;
+  in.exec("import isola, time\na = isola.channel('t-sel-a'); b = isola.channel('t-sel-b')\n");
+  CHECK(in.eval("isola.select([a, b], timeout=0.1) is None").as_bool());
+  auto later = std::async(std::launch::async, [&] {
+    std::this_thread::sleep_for(100ms);
+    other.exec("import isola\nisola.channel('t-sel-b').send('x')");
+  });
+  CHECK(in.eval("isola.select([a, b]) is b").as_bool());
+  later.get();
+  CHECK(in.eval("b.recv()").as_str() == "x");
+  in.exec("a.send(1); b.send(2)");
+  CHECK(in.eval("isola.select([b, a]) is b").as_bool());  // order given decides
+  CHECK(error_type([&] { in.exec("isola.select([a, 5])"); }) == "TypeError");
+  CHECK(error_type([&] { in.exec("isola.select([])"); }) == "ValueError");
+}
+
+TEST_CASE("a blocked recv releases the GIL: other threads of the interpreter run",
+          "[pychannel][concurrent]") {
+  isola::interpreter in;
+  in.exec("import isola, threading, time\n"
+          "ch = isola.Channel()\n"
+          "got = []\n"
+          "t = threading.Thread(target=lambda: got.append(ch.recv(timeout=10)))\n"
+          "t.start()\n"
+          "time.sleep(0.05)\n"
+          "n = 0\n"
+          "deadline = time.monotonic() + 0.3\n"
+          "while time.monotonic() < deadline:\n"
+          "    n += 1\n"
+          "ch.send('x')\n"
+          "t.join()\n");
+  // With the GIL held by the waiting thread, the loop could not run until recv timed out.
+  CHECK(in.eval("n").as_int() > 10'000);
+  CHECK(in.eval("got").repr() == "['x']");
+}
+
+TEST_CASE("a pool timeout and cancel() end a task blocked on recv", "[pychannel][concurrent]") {
+  auto keep = isola::channel::open("t-pool-wait", 4);
+  isola::pool_options o;
+  o.size = 1;
+  o.sys_path = {py_dir()};
+  isola::pool p(o);
+  isola::task_options t;
+  t.timeout = 200ms;
+  auto f = p.submit_with("isola_test_channel:recv_with_timeout", {value("t-pool-wait"), value()},
+                         {}, t);
+  auto e = python_error_of([&] { f.get(); });
+  REQUIRE(e);
+  CHECK(e->type_name() == "TimeoutError");
+  // The interpreter serves the next task, and a later recv is not interrupted by a stale flag.
+  REQUIRE(keep.try_send(isola::message(value(7))).has_value());
+  CHECK(p.submit("isola_test_channel:recv_with_timeout", "t-pool-wait", 5.0).get().as_int() == 7);
+
+  auto g = p.submit("isola_test_channel:recv_with_timeout", "t-pool-wait", value());
+  std::this_thread::sleep_for(100ms);
+  CHECK(g.cancel());
+  auto code = isola_error_of([&] { g.get(); });
+  REQUIRE(code);
+  CHECK(*code == isola::errc::cancelled);
+  CHECK(p.stats().interpreters.at(0).replaced_broken == 0);
+}
+
+TEST_CASE("KeyboardInterrupt ends a wait in the main interpreter", "[pychannel][concurrent]") {
+  auto g = isola::attach(rt().main_interpreter());
+  REQUIRE(g.has_value());
+  PyObject* globals = PyDict_New();
+  PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins());
+  std::thread interrupter([] {
+    std::this_thread::sleep_for(200ms);
+    PyErr_SetInterrupt();  // what Ctrl-C does; needs no GIL
+  });
+  PyObject* r = PyRun_String(
+      "import isola, signal, time\n"
+      "old = signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+      "t0 = time.monotonic()\n"
+      "try:\n"
+      "    isola.Channel().recv(timeout=30)\n"
+      "    outcome = 'returned'\n"
+      "except KeyboardInterrupt:\n"
+      "    outcome = 'interrupted'\n"
+      "finally:\n"
+      "    signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)\n"
+      "elapsed = time.monotonic() - t0\n",
+      Py_file_input, globals, globals);
+  interrupter.join();
+  if (r == nullptr) PyErr_Print();
+  REQUIRE(r != nullptr);
+  Py_DECREF(r);
+  PyObject* outcome = PyDict_GetItemString(globals, "outcome");
+  REQUIRE(outcome != nullptr);
+  CHECK(std::string(PyUnicode_AsUTF8(outcome)) == "interrupted");
+  CHECK(PyFloat_AsDouble(PyDict_GetItemString(globals, "elapsed")) < 10.0);
+  Py_DECREF(globals);
+}
+
+TEST_CASE("an interpreter that ends while it waits on a channel", "[pychannel][concurrent]") {
+  auto keep = isola::channel::open("t-end-wait", 4);
+  isola::interpreter in;
+  // Its worker waits, and so does one of its own Python threads (non-daemon: ending the
+  // interpreter joins it).
+  in.exec("import isola, threading\n"
+          "ch = isola.channel('t-end-wait')\n"
+          "seen = []\n"
+          "def wait():\n"
+          "    try:\n"
+          "        ch.recv()\n"
+          "    except isola.ChannelClosed as e:\n"
+          "        seen.append(str(e))\n"
+          "t = threading.Thread(target=wait); t.start()\n");
+  auto f = in.exec_async("ch.recv()");
+  std::this_thread::sleep_for(100ms);
+  in.close();  // returns: both waits end
+  auto e = python_error_of([&] { f.get(); });
+  REQUIRE(e);
+  CHECK(e->type_name() == "isola.ChannelClosed");
+  CHECK(e->message().find("closing") != std::string::npos);
+  CHECK_FALSE(keep.closed());  // the channel itself is fine
+}
+
+TEST_CASE("items stay valid after the interpreter that sent them has ended", "[pychannel]") {
+  auto ch = isola::channel::open("t-end-items", 16);
+  {
+    isola::interpreter sender;
+    sender.exec("import sys; sys.path.insert(0, " + value(py_dir()).repr() + ")\n"
+                "import isola, isola_test_channel as h\n"
+                "ch = isola.channel('t-end-items')\n"
+                "big = bytes(range(256)) * 4096\n"  // 1 MiB: shared, not copied
+                "ch.send(41)\n"
+                "ch.send(big)\n"
+                "ch.send(h.Point(1, 2))\n"
+                "ch.send(big)\n"
+                "del big\n");
+  }  // the sender ends with its items queued
+  auto first = ch.try_recv();
+  REQUIRE(first.has_value());
+  CHECK(first->as_value()->as_int() == 41);
+  auto buf = ch.try_recv();
+  REQUIRE(buf.has_value());
+  REQUIRE(buf->is_buffer());
+  auto bytes = buf->as_buffer()->bytes();
+  REQUIRE(bytes.size() == 1u << 20);
+  CHECK(std::to_integer<int>(bytes[255]) == 255);
+  CHECK(std::to_integer<int>(bytes[(1u << 20) - 1]) == 255);
+  CHECK(std::to_integer<int>(bytes[256]) == 0);
+  auto pickled = ch.try_recv();
+  REQUIRE(pickled.has_value());
+  CHECK(pickled->is_pickled());
+  // Another interpreter receives the second copy of the buffer after the sender has gone.
+  isola::interpreter receiver;
+  receiver.exec("import isola\nmv = isola.channel('t-end-items').recv()\n");
+  CHECK(receiver.eval("isinstance(mv, memoryview) and mv.readonly").as_bool());
+  CHECK(receiver.eval("bytes(mv[:4]) == bytes([0, 1, 2, 3]) and mv[-1] == 255").as_bool());
+  receiver.exec("del mv");
+}
+
+TEST_CASE("a large buffer arrives as a memoryview of the sender's memory", "[pychannel]") {
+  auto keep = isola::channel::open("t-zero-copy", 4);
+  isola::interpreter a, b;
+  a.exec("import isola\n"
+         "data = b'\\x01' * (100 << 20)\n"
+         "addr = isola._buffer_address(data)\n");
+  auto before = rss_bytes();
+  a.exec("isola.channel('t-zero-copy').send(data)");
+  b.exec("import isola\n"
+         "mv = isola.channel('t-zero-copy').recv()\n"
+         "last = mv[-1]\n");
+  auto after = rss_bytes();
+  CHECK(b.eval("isola._buffer_address(mv)").repr() == a.eval("addr").repr());
+  CHECK(b.eval("type(mv) is memoryview and mv.readonly and len(mv) == 100 << 20").as_bool());
+  CHECK(b.eval("last").as_int() == 1);
+  CHECK(error_type([&] { b.exec("mv[0] = 2"); }) == "TypeError");
+  // A copy would add 100 MB of resident memory.
+  CHECK(after < before + (20u << 20));
+  // A memoryview of the sender's own object is shared too.
+  a.exec("isola.channel('t-zero-copy').send(memoryview(data)[10:])");
+  CHECK(b.eval("isola._buffer_address(isola.channel('t-zero-copy').recv())").repr() ==
+        a.eval("addr + 10").repr());
+  b.exec("del mv");
+}
+
+TEST_CASE("other objects are pickled; a channel with pickling off refuses them",
+          "[pychannel]") {
+  isola::interpreter a, b;
+  for (auto* in : {&a, &b}) {
+    in->exec("import sys; sys.path.insert(0, " + value(py_dir()).repr() + ")\n"
+             "import isola, isola_test_channel as h\n");
+  }
+  auto keep = isola::channel::open("t-pickle", 8);
+  a.exec("ch = isola.channel('t-pickle')\n"
+         "ch.send(h.Point(3, 4))\n"
+         "ch.send({1, 2, 3})\n"
+         "ch.send(bytearray(range(256)) * 1024)\n"  // 256 KiB: an out-of-band buffer
+         "ch.send([h.Point(1, 1), 'mixed'])\n");
+  b.exec("ch = isola.channel('t-pickle')\ngot = [ch.recv() for _ in range(4)]\n");
+  CHECK(b.eval("got[0] == h.Point(3, 4) and type(got[0]) is h.Point").as_bool());
+  CHECK(b.eval("got[1] == {1, 2, 3}").as_bool());
+  CHECK(b.eval("type(got[2]) is bytearray and got[2] == bytearray(range(256)) * 1024").as_bool());
+  CHECK(b.eval("got[3] == [h.Point(1, 1), 'mixed']").as_bool());
+
+  a.exec("strict = isola.Channel(pickle=False)\n");
+  CHECK_FALSE(a.eval("strict.pickle").as_bool());
+  auto e = python_error_of([&] { a.exec("strict.send(h.Point(1, 2))"); });
+  REQUIRE(e);
+  CHECK(e->type_name() == "TypeError");
+  CHECK(e->message().find("'Point'") != std::string::npos);
+  e = python_error_of([&] { a.exec("strict.send({1})"); });
+  REQUIRE(e);
+  CHECK(e->message().find("'set'") != std::string::npos);
+  a.exec("strict.send((1, 'plain values are fine'))");
+  CHECK(a.eval("strict.recv()").repr() == "(1, 'plain values are fine')");
+}
+
+TEST_CASE("a channel sent through a channel is the same channel", "[pychannel]") {
+  auto keep = isola::channel::open("t-chan-chan", 4);
+  isola::interpreter a, b;
+  a.exec("import isola\n"
+         "inner = isola.Channel(8, pickle=False)\n"
+         "isola.channel('t-chan-chan').send(inner)\n"
+         "inner.send('through')\n");
+  b.exec("import isola\nc = isola.channel('t-chan-chan').recv()\n");
+  CHECK(b.eval("c.recv()").as_str() == "through");
+  CHECK(b.eval("c.id").repr() == a.eval("inner.id").repr());
+  CHECK_FALSE(b.eval("c.pickle").as_bool());
+  // And C++ sees a channel_ref.
+  a.exec("isola.channel('t-chan-chan').send(inner)");
+  auto m = keep.try_recv();
+  REQUIRE(m.has_value());
+  REQUIRE(m->is_channel());
+  isola::channel inner(*m->as_channel());
+  CHECK(std::to_string(inner.id()) == a.eval("inner.id").repr());
+}
