@@ -54,6 +54,9 @@ struct pool_task {
   // others only after they saw `running`.
   int running_on = -1;
   std::weak_ptr<pool_worker> worker;
+  /// When it started running (written by the worker before it registers a deadline; read by
+  /// the watchdog, which learns of the task only through that deadline).
+  std::chrono::steady_clock::time_point started;
 
   std::promise<value> promise;                               ///< used when done is empty
   std::function<void(std::exception_ptr, value)> done;       ///< Asio / callback completion
@@ -507,6 +510,7 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
   auto& slot = *slots_[w.slot];
   auto timeout = t->timeout.count() > 0 ? t->timeout : options_.default_timeout;
   auto t0 = std::chrono::steady_clock::now();
+  t->started = t0;
   bool has_deadline = timeout.count() > 0;
   if (has_deadline) {
     std::lock_guard lock(wd_mu_);
@@ -593,12 +597,13 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
       }
     }
   }
+  // declare_broken() may have delivered errc::timeout already; then it has counted the task
+  // (and its busy time up to then).
+  int claimed = t->claim_started();
+  if (claimed < 0) return;
   slot.busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
                       std::chrono::steady_clock::now() - t0)
                       .count();
-  // declare_broken() may have delivered errc::timeout already; then it has counted the task.
-  int claimed = t->claim_started();
-  if (claimed < 0) return;
   if (claimed == cancelling) {
     ++slot.cancelled;
     ++slot.failed;
@@ -784,6 +789,9 @@ void pool_impl::declare_broken(const std::shared_ptr<pool_worker>& w,
     ++s.failed;
     ++s.timed_out;
     ++s.replaced_broken;
+    s.busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     std::chrono::steady_clock::now() - t->started)
+                     .count();
     ++completed_;
     // The stuck interpreter must not hold up runtime shutdown.
     unregister_interp(w->host->state().get());
