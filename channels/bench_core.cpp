@@ -1,6 +1,7 @@
 // isola_channel_bench: throughput and round-trip figures of the channel core, as JSON.
 // One C++ thread sends, another receives; each figure is the median of its runs.
-//   isola_channel_bench [--messages N] [--runs R] [--capacity C] [--rounds N]
+//   isola_channel_bench [--messages N] [--runs R] [--capacity C] [--batch B] [--rounds N]
+//                       [--only single|batch|ring|local|pingpong]
 #include <isola/channel.hpp>
 
 #include "ring.hpp"
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <time.h>
 #include <vector>
 
 namespace {
@@ -25,6 +27,7 @@ struct options {
   std::size_t capacity = 4096;
   std::size_t batch = 256;
   int rounds = 200'000;
+  std::string only;  ///< run just this figure (for profiling): single, batch, ring, local, pingpong
 };
 
 double seconds_since(clock_type::time_point t0) {
@@ -128,6 +131,30 @@ double raw_ring(const options& o) {
   return static_cast<double>(o.messages) / s;
 }
 
+/// CPU nanoseconds for one send() plus one recv() on the same thread (no other thread, no
+/// waiting): the cost of the fast path itself. Thread CPU time, so other load on the machine
+/// does not inflate it.
+double same_thread_ns(const options& o) {
+  auto cpu_now = [] {
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
+  };
+  isola::channel ch(o.capacity);
+  std::int64_t sum = 0;
+  const double t0 = cpu_now();
+  for (std::size_t i = 0; i < o.messages; ++i) {
+    if (!ch.send(isola::message(static_cast<std::int64_t>(i)))) fail("send failed");
+    auto r = ch.recv();
+    if (!r) fail("recv failed");
+    sum += std::get<std::int64_t>(std::get<isola::value>(r->payload).data());
+  }
+  const double ns = cpu_now() - t0;
+  const auto n = static_cast<std::int64_t>(o.messages);
+  if (sum != n * (n - 1) / 2) fail("same-thread checksum mismatch");
+  return ns / static_cast<double>(o.messages);
+}
+
 struct rtt {
   double p50_us, p99_us;
 };
@@ -171,21 +198,24 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 >= argc) fail("usage: isola_channel_bench [--messages N] [--runs R] "
-                            "[--capacity C] [--batch B] [--rounds N]");
+                            "[--capacity C] [--batch B] [--rounds N] [--only FIGURE]");
     if (a == "--messages") o.messages = parse(argv[++i]);
     else if (a == "--runs") o.runs = static_cast<int>(parse(argv[++i]));
     else if (a == "--capacity") o.capacity = parse(argv[++i]);
     else if (a == "--batch") o.batch = parse(argv[++i]);
     else if (a == "--rounds") o.rounds = static_cast<int>(parse(argv[++i]));
+    else if (a == "--only") o.only = argv[++i];
     else fail(("unknown option " + a).c_str());
   }
 
-  std::vector<double> single, batch, ring, p50, p99;
+  std::vector<double> single, batch, ring, local, p50, p99;
+  auto want = [&](const char* figure) { return o.only.empty() || o.only == figure; };
   for (int r = 0; r < o.runs; ++r) {
-    single.push_back(single_items(o));
-    batch.push_back(batches(o));
-    ring.push_back(raw_ring(o));
-    const rtt t = pingpong(o);
+    single.push_back(want("single") ? single_items(o) : 0);
+    batch.push_back(want("batch") ? batches(o) : 0);
+    ring.push_back(want("ring") ? raw_ring(o) : 0);
+    local.push_back(want("local") ? same_thread_ns(o) : 0);
+    const rtt t = want("pingpong") ? pingpong(o) : rtt{0, 0};
     p50.push_back(t.p50_us);
     p99.push_back(t.p99_us);
   }
@@ -199,9 +229,10 @@ int main(int argc, char** argv) {
       "  \"cpp_msgs_per_s\": %.0f,\n"
       "  \"cpp_batch_items_per_s\": %.0f,\n"
       "  \"cpp_ring_int64_msgs_per_s\": %.0f,\n"
+      "  \"cpp_same_thread_send_recv_ns\": %.1f,\n"
       "  \"cpp_pingpong_rtt_us_p50\": %.3f,\n"
       "  \"cpp_pingpong_rtt_us_p99\": %.3f\n"
       "}\n",
       o.messages, o.runs, o.capacity, o.batch, std::thread::hardware_concurrency(),
-      median(single), median(batch), median(ring), median(p50), median(p99));
+      median(single), median(batch), median(ring), median(local), median(p50), median(p99));
 }

@@ -385,7 +385,14 @@ void channel_core::drain() noexcept {
         });
     progress |= serve(
         async_send_, senders_, receivers_,
-        [&](async_send_op& op) { return ring_.try_push(op.msg); },
+        [&](async_send_op& op) {
+          const ring_status st = ring_.try_push(op.msg);
+          // Sync receivers are woken by serve(); select() waiters need their bell too.
+          if (st == ring_status::ok && watchers_.load(std::memory_order_seq_cst) != 0) {
+            notify_watchers();
+          }
+          return st;
+        },
         [&](async_send_op& op, boost::system::error_code ec) { op.complete(ec); });
   }
 }

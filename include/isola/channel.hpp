@@ -90,6 +90,8 @@ tracked_executor_t<Handler> track(const Handler& h) {
 /// Installed in a handler's cancellation slot: any cancellation type withdraws the op if the
 /// channel has not completed it yet.
 struct async_cancel {
+  async_cancel(std::weak_ptr<channel_core> c, std::weak_ptr<async_op> o) noexcept
+      : core(std::move(c)), op(std::move(o)) {}
   std::weak_ptr<channel_core> core;
   std::weak_ptr<async_op> op;
   void operator()(boost::asio::cancellation_type_t type) const noexcept {
