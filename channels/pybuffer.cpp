@@ -149,8 +149,6 @@ Py_ssize_t sb_len(PyObject* self) {
   return static_cast<Py_ssize_t>(reinterpret_cast<py_shared_buffer*>(self)->buf.size());
 }
 
-PyBufferProcs sb_buffer_procs = {sb_getbuffer, nullptr};
-
 PyType_Slot sb_slots[] = {
     {Py_tp_dealloc, reinterpret_cast<void*>(sb_dealloc)},
     {Py_bf_getbuffer, reinterpret_cast<void*>(sb_getbuffer)},
