@@ -1,0 +1,50 @@
+// `isola bench channels --quick --json`, run as a program: it succeeds and reports every figure
+// as a positive number (CPython's interpreter queues only exist from 3.13 on: null on 3.12).
+#include <catch2/catch.hpp>
+
+#include "support.hpp"
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+/// The isola executable of this build ($ISOLA_CLI overrides it), as test_cli.cpp finds it.
+std::string isola_path() {
+  if (const char* p = std::getenv("ISOLA_CLI"); p != nullptr && *p != '\0') return p;
+  return ISOLA_TEST_CLI;
+}
+
+}  // namespace
+
+TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-channels]") {
+  auto r = isola_test::run_program(
+      {isola_path(), "bench", "channels", "--quick", "--json", "--quiet"});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  // Parsed by Python's json module, in an interpreter of this process.
+  isola::interpreter in;
+  in.set_global("text", r.out);
+  in.exec(
+      "import json, sys\n"
+      "doc = json.loads(text)\n"
+      "results = doc['results']\n"
+      "required = ['py_msgs_per_s_int', 'cpython_queue_msgs_per_s_int',\n"
+      "            'mp_queue_msgs_per_s_int', 'py_batch_items_per_s', 'pingpong_rtt_us_p50',\n"
+      "            'pingpong_rtt_us_p99', 'cpp_msgs_per_s', 'cpp_batch_items_per_s',\n"
+      "            'zero_copy_100mb_ms', 'copy_100mb_ms', 'cpython_queue_100mb_ms',\n"
+      "            'py_vs_cpython_queue', 'py_vs_mp_queue', 'py_send_ns_cpu', 'py_recv_ns_cpu',\n"
+      "            'cpp_send_recv_ns_cpu', 'py_msgs_cores_used']\n"
+      "optional = set()\n"
+      "if sys.version_info < (3, 13):\n"
+      "    # No test.support.interpreters.queues: the suite reports null for these.\n"
+      "    optional = {'cpython_queue_msgs_per_s_int', 'cpython_queue_100mb_ms',\n"
+      "                'py_vs_cpython_queue'}\n"
+      "bad = [f'{k}={results.get(k)!r}' for k in required\n"
+      "       if not (k in optional and k in results and results[k] is None)\n"
+      "       and not (isinstance(results.get(k), (int, float)) and results[k] > 0)]\n"
+      "problem = ', '.join(bad)\n");
+  INFO(r.out);
+  CHECK(in.get_global("problem").as_str() == "");
+}

@@ -1,0 +1,1029 @@
+// `isola bench channels`: channels between own-GIL interpreters against CPython's own ways of
+// passing data between interpreters and processes, in the same run on the same Python.
+// - small ints, one sending and one receiving interpreter in parallel (ch.send / ch.recv in a
+//   Python loop), against CPython's cross-interpreter queues (PEP 734's API, on 3.13
+//   test.support.interpreters.queues) and multiprocessing.Queue between two processes;
+// - send_many / recv_many batches; a ping-pong round trip; 100 MB of bytes shared without
+//   copying against receiving a copy;
+// - the C++ core alone: one C++ thread to another through isola::channel (the measuring loops
+//   of channels/bench_core.cpp).
+// The CPython peers run in a subprocess of the python isola was built against
+// (ISOLA_PYTHON_EXECUTABLE), which prints its figures as JSON. Every transfer is checked (sums,
+// echoes, the last byte), so a broken channel or peer fails the run instead of looking fast.
+#include "bench.hpp"
+#include "build_info.hpp"
+#include "cli.hpp"
+
+#include <boost/json.hpp>
+
+#include <isola/channel.hpp>
+#include <isola/error.hpp>
+#include <isola/interpreter.hpp>
+#include <isola/runtime.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <limits>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/core.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace isola::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+struct channels_options {
+  std::size_t messages = 3'000'000;       ///< ints sent interpreter to interpreter per run
+  std::size_t batch_messages = 10'000'000;  ///< items sent in batches per run
+  std::size_t batch = 1000;
+  std::size_t rounds = 20'000;            ///< ping-pong round trips measured
+  std::size_t cpp_messages = 20'000'000;  ///< C++ thread to thread, per run
+  std::size_t peer_messages = 500'000;    ///< for CPython's queues and multiprocessing.Queue
+  std::size_t big_mb = 100;
+  unsigned big_rounds = 7;
+  unsigned repeat = 3;
+  bool no_peers = false;
+  bool quick = false;
+};
+
+/// --quick: a smoke run of a few seconds, for the options not given explicitly.
+void apply_quick(channels_options& o, const CLI::App& app) {
+  auto unset = [&](const char* name) { return app.get_option(name)->count() == 0; };
+  if (unset("--messages")) o.messages = 200'000;
+  if (unset("--batch-messages")) o.batch_messages = 500'000;
+  if (unset("--rounds")) o.rounds = 2'000;
+  if (unset("--cpp-messages")) o.cpp_messages = 1'000'000;
+  if (unset("--peer-messages")) o.peer_messages = 20'000;
+  if (unset("--big-rounds")) o.big_rounds = 3;
+  if (unset("--repeat")) o.repeat = 1;
+}
+
+/// Capacity of the channels the Python figures use: the default bound of isola.Channel() and
+/// isola.channel(name).
+constexpr std::size_t python_capacity = 4096;
+/// Capacity of the C++ figures' channel (as in channels/bench_core.cpp).
+constexpr std::size_t cpp_capacity = 4096;
+
+/// Run in __main__ of both isola interpreters. Channels are looked up by name; the C++ side
+/// creates them (and so their capacity) and holds them for the length of a measurement.
+constexpr const char* isola_code = R"py(
+import time
+import isola
+
+
+def sched():
+    """(ns this thread has run on a CPU, ns it has waited for one while runnable)."""
+    try:
+        with open('/proc/thread-self/schedstat') as f:
+            on_cpu, waiting, _ = f.read().split()
+        return int(on_cpu), int(waiting)
+    except (OSError, ValueError):
+        return time.thread_time_ns(), 0
+
+
+def since(start):
+    now = sched()
+    return now[0] - start[0], now[1] - start[1]
+
+
+# Each side of a transfer also returns how long its thread ran and how long it waited for a
+# CPU: with the wall time, that tells a slow channel from a busy machine.
+
+def send_ints(name, n):
+    start = sched()
+    send = isola.channel(name).send
+    for i in range(n):
+        send(i)
+    return since(start)
+
+
+def recv_ints(name, n):
+    start = sched()
+    recv = isola.channel(name).recv
+    total = 0
+    for _ in range(n):
+        total += recv()
+    return (total,) + since(start)
+
+
+def send_batches(name, n, batch):
+    start = sched()
+    send_many = isola.channel(name).send_many
+    for start_at in range(0, n, batch):
+        send_many(range(start_at, min(start_at + batch, n)))
+    return since(start)
+
+
+def recv_batches(name, n, batch):
+    start = sched()
+    recv_many = isola.channel(name).recv_many
+    got = total = 0
+    while got < n:
+        items = recv_many(batch)
+        got += len(items)
+        total += sum(items)
+    return (total,) + since(start)
+
+
+def one_thread_costs(rounds, n):
+    """CPU time per item of send(i), recv() and the bare loop, each in a loop of n, in one
+    thread through a channel that holds n: what each side costs without waiting, whatever else
+    runs on the machine."""
+    ch = isola.Channel(n)
+    send, recv, now = ch.send, ch.recv, time.thread_time_ns
+    r = range(n)
+    sends = recvs = loops = 0
+    for _ in range(rounds):
+        t0 = now()
+        for i in r:
+            send(i)
+        t1 = now()
+        for _ in r:
+            recv()
+        t2 = now()
+        for i in r:
+            pass
+        t3 = now()
+        sends += t1 - t0
+        recvs += t2 - t1
+        loops += t3 - t2
+    k = rounds * n
+    return sends / k, recvs / k, loops / k
+
+
+def echo(there, back):
+    there, back = isola.channel(there), isola.channel(back)
+    send = back.send
+    count = 0
+    try:
+        for x in there:
+            send(x)
+            count += 1
+    finally:
+        back.close()  # a failure here ends ping() too
+    return count
+
+
+def ping(there, back, rounds, warmup):
+    there, back = isola.channel(there), isola.channel(back)
+    send, recv, now = there.send, back.recv, time.perf_counter_ns
+    try:
+        for i in range(warmup):
+            send(i)
+            if recv() != i:
+                raise AssertionError('ping-pong: wrong echo in the warm-up')
+        samples = [0] * rounds
+        for i in range(rounds):
+            t0 = now()
+            send(i)
+            r = recv()
+            samples[i] = now() - t0
+            if r != i:
+                raise AssertionError(f'ping-pong: sent {i}, got {r!r} back')
+    finally:
+        there.close()  # ends echo()
+    samples.sort()
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, len(samples) * 99 // 100)]
+
+
+big = None
+
+
+def make_big(size):
+    global big
+    big = bytes(size - 1) + b'\x07'
+
+
+def send_big(name):
+    ch = isola.channel(name)
+    t0 = time.perf_counter_ns()
+    ch.send(big)
+    return t0, isola._buffer_address(big)
+
+
+def recv_big(name, copy):
+    mv = isola.channel(name).recv()
+    data = bytes(mv) if copy else mv
+    last = data[-1]
+    t1 = time.perf_counter_ns()
+    if last != 7 or len(data) != len(mv):
+        raise AssertionError(f'large transfer: last byte {last}, length {len(data)}')
+    address = isola._buffer_address(data)
+    del data, mv
+    return t1, address
+)py";
+
+/// Helpers the multiprocessing peer imports by name (its children must find them in a module
+/// file: the script itself runs with -c).
+constexpr const char* peer_module = R"py(
+def mp_send_ints(q, ready, go, n):
+    ready.set()
+    go.wait()
+    put = q.put
+    for i in range(n):
+        put(i)
+)py";
+
+/// The peers, run as `python -I -c peer_script TMPDIR CONFIG_JSON`; one JSON object on stdout.
+constexpr const char* peer_script = R"py(
+import json
+import statistics
+import sys
+import threading
+import time
+
+folder, config = sys.argv[1], json.loads(sys.argv[2])
+sys.path.insert(0, folder)
+
+import multiprocessing as mp
+
+import isola_bc
+
+N = config['messages']
+repeat = config['repeat']
+out = {}
+
+
+def progress(message):
+    if not config['quiet']:
+        print('[channels] peers: ' + message, file=sys.stderr, flush=True)
+
+
+def check(ok, what):
+    if not ok:
+        sys.exit(f'bench channels: {what}')
+
+
+# ---- CPython's cross-interpreter queues (PEP 734's API) -------------------------------------
+try:
+    from test.support import interpreters
+    from test.support.interpreters import queues
+except ImportError as e:
+    interpreters = None
+    out['cpython_queue_skipped'] = (
+        f'test.support.interpreters.queues is not importable on Python '
+        f'{sys.version.split()[0]} ({e}); it exists from 3.13 on')
+
+SENDER = '''
+import time
+from test.support.interpreters import queues
+
+def send_ints(qid, n):
+    put = queues.Queue(qid).put
+    for i in range(n):
+        put(i)
+
+def recv_big(qid, rid):
+    data = queues.Queue(qid).get()
+    last = data[-1]
+    queues.Queue(rid).put((time.perf_counter_ns(), last, len(data)))
+'''
+
+
+def run_in(interp, code, q):
+    try:
+        interp.exec(code)
+    except BaseException as e:
+        print(f'bench channels: the sending interpreter failed: {e}', file=sys.stderr)
+        q.put(None)  # ends the receiving loop with a TypeError
+
+
+def queue_ints(interp, n):
+    q = queues.create(syncobj=True)  # ints are shareable: no pickling
+    t = threading.Thread(target=run_in, args=(interp, f'send_ints({q.id}, {n})', q))
+    get = q.get
+    total = 0
+    t0 = time.perf_counter()
+    t.start()
+    for _ in range(n):
+        total += get()
+    took = time.perf_counter() - t0
+    t.join()
+    check(total == n * (n - 1) // 2, f'CPython queue: wrong sum {total}')
+    return n / took
+
+
+def queue_big(interp, size):
+    # put() here, then get() in the other interpreter: the time of both plus the switch.
+    data = bytes(size - 1) + b'\x07'
+    q, r = queues.create(syncobj=True), queues.create(syncobj=True)
+    t0 = time.perf_counter_ns()
+    q.put(data)
+    interp.exec(f'recv_big({q.id}, {r.id})')
+    t1, last, length = r.get()
+    check(last == 7 and length == size, f'CPython queue: 100 MB arrived as {length} bytes')
+    return (t1 - t0) / 1e6
+
+
+if interpreters is not None:
+    interp = interpreters.create()
+    interp.exec(SENDER)
+    progress(f'CPython queues (test.support.interpreters.queues, syncobj=True): '
+             f'{repeat} runs of {N} ints, one interpreter to another')
+    queue_ints(interp, min(N, 10000))
+    rates = []
+    for k in range(repeat):
+        rates.append(queue_ints(interp, N))
+        progress(f'  run {k + 1}/{repeat}: {rates[-1]:.0f} msgs/s')
+    out['cpython_queue_msgs_per_s_int'] = statistics.median(rates)
+    size = config['big_bytes']
+    progress(f'CPython queues: {config["big_rounds"]} transfers of {size >> 20} MiB of bytes')
+    out['cpython_queue_100mb_ms'] = statistics.median(
+        [queue_big(interp, size) for _ in range(config['big_rounds'])])
+    interp.close()
+
+
+# ---- multiprocessing.Queue between two processes --------------------------------------------
+def mp_ints(context, n):
+    q, ready, go = context.Queue(), context.Event(), context.Event()
+    p = context.Process(target=isola_bc.mp_send_ints, args=(q, ready, go, n))
+    p.start()
+    check(ready.wait(60), 'multiprocessing: the sending process did not start')
+    get = q.get
+    total = 0
+    t0 = time.perf_counter()
+    go.set()
+    for _ in range(n):
+        total += get()
+    took = time.perf_counter() - t0
+    p.join()
+    check(p.exitcode == 0, f'multiprocessing: the sending process exited with {p.exitcode}')
+    check(total == n * (n - 1) // 2, f'multiprocessing.Queue: wrong sum {total}')
+    return n / took
+
+
+# 'forkserver' (the default from 3.14 on): no fork of a process that may hold threads.
+context = mp.get_context('forkserver')
+progress(f'multiprocessing.Queue (forkserver): {repeat} runs of {N} ints, one process to another')
+mp_ints(context, min(N, 10000))
+rates = []
+for k in range(repeat):
+    rates.append(mp_ints(context, N))
+    progress(f'  run {k + 1}/{repeat}: {rates[-1]:.0f} msgs/s')
+out['mp_queue_msgs_per_s_int'] = statistics.median(rates)
+print(json.dumps(out))
+)py";
+
+/// A temporary folder holding the peers' module; removed with the object.
+class temp_folder {
+ public:
+  temp_folder() {
+    std::string tmpl = (fs::temp_directory_path() / "isola-bench-channels-XXXXXX").string();
+    if (mkdtemp(tmpl.data()) == nullptr) {
+      throw std::runtime_error(
+          fmt::format("cannot create a temporary folder: {}", std::strerror(errno)));
+    }
+    path_ = tmpl;
+    std::ofstream f(path_ / "isola_bc.py");
+    f << peer_module;
+    if (!f) throw std::runtime_error("cannot write " + (path_ / "isola_bc.py").string());
+  }
+  ~temp_folder() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  temp_folder(const temp_folder&) = delete;
+  temp_folder& operator=(const temp_folder&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+double load_average() {
+  double l[1] = {0};
+  return getloadavg(l, 1) == 1 ? l[0] : -1;
+}
+
+/// Runs argv (argv[0] is a path) and returns its stdout; stderr passes through. Throws if it
+/// cannot start or does not exit with 0.
+std::string run_capture(std::vector<std::string> args) {
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  posix_spawn_file_actions_addclose(&actions, fds[1]);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, args[0].c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  if (rc != 0) {
+    close(fds[0]);
+    throw std::runtime_error(fmt::format("cannot start {}: {}", args[0], std::strerror(rc)));
+  }
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n > 0) {
+      out.append(buf, static_cast<std::size_t>(n));
+    } else if (n == 0 || errno != EINTR) {
+      break;
+    }
+  }
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) throw std::runtime_error(std::string("waitpid: ") + std::strerror(errno));
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    throw std::runtime_error(fmt::format(
+        "the peer benchmark '{} -c ...' failed ({}); its messages are above", args[0],
+        WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
+                          : fmt::format("signal {}", WTERMSIG(status))));
+  }
+  return out;
+}
+
+void check(bool ok, const std::string& what) {
+  if (!ok) throw std::runtime_error("bench channels: " + what);
+}
+
+std::int64_t triangle(std::size_t n) {
+  const auto m = static_cast<std::int64_t>(n);
+  return m * (m - 1) / 2;
+}
+
+/// A fresh channel name per measurement: a closed channel stays closed while it is registered.
+std::string fresh_name(const char* what) {
+  static std::atomic<int> counter{0};
+  return fmt::format("isola-bench-{}-{}", what, counter++);
+}
+
+// ---- Python: interpreter to interpreter --------------------------------------------------
+
+/// Two own-GIL interpreters with the measuring functions in __main__.
+struct interpreter_pair {
+  std::vector<interpreter> team;
+  interpreter_pair() {
+    for (int k = 0; k < 2; ++k) {
+      interpreter_config c;
+      c.name = k == 0 ? "bench-sender" : "bench-receiver";
+      team.emplace_back(c);
+      team.back().exec(isola_code);
+    }
+  }
+  ~interpreter_pair() { close_newest_first(team); }
+  interpreter& sender() { return team[0]; }
+  interpreter& receiver() { return team[1]; }
+};
+
+struct pair_outcome {
+  value received, sent;     ///< what each call returned
+  clock::time_point done;  ///< when the receiving call was seen to have returned
+};
+
+/// Waits for the receiving call, then the sending one. If either call fails, the channels are
+/// closed so that the other side's send / recv raises ChannelClosed and returns too; then the
+/// failure is rethrown.
+pair_outcome finish(std::future<value>& received, std::future<value>& sent,
+                    std::vector<channel> chans) {
+  auto close_all = [&] {
+    for (auto& c : chans) c.close();
+  };
+  pair_outcome out;
+  bool sent_done = false;
+  while (received.wait_for(10ms) != std::future_status::ready) {
+    if (!sent_done && sent.wait_for(0s) == std::future_status::ready) {
+      sent_done = true;
+      try {
+        out.sent = sent.get();
+      } catch (...) {
+        close_all();
+        received.wait();
+        throw;
+      }
+    }
+  }
+  out.done = clock::now();
+  try {
+    out.received = received.get();
+  } catch (...) {
+    close_all();
+    if (!sent_done) sent.wait();
+    throw;
+  }
+  if (!sent_done) out.sent = sent.get();
+  return out;
+}
+
+/// One run of a transfer: items per second; the time both threads ran on a CPU over the wall
+/// time (2: both ran all along, working or spinning), and the time they waited for a CPU while
+/// runnable (other work on the machine had it). 2 - cores - waiting: they were parked.
+struct transfer_run {
+  double rate = 0, cores = 0, waiting = 0;
+};
+
+/// (ns on a CPU, ns waiting for one while runnable) of the calling thread, from
+/// /proc/thread-self/schedstat (CPU time and no waiting where that is missing).
+std::pair<double, double> sched_ns() {
+  std::ifstream f("/proc/thread-self/schedstat");
+  double on_cpu = 0, waiting = 0;
+  if (f >> on_cpu >> waiting) return {on_cpu, waiting};
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return {static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec), 0};
+}
+
+/// Items per second from the start of both calls until the receiver has all n and returned
+/// their sum (checked).
+transfer_run python_transfer(interpreter_pair& p, const char* send_fn, const char* recv_fn,
+                             std::size_t n, std::vector<value> extra) {
+  const std::string name = fresh_name("py");
+  channel ch = channel::open(name, python_capacity);  // held for the whole run
+  std::vector<value> args{value(name), value(static_cast<std::int64_t>(n))};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto t0 = clock::now();
+  auto received = p.receiver().call_with_async(fmt::format("__main__:{}", recv_fn), args);
+  auto sent = p.sender().call_with_async(fmt::format("__main__:{}", send_fn), args);
+  const pair_outcome out = finish(received, sent, {ch});
+  const double s = std::chrono::duration<double>(out.done - t0).count();
+  const auto& got = out.received.as_tuple().items;  // (sum, ns on a CPU, ns waiting)
+  const auto& sender = out.sent.as_tuple().items;   // (ns on a CPU, ns waiting)
+  const std::int64_t total = got.at(0).as_int();
+  check(total == triangle(n), fmt::format("{}: the receiver's sum is {}, not {}", recv_fn, total,
+                                          triangle(n)));
+  const double on_cpu = static_cast<double>(got.at(1).as_int() + sender.at(0).as_int()) / 1e9;
+  const double waiting = static_cast<double>(got.at(2).as_int() + sender.at(1).as_int()) / 1e9;
+  return {static_cast<double>(n) / s, on_cpu / s, waiting / s};
+}
+
+struct rate_figures {
+  double median = 0, best = 0;
+  double cores = 0, waiting = 0;  ///< transfer_run's, medians over the runs
+};
+
+rate_figures repeated(unsigned repeat, const bench_context& ctx, const char* unit,
+                      const std::function<transfer_run()>& run) {
+  std::vector<double> rates, cores, waiting;
+  for (unsigned r = 0; r < repeat; ++r) {
+    const transfer_run t = run();
+    rates.push_back(t.rate);
+    cores.push_back(t.cores);
+    waiting.push_back(t.waiting);
+    ctx.progress(fmt::format("  run {}/{}: {:.0f} {} (the two threads ran {:.2f} cores, waited "
+                             "for a CPU {:.2f})",
+                             r + 1, repeat, t.rate, unit, t.cores, t.waiting));
+  }
+  return {median(rates), *std::max_element(rates.begin(), rates.end()), median(cores),
+          median(waiting)};
+}
+
+struct rtt_figures {
+  double p50_us = 0, p99_us = 0;
+};
+
+rtt_figures python_pingpong(interpreter_pair& p, std::size_t rounds) {
+  const std::string there = fresh_name("ping"), back = fresh_name("pong");
+  channel a = channel::open(there, python_capacity), b = channel::open(back, python_capacity);
+  auto echoed = p.receiver().call_async("__main__:echo", there, back);
+  const std::int64_t warmup = static_cast<std::int64_t>(std::max<std::size_t>(rounds / 10, 100));
+  const value r = p.sender().call("__main__:ping", there, back,
+                                  static_cast<std::int64_t>(rounds), warmup);
+  const std::int64_t count = echoed.get().as_int();
+  check(count == static_cast<std::int64_t>(rounds) + warmup,
+        fmt::format("ping-pong: {} echoes for {} rounds", count, rounds));
+  const auto& t = r.as_tuple().items;
+  return {static_cast<double>(t.at(0).as_int()) / 1e3, static_cast<double>(t.at(1).as_int()) / 1e3};
+}
+
+/// Milliseconds from before send() of the sender's `big` bytes in one interpreter to after the
+/// other has read the last byte (copy: of its own bytes() copy of what it received). The
+/// receiver is already waiting when the send starts.
+double python_big(interpreter_pair& p, bool copy) {
+  const std::string name = fresh_name("big");
+  channel ch = channel::open(name, python_capacity);
+  auto received = p.receiver().call_async("__main__:recv_big", name, copy);
+  std::this_thread::sleep_for(20ms);  // the receiver is parked in recv() by now
+  auto sent = p.sender().call_async("__main__:send_big", name);
+  const pair_outcome out = finish(received, sent, {ch});
+  const auto& from = out.sent.as_tuple().items;  // (t0, address of the bytes sent)
+  const auto& got = out.received.as_tuple().items;  // (t1, address of what was read)
+  const std::int64_t t0 = from.at(0).as_int(), t1 = got.at(0).as_int();
+  if (!copy) {
+    check(from.at(1).as_int() == got.at(1).as_int(),
+          "the large bytes arrived at another address: they were copied");
+  }
+  return static_cast<double>(t1 - t0) / 1e6;
+}
+
+// ---- C++: thread to thread (the loops of channels/bench_core.cpp) --------------------------
+
+std::int64_t int_of(const message& m) {
+  return std::get<std::int64_t>(std::get<value>(m.payload).data());
+}
+
+/// CPU time the calling thread has used.
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+/// CPU nanoseconds per item of one send() plus one recv() in one thread (a loop of sends, then
+/// one of recvs, through a channel that holds them all): the channel's own cost per message,
+/// whatever else runs on the machine.
+double cpp_one_thread_ns(std::size_t rounds) {
+  channel ch(cpp_capacity);
+  std::int64_t sum = 0;
+  const double c0 = thread_cpu_seconds();
+  for (std::size_t r = 0; r < rounds; ++r) {
+    for (std::size_t i = 0; i < cpp_capacity; ++i) {
+      if (!ch.send(message(static_cast<std::int64_t>(i)))) check(false, "C++ one-thread send");
+    }
+    for (std::size_t i = 0; i < cpp_capacity; ++i) {
+      auto m = ch.recv();
+      check(m.has_value(), "C++ one-thread recv");
+      sum += int_of(*m);
+    }
+  }
+  const double c1 = thread_cpu_seconds();
+  check(sum == static_cast<std::int64_t>(rounds) * triangle(cpp_capacity),
+        "C++ one-thread: wrong sum");
+  return (c1 - c0) * 1e9 / static_cast<double>(rounds * cpp_capacity);
+}
+
+/// Messages per second, one sending and one receiving thread, single-item send()/recv().
+transfer_run cpp_single(std::size_t n) {
+  channel ch(cpp_capacity);
+  std::int64_t sum = 0;
+  bool failed = false;
+  std::pair<double, double> receiver_sched;
+  auto t0 = clock::now();
+  const auto c0 = sched_ns();
+  std::thread receiver([&] {
+    struct at_end {
+      std::pair<double, double> r0 = sched_ns();
+      std::pair<double, double>& out;
+      ~at_end() {
+        auto r1 = sched_ns();
+        out = {r1.first - r0.first, r1.second - r0.second};
+      }
+    } sched{.out = receiver_sched};
+    for (std::size_t i = 0; i < n; ++i) {
+      auto r = ch.recv();
+      if (!r) {
+        failed = true;
+        return;
+      }
+      sum += int_of(*r);
+    }
+  });
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!ch.send(message(static_cast<std::int64_t>(i)))) break;
+  }
+  const auto c1 = sched_ns();
+  receiver.join();
+  const double s = seconds_since(t0);
+  check(!failed && sum == triangle(n), "C++ send/recv: wrong sum");
+  return {static_cast<double>(n) / s, (c1.first - c0.first + receiver_sched.first) / 1e9 / s,
+          (c1.second - c0.second + receiver_sched.second) / 1e9 / s};
+}
+
+/// Items per second with send_many()/recv_many() in batches.
+transfer_run cpp_batches(std::size_t n, std::size_t batch) {
+  channel ch(cpp_capacity);
+  std::int64_t sum = 0;
+  bool failed = false;
+  std::pair<double, double> receiver_sched;
+  auto t0 = clock::now();
+  const auto c0 = sched_ns();
+  std::thread receiver([&] {
+    struct at_end {
+      std::pair<double, double> r0 = sched_ns();
+      std::pair<double, double>& out;
+      ~at_end() {
+        auto r1 = sched_ns();
+        out = {r1.first - r0.first, r1.second - r0.second};
+      }
+    } sched{.out = receiver_sched};
+    std::vector<message> got;
+    got.reserve(batch);
+    for (std::size_t k = 0; k < n;) {
+      got.clear();
+      auto r = ch.recv_many(got, batch);
+      if (!r) {
+        failed = true;
+        return;
+      }
+      for (auto& m : got) sum += int_of(m);
+      k += *r;
+    }
+  });
+  std::vector<message> items;
+  items.reserve(batch);
+  for (std::size_t i = 0; i < n;) {
+    items.clear();
+    for (std::size_t k = 0; k < batch && i < n; ++k, ++i) {
+      items.emplace_back(static_cast<std::int64_t>(i));
+    }
+    if (ch.send_many(items).error) break;
+  }
+  const auto c1 = sched_ns();
+  receiver.join();
+  const double s = seconds_since(t0);
+  check(!failed && sum == triangle(n), "C++ send_many/recv_many: wrong sum");
+  return {static_cast<double>(n) / s, (c1.first - c0.first + receiver_sched.first) / 1e9 / s,
+          (c1.second - c0.second + receiver_sched.second) / 1e9 / s};
+}
+
+// ---- the peers ------------------------------------------------------------------------------
+
+boost::json::object measure_peers(const fs::path& folder, const channels_options& o, bool quiet) {
+  boost::json::object config{{"messages", o.peer_messages},
+                             {"repeat", std::max(1u, std::min(o.repeat, 3u))},
+                             {"big_bytes", o.big_mb << 20},
+                             {"big_rounds", std::max(1u, std::min(o.big_rounds, 5u))},
+                             {"quiet", quiet}};
+  std::string out = run_capture({ISOLA_TOOLS_PYTHON_EXECUTABLE, "-I", "-c", peer_script,
+                                 folder.string(), boost::json::serialize(config)});
+  try {
+    return boost::json::parse(out).as_object();
+  } catch (const std::exception& e) {
+    throw std::runtime_error(
+        fmt::format("the peer benchmark printed no JSON object ({}): {}", e.what(), out));
+  }
+}
+
+/// A peer's figure, or NaN (printed as null) when it has none.
+double number(const boost::json::object& o, const char* key) {
+  auto* v = o.if_contains(key);
+  if (v == nullptr || v->is_null()) return std::numeric_limits<double>::quiet_NaN();
+  return v->to_number<double>();
+}
+
+double ratio(double a, double b) {
+  return std::isfinite(a) && std::isfinite(b) && b > 0 ? a / b
+                                                        : std::numeric_limits<double>::quiet_NaN();
+}
+
+bench_report run_channels_bench(const channels_options& o, const bench_context& ctx) {
+  bench_report r;
+  r.params = {{"messages", static_cast<double>(o.messages)},
+              {"batch_messages", static_cast<double>(o.batch_messages)},
+              {"batch", static_cast<double>(o.batch)},
+              {"rounds", static_cast<double>(o.rounds)},
+              {"cpp_messages", static_cast<double>(o.cpp_messages)},
+              {"peer_messages", static_cast<double>(o.peer_messages)},
+              {"big_mb", static_cast<double>(o.big_mb)},
+              {"big_rounds", o.big_rounds},
+              {"repeat", o.repeat},
+              {"capacity", static_cast<double>(python_capacity)}};
+  const double load_start = load_average();
+  ctx.progress(
+      fmt::format("load average (1 min) at start: {:.2f} on {} cores", load_start, cores()));
+
+  rate_figures ints, batches, cpp, cpp_batch;
+  rtt_figures rtt;
+  double zero_copy_ms = 0, copy_ms = 0;
+  double py_send_ns = 0, py_recv_ns = 0, py_loop_ns = 0, cpp_pair_ns = 0;
+  {
+    runtime rt;
+    interpreter_pair p;
+
+    const auto cost_rounds = static_cast<std::int64_t>(o.quick ? 10 : 100);
+    ctx.progress(fmt::format("isola: CPU time per send(i) / recv() in one interpreter, {} loops "
+                             "of {}",
+                             cost_rounds, python_capacity));
+    p.sender().call("__main__:one_thread_costs", 2, static_cast<std::int64_t>(python_capacity));
+    {
+      const value c = p.sender().call("__main__:one_thread_costs", cost_rounds,
+                                      static_cast<std::int64_t>(python_capacity));
+      const auto& t = c.as_tuple().items;
+      py_send_ns = t.at(0).as_float();
+      py_recv_ns = t.at(1).as_float();
+      py_loop_ns = t.at(2).as_float();
+      ctx.progress(fmt::format("  send {:.1f} ns, recv {:.1f} ns, of which the loop {:.1f} ns",
+                               py_send_ns, py_recv_ns, py_loop_ns));
+    }
+
+    ctx.progress(fmt::format("isola: {} runs of {} ints, ch.send(i) in one interpreter, "
+                             "ch.recv() in another",
+                             o.repeat, o.messages));
+    python_transfer(p, "send_ints", "recv_ints", std::min<std::size_t>(o.messages, 100'000), {});
+    ints = repeated(o.repeat, ctx, "msgs/s", [&] {
+      return python_transfer(p, "send_ints", "recv_ints", o.messages, {});
+    });
+
+    ctx.progress(fmt::format("isola: {} runs of {} ints in send_many/recv_many batches of {}",
+                             o.repeat, o.batch_messages, o.batch));
+    const value batch(static_cast<std::int64_t>(o.batch));
+    python_transfer(p, "send_batches", "recv_batches",
+                    std::min<std::size_t>(o.batch_messages, 100'000), {batch});
+    batches = repeated(o.repeat, ctx, "items/s", [&] {
+      return python_transfer(p, "send_batches", "recv_batches", o.batch_messages, {batch});
+    });
+
+    ctx.progress(fmt::format("isola: ping-pong, {} round trips per run, {} runs", o.rounds,
+                             o.repeat));
+    std::vector<double> p50, p99;
+    for (unsigned k = 0; k < o.repeat; ++k) {
+      const rtt_figures f = python_pingpong(p, o.rounds);
+      p50.push_back(f.p50_us);
+      p99.push_back(f.p99_us);
+      ctx.progress(fmt::format("  run {}/{}: p50 {:.2f} us, p99 {:.2f} us", k + 1, o.repeat,
+                               f.p50_us, f.p99_us));
+    }
+    rtt = {median(p50), median(p99)};
+
+    ctx.progress(fmt::format("isola: {} transfers of {} MiB of bytes, shared and copied",
+                             o.big_rounds, o.big_mb));
+    p.sender().call("__main__:make_big", static_cast<std::int64_t>(o.big_mb << 20));
+    python_big(p, false);  // warm-up: first touch of the receiver's code paths
+    std::vector<double> shared, copied;
+    for (unsigned k = 0; k < o.big_rounds; ++k) {
+      shared.push_back(python_big(p, false));
+      copied.push_back(python_big(p, true));
+    }
+    zero_copy_ms = median(shared);
+    copy_ms = median(copied);
+    ctx.progress(fmt::format("  shared {:.3f} ms, copied {:.1f} ms (medians)", zero_copy_ms,
+                             copy_ms));
+    p.sender().exec("big = None");
+  }
+
+  ctx.progress("C++: CPU time per send + recv in one thread");
+  cpp_one_thread_ns(10);
+  cpp_pair_ns = cpp_one_thread_ns(o.quick ? 50 : 500);
+  ctx.progress(fmt::format("  {:.1f} ns", cpp_pair_ns));
+  ctx.progress(fmt::format("C++: {} runs of {} int messages, one thread to another", o.repeat,
+                           o.cpp_messages));
+  cpp_single(std::min<std::size_t>(o.cpp_messages, 1'000'000));
+  cpp = repeated(o.repeat, ctx, "msgs/s", [&] { return cpp_single(o.cpp_messages); });
+  ctx.progress(fmt::format("C++: {} runs of {} ints in send_many/recv_many batches of {}",
+                           o.repeat, o.cpp_messages, o.batch));
+  cpp_batch = repeated(o.repeat, ctx, "items/s",
+                       [&] { return cpp_batches(o.cpp_messages, o.batch); });
+
+  boost::json::object peers;
+  const std::string python = ISOLA_TOOLS_PYTHON_EXECUTABLE;
+  const bool with_peers = !o.no_peers && access(python.c_str(), X_OK) == 0;
+  if (with_peers) {
+    ctx.progress(fmt::format("peers: CPython's queues and multiprocessing in a subprocess of {}",
+                             python));
+    temp_folder folder;
+    peers = measure_peers(folder.path(), o, ctx.quiet());
+    if (auto* why = peers.if_contains("cpython_queue_skipped")) {
+      ctx.progress(fmt::format("cpython_queue_* skipped (null): {}",
+                               std::string(why->as_string())));
+    }
+  } else if (!o.no_peers) {
+    ctx.progress(fmt::format("{} is not executable here: no peer figures", python));
+  }
+  const double load_end = load_average();
+
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double cq = with_peers ? number(peers, "cpython_queue_msgs_per_s_int") : nan;
+  const double mq = with_peers ? number(peers, "mp_queue_msgs_per_s_int") : nan;
+  const double cq_big = with_peers ? number(peers, "cpython_queue_100mb_ms") : nan;
+
+  r.add("py_msgs_per_s_int", ints.median, "msgs/s", 0,
+        fmt::format("isola: ch.send(i) loop in one interpreter, ch.recv() in another, {} ints "
+                    "(median of {})",
+                    o.messages, o.repeat));
+  r.add("py_msgs_per_s_int_best", ints.best, "msgs/s", 0, "the same, best run");
+  r.add("py_msgs_cores_used", ints.cores, "", 2,
+        "time both threads ran on a CPU / wall time (2: both ran all along)");
+  r.add("py_msgs_cores_waiting", ints.waiting, "", 2,
+        "time both threads waited for a CPU while runnable / wall time (other load had it)");
+  r.add("cpython_queue_msgs_per_s_int", cq, "msgs/s", 0,
+        fmt::format("CPython's interpreter queues (3.13 test.support.interpreters.queues, "
+                    "syncobj=True, unbounded): Queue.put(i) / Queue.get(), {} ints{}",
+                    o.peer_messages, std::isnan(cq) ? " (skipped: null)" : ""));
+  r.add("mp_queue_msgs_per_s_int", mq, "msgs/s", 0,
+        fmt::format("multiprocessing.Queue between two processes, {} ints", o.peer_messages));
+  r.add("py_vs_cpython_queue", ratio(ints.median, cq), "x", 1,
+        "isola / CPython interpreter queue throughput");
+  r.add("py_vs_mp_queue", ratio(ints.median, mq), "x", 1,
+        "isola / multiprocessing.Queue throughput");
+  r.add("py_batch_items_per_s", batches.median, "items/s", 0,
+        fmt::format("isola: send_many(range) / recv_many({}) between two interpreters, {} ints",
+                    o.batch, o.batch_messages));
+  r.add("py_batch_items_per_s_best", batches.best, "items/s", 0, "the same, best run");
+  r.add("py_batch_cores_used", batches.cores, "", 2, "time both threads ran / wall time");
+  r.add("py_batch_cores_waiting", batches.waiting, "", 2,
+        "time both threads waited for a CPU / wall time");
+  r.add("py_send_ns_cpu", py_send_ns, "ns", 1,
+        "CPU time of one ch.send(i) in a Python loop, one thread, never waiting (loop included)");
+  r.add("py_recv_ns_cpu", py_recv_ns, "ns", 1,
+        "CPU time of one ch.recv() in a Python loop, one thread, never waiting (loop included)");
+  r.add("py_loop_ns_cpu", py_loop_ns, "ns", 1, "CPU time of one turn of the bare loop");
+  r.add("pingpong_rtt_us_p50", rtt.p50_us, "us", 2,
+        fmt::format("isola: A sends, B echoes on a second channel, A receives; median of {} "
+                    "round trips (median of {} runs)",
+                    o.rounds, o.repeat));
+  r.add("pingpong_rtt_us_p99", rtt.p99_us, "us", 2, "the same, 99th percentile");
+  r.add("zero_copy_100mb_ms", zero_copy_ms, "ms", 3,
+        fmt::format("isola: send {} MiB bytes, the other interpreter reads the last byte of "
+                    "the memoryview it gets (median of {})",
+                    o.big_mb, o.big_rounds));
+  r.add("copy_100mb_ms", copy_ms, "ms", 3,
+        "the same, but the receiver reads the last byte of its own bytes() copy");
+  r.add("copy_vs_zero_copy", ratio(copy_ms, zero_copy_ms), "x", 0,
+        "copied / shared transfer time");
+  r.add("cpython_queue_100mb_ms", cq_big, "ms", 3,
+        "CPython's interpreter queues: put() the same bytes, get() in the other interpreter, "
+        "read the last byte");
+  r.add("cpp_msgs_per_s", cpp.median, "msgs/s", 0,
+        fmt::format("C++ thread to C++ thread, isola::channel send/recv of int messages, {} "
+                    "(median of {})",
+                    o.cpp_messages, o.repeat));
+  r.add("cpp_cores_used", cpp.cores, "", 2, "time both threads ran / wall time");
+  r.add("cpp_cores_waiting", cpp.waiting, "", 2, "time both threads waited for a CPU / wall time");
+  r.add("cpp_batch_items_per_s", cpp_batch.median, "items/s", 0,
+        fmt::format("the same with send_many/recv_many batches of {}", o.batch));
+  r.add("cpp_send_recv_ns_cpu", cpp_pair_ns, "ns", 1,
+        "CPU time of one send() plus one recv() of an int message in one C++ thread");
+  r.add("load_avg_1m_start", load_start, "", 2, "load average when the suite started");
+  r.add("load_avg_1m_end", load_end, "", 2, "load average when it ended");
+  return r;
+}
+
+bench_suite_registrar channels_suite({
+    "channels",
+    "Channels between interpreters against CPython's interpreter queues and multiprocessing",
+    [](CLI::App& app) -> bench_runner {
+      auto o = std::make_shared<channels_options>();
+      auto count = [&](const char* name, std::size_t& v, const char* what, std::size_t lo) {
+        app.add_option(name, v, what)
+            ->check(CLI::Range(lo, std::size_t{1'000'000'000}))
+            ->capture_default_str()
+            ->type_name("N");
+      };
+      count("-m,--messages", o->messages,
+            "Ints sent from one interpreter to another per run (send/recv)", 1000);
+      count("--batch-messages", o->batch_messages, "Ints sent per run in batches", 1000);
+      count("--batch", o->batch, "Items per send_many / recv_many", 1);
+      count("--rounds", o->rounds, "Ping-pong round trips measured per run", 100);
+      count("--cpp-messages", o->cpp_messages, "Messages per run between two C++ threads",
+            1000);
+      count("--peer-messages", o->peer_messages,
+            "Ints per run through CPython's queues and multiprocessing.Queue (slower)", 1000);
+      app.add_option("--big-mb", o->big_mb, "Size of the large bytes transfer, in MiB")
+          ->check(CLI::Range(std::size_t{1}, std::size_t{4096}))
+          ->capture_default_str()
+          ->type_name("MB");
+      app.add_option("--big-rounds", o->big_rounds, "Large transfers timed each way (median)")
+          ->check(CLI::Range(1u, 100u))
+          ->capture_default_str()
+          ->type_name("R");
+      app.add_option("-r,--repeat", o->repeat,
+                     "Runs of each throughput and ping-pong test (median reported; the peers "
+                     "use at most 3)")
+          ->check(CLI::Range(1u, 100u))
+          ->capture_default_str()
+          ->type_name("R");
+      app.add_flag("--no-peers", o->no_peers,
+                   "Measure isola only (no CPython queue / multiprocessing subprocess)");
+      app.add_flag("--quick", o->quick,
+                   "A smoke run of a few seconds: fewer messages and rounds, one run (options "
+                   "given explicitly still apply); the figures are rougher");
+      app.footer(
+          "Results (JSON keys): py_msgs_per_s_int (and _best), cpython_queue_msgs_per_s_int,\n"
+          "mp_queue_msgs_per_s_int, py_vs_cpython_queue, py_vs_mp_queue; py_batch_items_per_s\n"
+          "(and _best); pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, copy_100mb_ms,\n"
+          "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_batch_items_per_s;\n"
+          "load_avg_1m_start/_end (other work on the machine skews every figure).\n"
+          "What limits them: py_send_ns_cpu, py_recv_ns_cpu, py_loop_ns_cpu and\n"
+          "cpp_send_recv_ns_cpu are CPU times per operation in one thread that never waits (so\n"
+          "other load hardly moves them); *_cores_used is the time both threads of a transfer ran\n"
+          "on a CPU over its wall time (2: both all along), *_cores_waiting the time they were\n"
+          "runnable but waited for a CPU that other work had (/proc/thread-self/schedstat).\n"
+          "Python figures: two own-GIL interpreters on their own threads, channels of the default\n"
+          "bound (4096); a rate is counted from the start of both sides until the receiver has\n"
+          "every item, whose sum is checked. The peers run in a subprocess of the python isola was\n"
+          "built against: CPython's interpreter queues (test.support.interpreters.queues, 3.13;\n"
+          "null with a note on 3.12, which lacks them) and multiprocessing.Queue ('forkserver').\n"
+          "Progress goes to stderr, results to stdout.");
+      return [o, &app](const bench_context& ctx) {
+        if (o->quick) apply_quick(*o, app);
+        return run_channels_bench(*o, ctx);
+      };
+    },
+});
+
+}  // namespace
+}  // namespace isola::cli
