@@ -50,6 +50,12 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
+/// Default capacity of the channels the transfers use: the default bound of isola.Channel() and
+/// isola.channel(name) (and channels/bench_core.cpp's).
+constexpr std::size_t default_capacity = 4096;
+/// Items per loop of the one-thread cost measurements (a channel that holds them all).
+constexpr std::size_t cost_loop = 4096;
+
 struct channels_options {
   std::size_t messages = 3'000'000;       ///< ints sent interpreter to interpreter per run
   std::size_t batch_messages = 10'000'000;  ///< items sent in batches per run
@@ -57,6 +63,7 @@ struct channels_options {
   std::size_t rounds = 20'000;            ///< ping-pong round trips measured
   std::size_t cpp_messages = 20'000'000;  ///< C++ thread to thread, per run
   std::size_t peer_messages = 500'000;    ///< for CPython's queues and multiprocessing.Queue
+  std::size_t capacity = default_capacity;  ///< of the channels the transfers use
   std::size_t big_mb = 100;
   unsigned big_rounds = 7;
   unsigned repeat = 3;
@@ -75,12 +82,6 @@ void apply_quick(channels_options& o, const CLI::App& app) {
   if (unset("--big-rounds")) o.big_rounds = 3;
   if (unset("--repeat")) o.repeat = 1;
 }
-
-/// Capacity of the channels the Python figures use: the default bound of isola.Channel() and
-/// isola.channel(name).
-constexpr std::size_t python_capacity = 4096;
-/// Capacity of the C++ figures' channel (as in channels/bench_core.cpp).
-constexpr std::size_t cpp_capacity = 4096;
 
 /// Run in __main__ of both isola interpreters. Channels are looked up by name; the C++ side
 /// creates them (and so their capacity) and holds them for the length of a measurement.
@@ -550,10 +551,10 @@ std::pair<double, double> sched_ns() {
 
 /// Items per second from the start of both calls until the receiver has all n and returned
 /// their sum (checked).
-transfer_run python_transfer(interpreter_pair& p, const char* send_fn, const char* recv_fn,
-                             std::size_t n, std::vector<value> extra) {
+transfer_run python_transfer(interpreter_pair& p, std::size_t capacity, const char* send_fn,
+                             const char* recv_fn, std::size_t n, std::vector<value> extra) {
   const std::string name = fresh_name("py");
-  channel ch = channel::open(name, python_capacity);  // held for the whole run
+  channel ch = channel::open(name, capacity);  // held for the whole run
   std::vector<value> args{value(name), value(static_cast<std::int64_t>(n))};
   args.insert(args.end(), extra.begin(), extra.end());
   auto t0 = clock::now();
@@ -598,7 +599,7 @@ struct rtt_figures {
 
 rtt_figures python_pingpong(interpreter_pair& p, std::size_t rounds) {
   const std::string there = fresh_name("ping"), back = fresh_name("pong");
-  channel a = channel::open(there, python_capacity), b = channel::open(back, python_capacity);
+  channel a = channel::open(there, default_capacity), b = channel::open(back, default_capacity);
   auto echoed = p.receiver().call_async("__main__:echo", there, back);
   const std::int64_t warmup = static_cast<std::int64_t>(std::max<std::size_t>(rounds / 10, 100));
   const value r = p.sender().call("__main__:ping", there, back,
@@ -615,7 +616,7 @@ rtt_figures python_pingpong(interpreter_pair& p, std::size_t rounds) {
 /// receiver is already waiting when the send starts.
 double python_big(interpreter_pair& p, bool copy) {
   const std::string name = fresh_name("big");
-  channel ch = channel::open(name, python_capacity);
+  channel ch = channel::open(name, default_capacity);
   auto received = p.receiver().call_async("__main__:recv_big", name, copy);
   std::this_thread::sleep_for(20ms);  // the receiver is parked in recv() by now
   auto sent = p.sender().call_async("__main__:send_big", name);
@@ -647,28 +648,28 @@ double thread_cpu_seconds() {
 /// one of recvs, through a channel that holds them all): the channel's own cost per message,
 /// whatever else runs on the machine.
 double cpp_one_thread_ns(std::size_t rounds) {
-  channel ch(cpp_capacity);
+  channel ch(cost_loop);
   std::int64_t sum = 0;
   const double c0 = thread_cpu_seconds();
   for (std::size_t r = 0; r < rounds; ++r) {
-    for (std::size_t i = 0; i < cpp_capacity; ++i) {
+    for (std::size_t i = 0; i < cost_loop; ++i) {
       if (!ch.send(message(static_cast<std::int64_t>(i)))) check(false, "C++ one-thread send");
     }
-    for (std::size_t i = 0; i < cpp_capacity; ++i) {
+    for (std::size_t i = 0; i < cost_loop; ++i) {
       auto m = ch.recv();
       check(m.has_value(), "C++ one-thread recv");
       sum += int_of(*m);
     }
   }
   const double c1 = thread_cpu_seconds();
-  check(sum == static_cast<std::int64_t>(rounds) * triangle(cpp_capacity),
+  check(sum == static_cast<std::int64_t>(rounds) * triangle(cost_loop),
         "C++ one-thread: wrong sum");
-  return (c1 - c0) * 1e9 / static_cast<double>(rounds * cpp_capacity);
+  return (c1 - c0) * 1e9 / static_cast<double>(rounds * cost_loop);
 }
 
 /// Messages per second, one sending and one receiving thread, single-item send()/recv().
-transfer_run cpp_single(std::size_t n) {
-  channel ch(cpp_capacity);
+transfer_run cpp_single(std::size_t capacity, std::size_t n) {
+  channel ch(capacity);
   std::int64_t sum = 0;
   bool failed = false;
   std::pair<double, double> receiver_sched;
@@ -704,8 +705,8 @@ transfer_run cpp_single(std::size_t n) {
 }
 
 /// Items per second with send_many()/recv_many() in batches.
-transfer_run cpp_batches(std::size_t n, std::size_t batch) {
-  channel ch(cpp_capacity);
+transfer_run cpp_batches(std::size_t capacity, std::size_t n, std::size_t batch) {
+  channel ch(capacity);
   std::int64_t sum = 0;
   bool failed = false;
   std::pair<double, double> receiver_sched;
@@ -791,7 +792,7 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
               {"big_mb", static_cast<double>(o.big_mb)},
               {"big_rounds", o.big_rounds},
               {"repeat", o.repeat},
-              {"capacity", static_cast<double>(python_capacity)}};
+              {"capacity", static_cast<double>(o.capacity)}};
   const double load_start = load_average();
   ctx.progress(
       fmt::format("load average (1 min) at start: {:.2f} on {} cores", load_start, cores()));
@@ -807,11 +808,11 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
     const auto cost_rounds = static_cast<std::int64_t>(o.quick ? 10 : 100);
     ctx.progress(fmt::format("isola: CPU time per send(i) / recv() in one interpreter, {} loops "
                              "of {}",
-                             cost_rounds, python_capacity));
-    p.sender().call("__main__:one_thread_costs", 2, static_cast<std::int64_t>(python_capacity));
+                             cost_rounds, cost_loop));
+    p.sender().call("__main__:one_thread_costs", 2, static_cast<std::int64_t>(cost_loop));
     {
       const value c = p.sender().call("__main__:one_thread_costs", cost_rounds,
-                                      static_cast<std::int64_t>(python_capacity));
+                                      static_cast<std::int64_t>(cost_loop));
       const auto& t = c.as_tuple().items;
       py_send_ns = t.at(0).as_float();
       py_recv_ns = t.at(1).as_float();
@@ -823,18 +824,20 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
     ctx.progress(fmt::format("isola: {} runs of {} ints, ch.send(i) in one interpreter, "
                              "ch.recv() in another",
                              o.repeat, o.messages));
-    python_transfer(p, "send_ints", "recv_ints", std::min<std::size_t>(o.messages, 100'000), {});
+    python_transfer(p, o.capacity, "send_ints", "recv_ints",
+                    std::min<std::size_t>(o.messages, 100'000), {});
     ints = repeated(o.repeat, ctx, "msgs/s", [&] {
-      return python_transfer(p, "send_ints", "recv_ints", o.messages, {});
+      return python_transfer(p, o.capacity, "send_ints", "recv_ints", o.messages, {});
     });
 
     ctx.progress(fmt::format("isola: {} runs of {} ints in send_many/recv_many batches of {}",
                              o.repeat, o.batch_messages, o.batch));
     const value batch(static_cast<std::int64_t>(o.batch));
-    python_transfer(p, "send_batches", "recv_batches",
+    python_transfer(p, o.capacity, "send_batches", "recv_batches",
                     std::min<std::size_t>(o.batch_messages, 100'000), {batch});
     batches = repeated(o.repeat, ctx, "items/s", [&] {
-      return python_transfer(p, "send_batches", "recv_batches", o.batch_messages, {batch});
+      return python_transfer(p, o.capacity, "send_batches", "recv_batches", o.batch_messages,
+                             {batch});
     });
 
     ctx.progress(fmt::format("isola: ping-pong, {} round trips per run, {} runs", o.rounds,
@@ -871,12 +874,13 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   ctx.progress(fmt::format("  {:.1f} ns", cpp_pair_ns));
   ctx.progress(fmt::format("C++: {} runs of {} int messages, one thread to another", o.repeat,
                            o.cpp_messages));
-  cpp_single(std::min<std::size_t>(o.cpp_messages, 1'000'000));
-  cpp = repeated(o.repeat, ctx, "msgs/s", [&] { return cpp_single(o.cpp_messages); });
+  cpp_single(o.capacity, std::min<std::size_t>(o.cpp_messages, 1'000'000));
+  cpp = repeated(o.repeat, ctx, "msgs/s",
+                 [&] { return cpp_single(o.capacity, o.cpp_messages); });
   ctx.progress(fmt::format("C++: {} runs of {} ints in send_many/recv_many batches of {}",
                            o.repeat, o.cpp_messages, o.batch));
   cpp_batch = repeated(o.repeat, ctx, "items/s",
-                       [&] { return cpp_batches(o.cpp_messages, o.batch); });
+                       [&] { return cpp_batches(o.capacity, o.cpp_messages, o.batch); });
 
   boost::json::object peers;
   const std::string python = ISOLA_TOOLS_PYTHON_EXECUTABLE;
@@ -982,6 +986,12 @@ bench_suite_registrar channels_suite({
             1000);
       count("--peer-messages", o->peer_messages,
             "Ints per run through CPython's queues and multiprocessing.Queue (slower)", 1000);
+      app.add_option("--capacity", o->capacity,
+                     "Capacity of the channels the throughput tests use, Python and C++ (default: "
+                     "isola.Channel's default bound)")
+          ->check(CLI::Range(std::size_t{1}, channel::max_capacity))
+          ->capture_default_str()
+          ->type_name("C");
       app.add_option("--big-mb", o->big_mb, "Size of the large bytes transfer, in MiB")
           ->check(CLI::Range(std::size_t{1}, std::size_t{4096}))
           ->capture_default_str()
@@ -1008,15 +1018,17 @@ bench_suite_registrar channels_suite({
           "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_batch_items_per_s;\n"
           "load_avg_1m_start/_end (other work on the machine skews every figure).\n"
           "What limits them: py_send_ns_cpu, py_recv_ns_cpu, py_loop_ns_cpu and\n"
-          "cpp_send_recv_ns_cpu are CPU times per operation in one thread that never waits (so\n"
-          "other load hardly moves them); *_cores_used is the time both threads of a transfer ran\n"
-          "on a CPU over its wall time (2: both all along), *_cores_waiting the time they were\n"
-          "runnable but waited for a CPU that other work had (/proc/thread-self/schedstat).\n"
-          "Python figures: two own-GIL interpreters on their own threads, channels of the default\n"
-          "bound (4096); a rate is counted from the start of both sides until the receiver has\n"
-          "every item, whose sum is checked. The peers run in a subprocess of the python isola was\n"
-          "built against: CPython's interpreter queues (test.support.interpreters.queues, 3.13;\n"
-          "null with a note on 3.12, which lacks them) and multiprocessing.Queue ('forkserver').\n"
+          "cpp_send_recv_ns_cpu are CPU times per operation in one thread that never waits (less\n"
+          "sensitive to other load than the rates); *_cores_used is the time both threads of a\n"
+          "transfer ran on a CPU over its wall time (2: both all along), *_cores_waiting the time\n"
+          "they were runnable but other work had the CPU (/proc/thread-self/schedstat).\n"
+          "Transfers: two own-GIL interpreters (or two C++ threads) on their own threads, through a\n"
+          "channel of --capacity items (default 4096, isola.Channel's default bound: on a busy\n"
+          "machine a larger one rides out more of the time a side waits for a CPU); a rate runs\n"
+          "from the start of both sides until the receiver has every item, whose sum is checked.\n"
+          "The peers run in a subprocess of the python isola was built against: CPython's\n"
+          "interpreter queues (test.support.interpreters.queues, 3.13; null with a note on 3.12,\n"
+          "which lacks them) and multiprocessing.Queue ('forkserver').\n"
           "Progress goes to stderr, results to stdout.");
       return [o, &app](const bench_context& ctx) {
         if (o->quick) apply_quick(*o, app);
