@@ -334,7 +334,32 @@ def queue_big(interp, size):
     return (t1 - t0) / 1e6
 
 
+def queue_costs(rounds, n):
+    # CPU time per put(i) / get() in one thread that never waits, loop included: the peer of
+    # isola's py_send_ns_cpu / py_recv_ns_cpu.
+    q = queues.create(syncobj=True)
+    put, get, now = q.put, q.get, time.thread_time_ns
+    r = range(n)
+    puts = gets = 0
+    for _ in range(rounds):
+        t0 = now()
+        for i in r:
+            put(i)
+        t1 = now()
+        for _ in r:
+            get()
+        t2 = now()
+        puts += t1 - t0
+        gets += t2 - t1
+    return puts / (rounds * n), gets / (rounds * n)
+
+
 if interpreters is not None:
+    queue_costs(2, config['cost_loop'])
+    out['cpython_queue_put_ns_cpu'], out['cpython_queue_get_ns_cpu'] = queue_costs(
+        config['cost_rounds'], config['cost_loop'])
+    progress(f'CPython queues: CPU time per put(i) {out["cpython_queue_put_ns_cpu"]:.1f} ns, '
+             f'get() {out["cpython_queue_get_ns_cpu"]:.1f} ns, one thread')
     interp = interpreters.create()
     interp.exec(SENDER)
     progress(f'CPython queues (test.support.interpreters.queues, syncobj=True): '
@@ -758,6 +783,8 @@ boost::json::object measure_peers(const fs::path& folder, const channels_options
                              {"repeat", std::max(1u, std::min(o.repeat, 3u))},
                              {"big_bytes", o.big_mb << 20},
                              {"big_rounds", std::max(1u, std::min(o.big_rounds, 5u))},
+                             {"cost_rounds", o.quick ? 3 : 30},
+                             {"cost_loop", cost_loop},
                              {"quiet", quiet}};
   std::string out = run_capture({ISOLA_TOOLS_PYTHON_EXECUTABLE, "-I", "-c", peer_script,
                                  folder.string(), boost::json::serialize(config)});
@@ -903,6 +930,8 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   const double cq = with_peers ? number(peers, "cpython_queue_msgs_per_s_int") : nan;
   const double mq = with_peers ? number(peers, "mp_queue_msgs_per_s_int") : nan;
   const double cq_big = with_peers ? number(peers, "cpython_queue_100mb_ms") : nan;
+  const double cq_put = with_peers ? number(peers, "cpython_queue_put_ns_cpu") : nan;
+  const double cq_get = with_peers ? number(peers, "cpython_queue_get_ns_cpu") : nan;
 
   r.add("py_msgs_per_s_int", ints.median, "msgs/s", 0,
         fmt::format("isola: ch.send(i) loop in one interpreter, ch.recv() in another, {} ints "
@@ -935,6 +964,11 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   r.add("py_recv_ns_cpu", py_recv_ns, "ns", 1,
         "CPU time of one ch.recv() in a Python loop, one thread, never waiting (loop included)");
   r.add("py_loop_ns_cpu", py_loop_ns, "ns", 1, "CPU time of one turn of the bare loop");
+  r.add("cpython_queue_put_ns_cpu", cq_put, "ns", 1,
+        "CPU time of one Queue.put(i) of CPython's interpreter queues, measured the same way");
+  r.add("cpython_queue_get_ns_cpu", cq_get, "ns", 1, "the same for Queue.get()");
+  r.add("py_vs_cpython_queue_cpu", ratio(cq_put + cq_get, py_send_ns + py_recv_ns), "x", 1,
+        "CPU per item, put + get / send + recv: the throughput ratio when neither side waits");
   r.add("pingpong_rtt_us_p50", rtt.p50_us, "us", 2,
         fmt::format("isola: A sends, B echoes on a second channel, A receives; median of {} "
                     "round trips (median of {} runs)",
@@ -1017,11 +1051,13 @@ bench_suite_registrar channels_suite({
           "(and _best); pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, copy_100mb_ms,\n"
           "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_batch_items_per_s;\n"
           "load_avg_1m_start/_end (other work on the machine skews every figure).\n"
-          "What limits them: py_send_ns_cpu, py_recv_ns_cpu, py_loop_ns_cpu and\n"
-          "cpp_send_recv_ns_cpu are CPU times per operation in one thread that never waits (less\n"
-          "sensitive to other load than the rates); *_cores_used is the time both threads of a\n"
-          "transfer ran on a CPU over its wall time (2: both all along), *_cores_waiting the time\n"
-          "they were runnable but other work had the CPU (/proc/thread-self/schedstat).\n"
+          "What limits them: py_send_ns_cpu, py_recv_ns_cpu, py_loop_ns_cpu,\n"
+          "cpython_queue_put_ns_cpu, cpython_queue_get_ns_cpu and cpp_send_recv_ns_cpu are CPU\n"
+          "times per operation in one thread that never waits (less sensitive to other load than\n"
+          "the rates; py_vs_cpython_queue_cpu is their ratio); *_cores_used is the time both\n"
+          "threads of a transfer ran on a CPU over its wall time (2: both all along),\n"
+          "*_cores_waiting the time they were runnable but other work had the CPU\n"
+          "(/proc/thread-self/schedstat).\n"
           "Transfers: two own-GIL interpreters (or two C++ threads) on their own threads, through a\n"
           "channel of --capacity items (default 4096, isola.Channel's default bound: on a busy\n"
           "machine a larger one rides out more of the time a side waits for a CPU); a rate runs\n"
