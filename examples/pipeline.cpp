@@ -59,7 +59,8 @@ def load(path, count):
 
 
 def produce(batch):
-    """Sends the lines in batches (lists of str), then closes the channel: the workers' loops end."""
+    """Sends the lines in batches (lists of str), then closes the channel: the workers'
+    loops end once they have taken what is queued."""
     out = isola.channel('pipeline.lines')
     for start in range(0, len(lines), batch):
         out.send(lines[start:start + batch])
@@ -181,7 +182,8 @@ int main(int argc, char** argv) {
   for (auto* i : {&producer, &collector}) i->exec(pipeline_code);
   for (auto& w : workers) w.exec(pipeline_code);
 
-  const auto n_lines = producer.call("__main__:load", o.path, static_cast<std::int64_t>(o.lines)).as_int();
+  const auto n_lines =
+      producer.call("__main__:load", o.path, static_cast<std::int64_t>(o.lines)).as_int();
   std::printf("%lld lines, %u workers, batches of %lld lines\n", static_cast<long long>(n_lines),
               o.workers, o.batch);
 
@@ -189,10 +191,11 @@ int main(int argc, char** argv) {
   auto merged = collector.call_async("__main__:collect");
   std::vector<std::future<isola::value>> done;
   for (auto& w : workers) done.push_back(w.call_async("__main__:work"));
-  producer.call("__main__:produce", static_cast<std::int64_t>(o.batch));  // returns once every batch is queued
-  long long processed = 0;
-  for (auto& d : done) processed += d.get().as_int();  // the workers have sent everything
-  counts.close();                                       // so the collector's loop ends
+  // produce() returns once every batch is queued and the lines channel is closed.
+  producer.call("__main__:produce", static_cast<std::int64_t>(o.batch));
+  std::vector<long long> per_worker;
+  for (auto& d : done) per_worker.push_back(d.get().as_int());  // all counts are sent now
+  counts.close();  // so the collector's loop ends
   const isola::value result = merged.get();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -204,6 +207,13 @@ int main(int argc, char** argv) {
     std::printf("  %-12s %lld\n", wc.at(0).as_str().c_str(),
                 static_cast<long long>(wc.at(1).as_int()));
   }
+  std::printf("lines per worker:");
+  long long processed = 0;
+  for (long long n : per_worker) {
+    std::printf(" %lld", n);
+    processed += n;
+  }
+  std::printf("\n");
   const auto total = r.at(0).as_int();
   std::printf("%lld words (%lld distinct) in %.3f s: %.0f lines/s\n",
               static_cast<long long>(total), static_cast<long long>(r.at(2).as_int()), seconds,
