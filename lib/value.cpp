@@ -137,6 +137,51 @@ void repr_str(std::string& out, std::string_view s, char quote_prefix) {
   out += q;
 }
 
+// Python's repr(float): the shortest digits that round-trip, in fixed notation when the
+// decimal exponent is -4 < decpt <= 16, else d.ddde+XX (at least two exponent digits).
+void repr_float(std::string& out, double x) {
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific);
+  std::string_view s(buf, static_cast<std::size_t>(res.ptr - buf));
+  if (!s.empty() && s.front() == '-') {
+    out += '-';
+    s.remove_prefix(1);
+  }
+  const auto e_pos = s.find('e');
+  std::string digits;
+  for (char c : s.substr(0, e_pos)) {
+    if (c != '.') digits += c;
+  }
+  const int exp10 = std::stoi(std::string(s.substr(e_pos + 1)));
+  const int decpt = exp10 + 1;
+  const int n = static_cast<int>(digits.size());
+  if (-4 < decpt && decpt <= 16) {
+    if (decpt <= 0) {
+      out += "0.";
+      out.append(static_cast<std::size_t>(-decpt), '0');
+      out += digits;
+    } else if (decpt >= n) {
+      out += digits;
+      out.append(static_cast<std::size_t>(decpt - n), '0');
+      out += ".0";
+    } else {
+      out += digits.substr(0, static_cast<std::size_t>(decpt));
+      out += '.';
+      out += digits.substr(static_cast<std::size_t>(decpt));
+    }
+    return;
+  }
+  out += digits[0];
+  if (n > 1) {
+    out += '.';
+    out += digits.substr(1);
+  }
+  out += exp10 < 0 ? "e-" : "e+";
+  const int a = exp10 < 0 ? -exp10 : exp10;
+  if (a < 10) out += '0';
+  out += std::to_string(a);
+}
+
 void repr_into(std::string& out, const value& v) {
   std::visit(
       [&](const auto& x) {
@@ -155,11 +200,7 @@ void repr_into(std::string& out, const value& v) {
           } else if (std::isinf(x)) {
             out += x > 0 ? "inf" : "-inf";
           } else {
-            char buf[32];
-            auto [end, ec] = std::to_chars(buf, buf + sizeof buf, x);
-            std::string_view s(buf, static_cast<std::size_t>(end - buf));
-            out += s;
-            if (s.find_first_of(".en") == std::string_view::npos) out += ".0";
+            repr_float(out, x);
           }
         } else if constexpr (std::is_same_v<T, std::string>) {
           repr_str(out, x, 0);
