@@ -486,6 +486,7 @@ std::optional<channel> channel::find(std::string_view name) {
 boost::system::result<void> channel::send(message&& msg, channel_timeout timeout,
                                           std::stop_token stop) {
   auto& c = *core_;
+  if (c.push_one(msg) == ring_status::ok) [[likely]] return {};  // no deadline, no token
   auto ec = c.block(
       c.senders_, [&] { return c.push_one(msg); }, [&] { return c.ring_.push_ready(); },
       detail::deadline_after(timeout), stop);
@@ -495,12 +496,15 @@ boost::system::result<void> channel::send(message&& msg, channel_timeout timeout
 
 boost::system::result<message> channel::recv(channel_timeout timeout, std::stop_token stop) {
   auto& c = *core_;
-  message out;
+  // The item is moved straight into the returned result (one return object: NRVO).
+  boost::system::result<message> r(boost::system::in_place_value);
+  message& out = *r;
+  if (c.pop_one(out) == ring_status::ok) [[likely]] return r;
   auto ec = c.block(
       c.receivers_, [&] { return c.pop_one(out); }, [&] { return c.ring_.pop_ready(); },
       detail::deadline_after(timeout), stop);
-  if (ec) return ec;
-  return out;
+  if (ec) r = ec;
+  return r;
 }
 
 boost::system::result<void> channel::try_send(message&& msg) {
