@@ -257,7 +257,7 @@ PyObject* unpickle(PyObject* module, const pickled& p) {
 int add_shared_buffer_type(PyObject* module) {
   PyObject* t = PyType_FromModuleAndSpec(module, &sb_spec, nullptr);
   if (t == nullptr) return -1;
-  return PyModule_Add(module, "_SharedBuffer", t);
+  return module_add(module, "_SharedBuffer", t);
 }
 
 }  // namespace isola::detail

@@ -37,6 +37,14 @@ bool pickle_to(PyObject* obj, pickled& out);
 /// pickle.loads of a payload, its buffers given as memoryviews.
 PyObject* unpickle(PyObject* module, const pickled& p);
 
+/// PyModule_Add (3.13+) for 3.12 as well: adds value under name and steals the reference,
+/// also on failure.
+inline int module_add(PyObject* module, const char* name, PyObject* value) {
+  int rc = PyModule_AddObjectRef(module, name, value);
+  Py_XDECREF(value);
+  return rc;
+}
+
 /// Adds isola._SharedBuffer to the module.
 int add_shared_buffer_type(PyObject* module);
 

@@ -74,15 +74,6 @@ PyObject* wrap_channel(PyTypeObject* type, channel ch) {
   return reinterpret_cast<PyObject*>(self);
 }
 
-bool is_channel(PyObject* module, PyObject* o) {
-  PyTypeObject* t = channel_type_of(module);
-  if (t == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  return Py_TYPE(o) == t;
-}
-
 // ---- errors -----------------------------------------------------------------------------------
 
 // Sets the Python exception for a failed channel operation. `what` is "send" / "recv".
@@ -222,7 +213,7 @@ bool wait_released(PyObject* module, Op&& op, channel_timeout timeout, Result& r
 // ---- Python object <-> message ----------------------------------------------------------------
 
 // Converts obj for sending through ch. Returns false with a Python exception set.
-bool to_message(PyObject* module, const channel& ch, PyObject* obj, message& out) {
+bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, message& out) {
   if (PyLong_CheckExact(obj)) {
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
@@ -232,7 +223,7 @@ bool to_message(PyObject* module, const channel& ch, PyObject* obj, message& out
     }
     PyErr_Clear();
   }
-  if (is_channel(module, obj)) {
+  if (Py_TYPE(obj) == channel_type) {
     out = message(channel_ref(reinterpret_cast<py_channel*>(obj)->ch));
     return true;
   }
@@ -351,7 +342,7 @@ PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_a
   channel_timeout timeout;
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
   message m;
-  if (!to_message(module, ch, obj, m)) return nullptr;
+  if (!to_message(Py_TYPE(self), ch, obj, m)) return nullptr;
   auto r = ch.try_send(std::move(m));
   if (!r && r.error() == errc::channel_full && block && (!timeout || timeout->count() > 0)) {
     boost::system::result<void> wr;
@@ -411,6 +402,7 @@ bool truthy(PyObject* o, bool dflt, int& out) {
 }
 
 PyObject* ch_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  if (nargs == 1 && kw == nullptr) return do_send(self, args[0], true, nullptr, false);
   std::vector<PyObject*> a;
   if (!parse_args("send", args, nargs, kw, {"obj", "timeout"}, 1, a)) return nullptr;
   return do_send(self, a[0], true, a[1], false);
@@ -460,7 +452,7 @@ PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
     }
     while (PyObject* o = PyIter_Next(it)) {
       message m;
-      bool ok = to_message(module, ch, o, m);
+      bool ok = to_message(Py_TYPE(self), ch, o, m);
       Py_DECREF(o);
       if (!ok) {
         Py_DECREF(it);
@@ -809,13 +801,13 @@ int add_exception(PyObject* m, const char* name, const char* doc, PyObject* base
   std::string full = std::string("isola.") + name;
   PyObject* e = PyErr_NewExceptionWithDoc(full.c_str(), doc, base, nullptr);
   if (e == nullptr) return -1;
-  return PyModule_Add(m, name, e);
+  return module_add(m, name, e);
 }
 
 int exec_channels(PyObject* m) {
   PyObject* type = PyType_FromModuleAndSpec(m, &channel_spec, nullptr);
   if (type == nullptr) return -1;
-  if (PyModule_Add(m, "Channel", type) < 0) return -1;
+  if (module_add(m, "Channel", type) < 0) return -1;
   if (add_shared_buffer_type(m) < 0) return -1;
   if (add_exception(m, "ChannelClosed", "The channel is closed (and, for receivers, drained).",
                     nullptr) < 0) {
@@ -844,7 +836,7 @@ int exec_channels(PyObject* m) {
   for (auto [alias, target] : {std::pair{"ChannelEmpty", "QueueEmpty"},
                                std::pair{"ChannelFull", "QueueFull"}}) {
     PyObject* t = PyObject_GetAttrString(m, target);
-    if (t == nullptr || PyModule_Add(m, alias, t) < 0) return -1;
+    if (t == nullptr || module_add(m, alias, t) < 0) return -1;
   }
   return 0;
 }
