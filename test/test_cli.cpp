@@ -193,7 +193,8 @@ TEST_CASE("isola run reports a failing script and usage errors", "[cli]") {
 
 TEST_CASE("every isola command has --help", "[cli]") {
   for (std::vector<std::string> cmd : {std::vector<std::string>{}, {"info"}, {"run"}, {"map"},
-                                       {"bench"}, {"bench", "pool"}, {"bench", "startup"}}) {
+                                       {"bench"}, {"bench", "pool"}, {"bench", "startup"},
+                                       {"bench", "channels"}}) {
     cmd.push_back("--help");
     auto r = run_isola(cmd);
     std::string line = "isola";
