@@ -896,6 +896,16 @@ pool_stats pool_impl::stats() const {
 
 // ---- public face -----------------------------------------------------------------------------
 
+void task_future::spin_briefly() const noexcept {
+  if (!future_.valid()) return;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+  for (int i = 0;; ++i) {
+    if (future_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) return;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return;
+    ISOLA_CPU_RELAX();
+  }
+}
+
 bool task_future::cancel() {
   if (!task_) return false;
   auto p = task_->pool.lock();

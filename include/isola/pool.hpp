@@ -97,8 +97,16 @@ class task_future {
   task_future(std::future<value> f, std::shared_ptr<detail::pool_task> t)
       : future_(std::move(f)), task_(std::move(t)) {}
 
-  value get() { return future_.get(); }
-  void wait() const { future_.wait(); }
+  /// get() and wait() first spin for a few microseconds (a short task's result usually arrives
+  /// within that, and a futex sleep and wake-up costs more than the task), then block.
+  value get() {
+    spin_briefly();
+    return future_.get();
+  }
+  void wait() const {
+    spin_briefly();
+    future_.wait();
+  }
   template <typename Rep, typename Period>
   std::future_status wait_for(const std::chrono::duration<Rep, Period>& d) const {
     return future_.wait_for(d);
@@ -112,6 +120,7 @@ class task_future {
   std::future<value>& future() noexcept { return future_; }
 
  private:
+  void spin_briefly() const noexcept;
   std::future<value> future_;
   std::shared_ptr<detail::pool_task> task_;
 };
