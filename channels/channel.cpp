@@ -62,26 +62,30 @@ class channel_core {
   channel_core(const channel_core&) = delete;
   channel_core& operator=(const channel_core&) = delete;
 
-  // Non-blocking steps; each notifies the other side when it moved something.
-  ring_status push_one(message& m) noexcept {
-    const ring_status st = ring_.try_push(m);
+  // Non-blocking steps; each notifies the other side when it moved something. `exact` as in
+  // ring::try_push / try_pop: only exact failures may be trusted before parking or reporting.
+  ring_status push_one(message& m, bool exact) noexcept {
+    const ring_status st = ring_.try_push(m, exact);
     if (st == ring_status::ok) after_push(1);
     return st;
   }
-  ring_status pop_one(message& out) noexcept {
-    const ring_status st = ring_.try_pop([&](message&& m) noexcept { out = std::move(m); });
+  ring_status pop_one(message& out, bool exact) noexcept {
+    const ring_status st =
+        ring_.try_pop([&](message&& m) noexcept { out = std::move(m); }, exact);
     if (st == ring_status::ok) after_pop(1);
     return st;
   }
   /// Pushes the longest prefix that fits now (several claims if the ring's end is crossed).
-  ring_status push_available(std::span<message> items, std::size_t& sent) noexcept;
+  ring_status push_available(std::span<message> items, std::size_t& sent, bool exact) noexcept;
   /// Pops what is there now, up to max_items, onto out (which must not need to grow beyond
   /// what pop_available reserves before each claim).
-  ring_status pop_available(std::vector<message>& out, std::size_t max_items,
-                            std::size_t& got);
+  ring_status pop_available(std::vector<message>& out, std::size_t max_items, std::size_t& got,
+                            bool exact);
 
-  /// Repeats attempt() until it moves something, the ring is closed, the deadline passes or
-  /// stop is requested: first spinning on ready(), then parked on s.event.
+  /// Repeats attempt(exact) until it moves something, the ring is closed, the deadline passes
+  /// or stop is requested: first spinning on ready(), then parked on s.event. Quick attempts
+  /// (exact == false) while spinning keep off the other side's hot line; the check before
+  /// parking is exact.
   template <typename Attempt, typename Ready>
   boost::system::error_code block(side& s, Attempt&& attempt, Ready&& ready,
                                   const deadline& until, const std::stop_token& stop);
@@ -199,12 +203,14 @@ channel_core::~channel_core() {
   drain();
 }
 
-ring_status channel_core::push_available(std::span<message> items, std::size_t& sent) noexcept {
+ring_status channel_core::push_available(std::span<message> items, std::size_t& sent,
+                                         bool exact) noexcept {
   sent = 0;
   ring_status st = ring_status::ok;
   while (sent < items.size()) {
     std::size_t k = 0;
-    st = ring_.try_push_n(items.data() + sent, items.size() - sent, k);
+    // Once something moved, the call succeeds whatever follows: later claims may be quick.
+    st = ring_.try_push_n(items.data() + sent, items.size() - sent, k, exact && sent == 0);
     if (st != ring_status::ok) break;
     sent += k;
     after_push(k);
@@ -213,7 +219,7 @@ ring_status channel_core::push_available(std::span<message> items, std::size_t& 
 }
 
 ring_status channel_core::pop_available(std::vector<message>& out, std::size_t max_items,
-                                        std::size_t& got) {
+                                        std::size_t& got, bool exact) {
   got = 0;
   ring_status st = ring_status::ok;
   while (got < max_items) {
@@ -223,7 +229,8 @@ ring_status channel_core::pop_available(std::vector<message>& out, std::size_t m
       out.reserve(std::max(out.size() + chunk, out.capacity() * 2));
     }
     std::size_t k = 0;
-    st = ring_.try_pop_n(chunk, k, [&](message&& m) noexcept { out.push_back(std::move(m)); });
+    st = ring_.try_pop_n(
+        chunk, k, [&](message&& m) noexcept { out.push_back(std::move(m)); }, exact && got == 0);
     if (st != ring_status::ok) break;
     got += k;
     after_pop(k);
@@ -238,16 +245,20 @@ boost::system::error_code channel_core::block(side& s, Attempt&& attempt, Ready&
   auto outcome = [](ring_status st) {
     return st == ring_status::ok ? boost::system::error_code{} : code(errc::channel_closed);
   };
-  ring_status st = attempt();
+  ring_status st = attempt(false);
   if (st != ring_status::would_block) return outcome(st);
-  if (passed(until)) return code(errc::timeout);
+  if (passed(until)) {
+    st = attempt(true);
+    return st != ring_status::would_block ? outcome(st) : code(errc::timeout);
+  }
   if (stop.stop_requested()) return code(errc::cancelled);
 
   for (int i = 0; i < spin_rounds; ++i) {
     cpu_relax();
-    // ready() is a cheap probe; a full attempt now and then also notices close().
-    if (ready() || i % 64 == 63) {
-      st = attempt();
+    // ready() is a cheap probe; an exact attempt now and then also notices close().
+    const bool exact = i % 64 == 63;
+    if (ready() || exact) {
+      st = attempt(exact);
       if (st != ring_status::would_block) return outcome(st);
     }
   }
@@ -282,7 +293,7 @@ boost::system::error_code channel_core::block(side& s, Attempt&& attempt, Ready&
       // in the counter or we see its item: the pairing described in ring.hpp.
       counted c(s);
       const std::uint32_t key = s.event.load(std::memory_order_seq_cst);
-      st = attempt();
+      st = attempt(true);
       if (st == ring_status::would_block && !stop.stop_requested()) {
         in_time = park(s.event, key, until);
       }
@@ -290,7 +301,7 @@ boost::system::error_code channel_core::block(side& s, Attempt&& attempt, Ready&
     if (st != ring_status::would_block) return outcome(st);
     if (stop.stop_requested()) return give_up(errc::cancelled);
     if (!in_time || passed(until)) {
-      st = attempt();
+      st = attempt(true);
       if (st != ring_status::would_block) return outcome(st);
       return give_up(errc::timeout);
     }
@@ -486,9 +497,10 @@ std::optional<channel> channel::find(std::string_view name) {
 boost::system::result<void> channel::send(message&& msg, channel_timeout timeout,
                                           std::stop_token stop) {
   auto& c = *core_;
-  if (c.push_one(msg) == ring_status::ok) [[likely]] return {};  // no deadline, no token
+  if (c.push_one(msg, false) == ring_status::ok) [[likely]] return {};  // no deadline or token
   auto ec = c.block(
-      c.senders_, [&] { return c.push_one(msg); }, [&] { return c.ring_.push_ready(); },
+      c.senders_, [&](bool exact) { return c.push_one(msg, exact); },
+      [&] { return c.ring_.push_ready(); },
       detail::deadline_after(timeout), stop);
   if (ec) return ec;
   return {};
@@ -499,16 +511,17 @@ boost::system::result<message> channel::recv(channel_timeout timeout, std::stop_
   // The item is moved straight into the returned result (one return object: NRVO).
   boost::system::result<message> r(boost::system::in_place_value);
   message& out = *r;
-  if (c.pop_one(out) == ring_status::ok) [[likely]] return r;
+  if (c.pop_one(out, false) == ring_status::ok) [[likely]] return r;
   auto ec = c.block(
-      c.receivers_, [&] { return c.pop_one(out); }, [&] { return c.ring_.pop_ready(); },
+      c.receivers_, [&](bool exact) { return c.pop_one(out, exact); },
+      [&] { return c.ring_.pop_ready(); },
       detail::deadline_after(timeout), stop);
   if (ec) r = ec;
   return r;
 }
 
 boost::system::result<void> channel::try_send(message&& msg) {
-  switch (core_->push_one(msg)) {
+  switch (core_->push_one(msg, true)) {
     case ring_status::ok: return {};
     case ring_status::would_block: return detail::code(errc::channel_full);
     case ring_status::closed: break;
@@ -518,7 +531,7 @@ boost::system::result<void> channel::try_send(message&& msg) {
 
 boost::system::result<message> channel::try_recv() {
   message out;
-  switch (core_->pop_one(out)) {
+  switch (core_->pop_one(out, true)) {
     case ring_status::ok: return out;
     case ring_status::would_block: return detail::code(errc::channel_empty);
     case ring_status::closed: break;
@@ -534,9 +547,9 @@ send_many_result channel::send_many(std::span<message> items, channel_timeout ti
   while (r.sent < items.size()) {
     auto ec = c.block(
         c.senders_,
-        [&] {
+        [&](bool exact) {
           std::size_t k = 0;
-          const ring_status st = c.push_available(items.subspan(r.sent), k);
+          const ring_status st = c.push_available(items.subspan(r.sent), k, exact);
           r.sent += k;
           return st;
         },
@@ -551,7 +564,7 @@ send_many_result channel::send_many(std::span<message> items, channel_timeout ti
 
 send_many_result channel::try_send_many(std::span<message> items) {
   send_many_result r;
-  const ring_status st = core_->push_available(items, r.sent);
+  const ring_status st = core_->push_available(items, r.sent, true);
   if (r.sent < items.size()) {
     r.error = detail::code(st == ring_status::closed ? errc::channel_closed : errc::channel_full);
   }
@@ -566,7 +579,7 @@ boost::system::result<std::size_t> channel::recv_many(std::vector<message>& out,
   auto& c = *core_;
   std::size_t got = 0;
   auto ec = c.block(
-      c.receivers_, [&] { return c.pop_available(out, max_items, got); },
+      c.receivers_, [&](bool exact) { return c.pop_available(out, max_items, got, exact); },
       [&] { return c.ring_.pop_ready(); }, detail::deadline_after(timeout), stop);
   if (ec) return ec;
   return got;
@@ -585,7 +598,7 @@ boost::system::result<std::size_t> channel::try_recv_many(std::vector<message>& 
                                                           std::size_t max_items) {
   if (max_items == 0) return std::size_t{0};
   std::size_t got = 0;
-  switch (core_->pop_available(out, max_items, got)) {
+  switch (core_->pop_available(out, max_items, got, true)) {
     case ring_status::ok: return got;
     case ring_status::would_block: return detail::code(errc::channel_empty);
     case ring_status::closed: break;
