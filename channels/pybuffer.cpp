@@ -209,10 +209,22 @@ PyObject* memoryview_of(PyObject* module, const shared_buffer& b) {
   return mv;
 }
 
+// CPython 3.12.0-3.12.3 crash in Py_Finalize after a C function of an extension module (here
+// _pickle's dumps/loads) was called with keyword arguments in an own-GIL interpreter
+// (gh-119213, fixed in 3.12.4). There, use pickle's pure-Python twins, which take the same
+// arguments.
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030C0400
+constexpr const char* dumps_name = "_dumps";
+constexpr const char* loads_name = "_loads";
+#else
+constexpr const char* dumps_name = "dumps";
+constexpr const char* loads_name = "loads";
+#endif
+
 bool pickle_to(PyObject* obj, pickled& out) {
   try {
     auto pickle = py::import("pickle");
-    auto dumps = py::getattr(pickle.get(), "dumps");
+    auto dumps = py::getattr(pickle.get(), dumps_name);
     auto buffers = py::check(PyList_New(0));
     auto append = py::getattr(buffers.get(), "append");
     auto args = py::check(PyTuple_Pack(1, obj));
@@ -238,7 +250,7 @@ bool pickle_to(PyObject* obj, pickled& out) {
 PyObject* unpickle(PyObject* module, const pickled& p) {
   try {
     auto pickle = py::import("pickle");
-    auto loads = py::getattr(pickle.get(), "loads");
+    auto loads = py::getattr(pickle.get(), loads_name);
     auto data = py::check(memoryview_of(module, p.data));
     auto buffers = py::check(PyList_New(static_cast<Py_ssize_t>(p.out_of_band.size())));
     for (std::size_t i = 0; i < p.out_of_band.size(); ++i) {
