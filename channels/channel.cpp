@@ -11,6 +11,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <thread>
 
 namespace isola {
 namespace detail {
@@ -23,6 +24,11 @@ using clock = std::chrono::steady_clock;
 /// (a pause is 10-40 ns), longer than a wake-up round trip between two running threads, far
 /// shorter than a futex sleep and wake.
 constexpr int spin_rounds = 512;
+
+/// A sender that finds the ring full spins until this many more slots are free, not just one:
+/// then it fills a run of slots while the receiver empties others, instead of both taking
+/// turns on one cache line. (Before parking it takes any room there is.)
+constexpr std::uint64_t room_run = 16;
 
 /// Waiter counters: the low half counts threads parked (or about to park) on a side, the high
 /// half async operations queued on it. One load tells a producer whether to do anything.
@@ -83,7 +89,7 @@ class channel_core {
                             bool exact);
 
   /// Repeats attempt(exact) until it moves something, the ring is closed, the deadline passes
-  /// or stop is requested: first spinning on ready(), then parked on s.event. Quick attempts
+  /// or stop is requested: first spinning on ready(true), then parked on s.event. Quick attempts
   /// (exact == false) while spinning keep off the other side's hot line; the check before
   /// parking is exact.
   template <typename Attempt, typename Ready>
@@ -255,9 +261,11 @@ boost::system::error_code channel_core::block(side& s, Attempt&& attempt, Ready&
 
   for (int i = 0; i < spin_rounds; ++i) {
     cpu_relax();
-    // ready() is a cheap probe; an exact attempt now and then also notices close().
+    // ready(true) is a cheap probe; an exact attempt now and then also notices close(), and a
+    // yield then lets a thread that shares our core (the one we wait for?) run.
     const bool exact = i % 64 == 63;
-    if (ready() || exact) {
+    if (exact && i >= spin_rounds / 2) std::this_thread::yield();
+    if (ready(true) || exact) {
       st = attempt(exact);
       if (st != ring_status::would_block) return outcome(st);
     }
@@ -275,7 +283,7 @@ boost::system::error_code channel_core::block(side& s, Attempt&& attempt, Ready&
   // Leaving without having moved anything: a wake-up meant for the item (room) that is there
   // now may have come to this thread, so hand it on.
   auto give_up = [&](errc why) {
-    if (ready()) wake_parked(s, 1);
+    if (ready(false)) wake_parked(s, 1);
     return code(why);
   };
   /// Counts this thread as parked on s for its scope (also when attempt() throws).
@@ -500,7 +508,7 @@ boost::system::result<void> channel::send(message&& msg, channel_timeout timeout
   if (c.push_one(msg, false) == ring_status::ok) [[likely]] return {};  // no deadline or token
   auto ec = c.block(
       c.senders_, [&](bool exact) { return c.push_one(msg, exact); },
-      [&] { return c.ring_.push_ready(); },
+      [&](bool spinning) { return c.ring_.push_ready(spinning ? detail::room_run : 0); },
       detail::deadline_after(timeout), stop);
   if (ec) return ec;
   return {};
@@ -514,7 +522,7 @@ boost::system::result<message> channel::recv(channel_timeout timeout, std::stop_
   if (c.pop_one(out, false) == ring_status::ok) [[likely]] return r;
   auto ec = c.block(
       c.receivers_, [&](bool exact) { return c.pop_one(out, exact); },
-      [&] { return c.ring_.pop_ready(); },
+      [&](bool) { return c.ring_.pop_ready(); },
       detail::deadline_after(timeout), stop);
   if (ec) r = ec;
   return r;
@@ -553,7 +561,7 @@ send_many_result channel::send_many(std::span<message> items, channel_timeout ti
           r.sent += k;
           return st;
         },
-        [&] { return c.ring_.push_ready(); }, until, stop);
+        [&](bool spinning) { return c.ring_.push_ready(spinning ? detail::room_run : 0); }, until, stop);
     if (ec) {
       r.error = ec;
       break;
@@ -580,7 +588,7 @@ boost::system::result<std::size_t> channel::recv_many(std::vector<message>& out,
   std::size_t got = 0;
   auto ec = c.block(
       c.receivers_, [&](bool exact) { return c.pop_available(out, max_items, got, exact); },
-      [&] { return c.ring_.pop_ready(); }, detail::deadline_after(timeout), stop);
+      [&](bool) { return c.ring_.pop_ready(); }, detail::deadline_after(timeout), stop);
   if (ec) return ec;
   return got;
 }

@@ -261,10 +261,20 @@ class ring {
     const std::uint64_t head = head_.load(std::memory_order_relaxed);
     return slots_[head & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == head + 1;
   }
-  bool push_ready() const noexcept {
+  /// With ahead > 0: the slot `ahead` places after tail is free too, i.e. consumers have made
+  /// a run of room (a producer that waits for that, rather than for one slot, stops fighting
+  /// the consumer over the line it is emptying when the ring is full).
+  bool push_ready(std::uint64_t ahead = 0) const noexcept {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed);
     if (tail & mark_bit_) return true;
-    return slots_[tail & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == tail;
+    ahead = std::min<std::uint64_t>(ahead, cap_ - 1);
+    std::uint64_t index = (tail & (mark_bit_ - 1)) + ahead;
+    std::uint64_t pos = tail + ahead;
+    if (index >= cap_) {  // in the next lap
+      index -= cap_;
+      pos = (tail & ~(one_lap_ - 1)) + one_lap_ + index;
+    }
+    return slots_[index].stamp.load(std::memory_order_acquire) == pos;
   }
 
   /// Items queued (claimed slots count); exact only when no one is using the ring.
