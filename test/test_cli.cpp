@@ -33,6 +33,21 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
+/// stderr without the runtime's start-up warning about gh-119213, which every run on CPython
+/// 3.12.0-3.12.3 prints (tests that want "nothing on stderr" mean nothing else).
+std::string unexpected_stderr(const std::string& err) {
+  std::string out;
+  std::size_t at = 0;
+  while (at < err.size()) {
+    std::size_t end = err.find('\n', at);
+    end = end == std::string::npos ? err.size() : end + 1;
+    const std::string line = err.substr(at, end - at);
+    if (!(contains(line, "[isola.runtime] [warning]") && contains(line, "gh-119213"))) out += line;
+    at = end;
+  }
+  return out;
+}
+
 /// A folder holding the module map's tests call.
 struct map_module {
   temp_dir dir;
@@ -70,7 +85,7 @@ TEST_CASE("isola map prints each result's repr in input order", "[cli]") {
   INFO(r.describe());
   CHECK(r.exit_code == 0);
   CHECK(r.out == "6\n2\n4\n'abab'\n[1, 2, 1, 2]\n(1, 1)\n-3.0\n2\n");
-  CHECK(r.err.empty());
+  CHECK(unexpected_stderr(r.err).empty());
 }
 
 TEST_CASE("isola map keeps the order of many inputs across chunks", "[cli]") {
@@ -84,7 +99,7 @@ TEST_CASE("isola map keeps the order of many inputs across chunks", "[cli]") {
   INFO(r.describe());
   CHECK(r.exit_code == 0);
   CHECK(r.out == expected);
-  CHECK(r.err.empty());  // short input, not a terminal: no progress, no summary
+  CHECK(unexpected_stderr(r.err).empty());  // short input, not a terminal: no progress, no summary
 }
 
 TEST_CASE("isola map names a failing input and still prints the others", "[cli]") {
@@ -213,7 +228,7 @@ TEST_CASE("isola bench pool --quick --json prints the figures and the peers'", "
   isola::interpreter in;
   in.set_global("text", r.out);
   in.exec(
-      "import json, math\n"
+      "import json\n"
       "doc = json.loads(text)\n"
       "results = doc['results']\n"
       "required = ['trivial_tasks_per_s', 'processpool_trivial_tasks_per_s',\n"
@@ -223,7 +238,10 @@ TEST_CASE("isola bench pool --quick --json prints the figures and the peers'", "
       "bad = [k for k in required\n"
       "       if not isinstance(results.get(k), (int, float)) or not results[k] > 0]\n"
       "ratio = results['trivial_tasks_per_s'] / results['processpool_trivial_tasks_per_s']\n"
-      "ratio_ok = math.isclose(ratio, results['trivial_vs_processpool'], rel_tol=0.06)\n"
+      // No keyword arguments to math.isclose: on CPython 3.12.0-3.12.3 that alone makes
+      // Py_Finalize crash (gh-119213), and this test is not about that bug.
+      "given = results['trivial_vs_processpool']\n"
+      "ratio_ok = abs(ratio - given) <= 0.06 * max(abs(ratio), abs(given))\n"
       "suite = doc['suite']\n");
   INFO("bad keys: " << in.get_global("bad").repr());
   CHECK(in.get_global("bad").as_list().items.empty());
