@@ -49,12 +49,18 @@ double single_items(const options& o) {
   isola::channel ch(o.capacity);
   std::int64_t sum = 0;
   auto t0 = clock_type::now();
-  std::thread receiver([&] {
+  // The receiver has its own handle: reading the sender's `ch` (on the sender's stack)
+  // for every item would share a line with the sender's locals.
+  std::thread receiver([&, ch = ch]() mutable {
+    // Summed in a local: a total on the sending thread's stack would share a cache line with
+    // the sender's own locals, and that false sharing was most of what early runs measured.
+    std::int64_t total = 0;
     for (std::size_t i = 0; i < o.messages; ++i) {
       auto r = ch.recv();
       if (!r) fail("recv failed");
-      sum += std::get<std::int64_t>(std::get<isola::value>(r->payload).data());
+      total += std::get<std::int64_t>(std::get<isola::value>(r->payload).data());
     }
+    sum = total;
   });
   for (std::size_t i = 0; i < o.messages; ++i) {
     if (!ch.send(isola::message(static_cast<std::int64_t>(i)))) fail("send failed");
@@ -71,17 +77,21 @@ double batches(const options& o) {
   isola::channel ch(o.capacity);
   std::int64_t sum = 0;
   auto t0 = clock_type::now();
-  std::thread receiver([&] {
+  // The receiver has its own handle: reading the sender's `ch` (on the sender's stack)
+  // for every item would share a line with the sender's locals.
+  std::thread receiver([&, ch = ch]() mutable {
     std::vector<isola::message> got;
     got.reserve(o.batch);
     std::size_t n = 0;
+    std::int64_t total = 0;  // a local, as in single_items()
     while (n < o.messages) {
       got.clear();
       auto r = ch.recv_many(got, o.batch);
       if (!r) fail("recv_many failed");
-      for (auto& m : got) sum += std::get<std::int64_t>(std::get<isola::value>(m.payload).data());
+      for (auto& m : got) total += std::get<std::int64_t>(std::get<isola::value>(m.payload).data());
       n += *r;
     }
+    sum = total;
   });
   std::vector<isola::message> batch;
   batch.reserve(o.batch);
@@ -107,14 +117,16 @@ double raw_ring(const options& o) {
   std::int64_t sum = 0;
   auto t0 = clock_type::now();
   std::thread receiver([&] {
+    std::int64_t total = 0;  // a local, as in single_items()
     for (std::size_t i = 0; i < o.messages;) {
-      if (ring.try_pop([&](std::int64_t&& v) noexcept { sum += v; }) ==
+      if (ring.try_pop([&](std::int64_t&& v) noexcept { total += v; }) ==
           isola::detail::ring_status::ok) {
         ++i;
       } else {
         isola::detail::cpu_relax();
       }
     }
+    sum = total;
   });
   for (std::size_t i = 0; i < o.messages;) {
     auto v = static_cast<std::int64_t>(i);

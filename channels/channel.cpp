@@ -301,6 +301,7 @@ boost::system::error_code channel_core::block(side& s, Attempt&& attempt, Ready&
       // in the counter or we see its item: the pairing described in ring.hpp.
       counted c(s);
       const std::uint32_t key = s.event.load(std::memory_order_seq_cst);
+      ring_.fence_against(&s == &receivers_);  // the side we wait for may be biased
       st = attempt(true);
       if (st == ring_status::would_block && !stop.stop_requested()) {
         in_time = park(s.event, key, until);
@@ -345,6 +346,7 @@ void channel_core::enqueue(op_list<Op>& list, side& s, std::shared_ptr<Op> op) {
     complete(*op, boost::asio::error::operation_aborted);
     return;
   }
+  ring_.fence_against(&s == &receivers_);  // as in block(): then look at the ring
   kick();
 }
 
@@ -632,6 +634,19 @@ void set_channel_pickle(const channel& ch, bool allow) noexcept {
   ch.core()->allow_pickle_.store(allow, std::memory_order_relaxed);
 }
 
+bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept {
+  auto& r = ch.core()->ring_;
+  for (int i = 0; i < rounds; ++i) {
+    cpu_relax();
+    if (for_recv ? r.pop_ready() : r.push_ready(room_run)) return true;
+  }
+  return r.closed();
+}
+
+bool channel_side_owned(const channel& ch, bool producers) noexcept {
+  return ch.core()->ring_.owned(producers);
+}
+
 std::optional<std::size_t> select_now(std::span<const channel> chans) noexcept {
   for (std::size_t i = 0; i < chans.size(); ++i) {
     if (chans[i].size() > 0 || chans[i].closed()) return i;
@@ -650,6 +665,7 @@ boost::system::result<std::size_t> wait_select(std::span<const channel> chans,
     core.watch_bells_.push_back(&bell);
     core.watchers_.fetch_add(1, std::memory_order_seq_cst);
   }
+  for (const auto& ch : chans) ch.core()->ring_.fence_against(true);
   std::stop_callback on_stop(stop, [&bell] {
     bell.fetch_add(1, std::memory_order_seq_cst);
     unpark(bell, 1);

@@ -15,6 +15,16 @@ namespace isola::detail {
 bool channel_allows_pickle(const channel& ch) noexcept;
 void set_channel_pickle(const channel& ch, bool allow) noexcept;
 
+/// Spins (pause instructions and cheap probes, no system call, no fence) for up to `rounds`
+/// rounds until the channel looks ready for a recv (items) or a send (room), or closed.
+/// True if it looks ready; the caller then tries for real. For a thread that would otherwise
+/// pay for releasing and re-taking its GIL around a short wait.
+bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept;
+
+/// Whether the channel's producers' (consumers') side is biased to one thread right now (see
+/// ring.hpp): for tests.
+bool channel_side_owned(const channel& ch, bool producers) noexcept;
+
 /// The index of the first channel that has an item or is closed, right now.
 std::optional<std::size_t> select_now(std::span<const channel> chans) noexcept;
 /// Waits until select_now() gives an index, without polling: the channels ring a shared bell

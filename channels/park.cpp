@@ -4,10 +4,12 @@
 #include "park.hpp"
 
 #include <climits>
+#include <cstdlib>
 #include <ctime>
 
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -69,6 +71,44 @@ void unpark(std::atomic<std::uint32_t>&, int) noexcept {
   { std::lock_guard lock(park_mu); }
   park_cv.notify_all();
 }
+
+#endif
+
+// ---- asymmetric fences ---------------------------------------------------------------------
+
+#if defined(__SANITIZE_THREAD__)
+#define ISOLA_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ISOLA_TSAN 1
+#endif
+#endif
+
+#if defined(__linux__) && !defined(ISOLA_TSAN)
+
+namespace {
+long membarrier(int cmd) noexcept { return ::syscall(SYS_membarrier, cmd, 0, 0); }
+}  // namespace
+
+bool asymmetric_fence_available() noexcept {
+  static const bool ok = [] {
+    const long cmds = membarrier(MEMBARRIER_CMD_QUERY);
+    if (cmds < 0 || (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return false;
+    return membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0;
+  }();
+  return ok;
+}
+
+void asymmetric_fence() noexcept {
+  // Cannot fail once registered (EINTR is not among its errors); a failure here would break
+  // the fast paths' ordering, so it is fatal rather than ignored.
+  if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0) std::abort();
+}
+
+#else
+
+bool asymmetric_fence_available() noexcept { return false; }
+void asymmetric_fence() noexcept { std::abort(); }
 
 #endif
 

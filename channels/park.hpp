@@ -20,4 +20,14 @@ bool park(const std::atomic<std::uint32_t>& word, std::uint32_t expected,
 /// Wakes up to count threads parked on word (call it after changing the word).
 void unpark(std::atomic<std::uint32_t>& word, int count) noexcept;
 
+/// The heavy half of an asymmetric fence (Linux membarrier, private expedited): when it
+/// returns, every other running thread of the process has passed a full memory barrier. With
+/// it, a hot path may order a store before a load with only a compiler fence
+/// (std::atomic_signal_fence) and the rare path that pairs with it pays instead.
+/// - asymmetric_fence_available() says whether the kernel offers it (registration is done on
+///   the first call); it is false under ThreadSanitizer, which cannot see such fences.
+/// - asymmetric_fence() must only be called when it is available.
+bool asymmetric_fence_available() noexcept;
+void asymmetric_fence() noexcept;
+
 }  // namespace isola::detail

@@ -28,6 +28,10 @@ using namespace std::chrono_literals;
 constexpr std::size_t default_maxsize = 4096;
 /// Waits in the main interpreter wake this often to run signal handlers (KeyboardInterrupt).
 constexpr auto signal_check_interval = 50ms;
+/// A blocking send/recv that finds the channel full/empty first spins this many rounds (about
+/// 1-2 us) holding the GIL before it releases the GIL to wait: the other side is often that
+/// close, and releasing and re-taking the GIL costs more than the spin.
+constexpr int spin_before_release = 64;
 
 // ---- the Channel type -------------------------------------------------------------------------
 
@@ -344,6 +348,10 @@ PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_a
   message m;
   if (!to_message(Py_TYPE(self), ch, obj, m)) return nullptr;
   auto r = ch.try_send(std::move(m));
+  if (!r && r.error() == errc::channel_full && block && (!timeout || timeout->count() > 0) &&
+      spin_until_ready(ch, false, spin_before_release)) {
+    r = ch.try_send(std::move(m));
+  }
   if (!r && r.error() == errc::channel_full && block && (!timeout || timeout->count() > 0)) {
     boost::system::result<void> wr;
     if (!wait_released(module,
@@ -375,6 +383,10 @@ PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_
   channel_timeout timeout;
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
   auto r = ch.try_recv();
+  if (!r && r.error() == errc::channel_empty && block && (!timeout || timeout->count() > 0) &&
+      spin_until_ready(ch, true, spin_before_release)) {
+    r = ch.try_recv();
+  }
   if (!r && r.error() == errc::channel_empty && block && (!timeout || timeout->count() > 0)) {
     if (!wait_released(module, [&](channel_timeout t, std::stop_token st) { return ch.recv(t, st); },
                        timeout, r)) {

@@ -7,6 +7,9 @@
 
 #include "support.hpp"
 
+#include "channel_ext.hpp"
+#include "park.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -757,3 +760,165 @@ TEST_CASE("channel: errors compare with isola::errc and read well", "[channel]")
   CHECK(std::error_code(ec) == errc::channel_closed);
   CHECK(isola::make_error_code(errc::channel_empty).message() == "channel is empty");
 }
+
+// ---- biased sides (ring.hpp): one thread alone on a side moves items without a CAS ----------
+
+namespace {
+
+/// Whether this build and kernel bias sides at all (not under ThreadSanitizer, not without
+/// membarrier); the tests below then only check that nothing is lost.
+bool biasing() { return isola::detail::asymmetric_fence_available(); }
+
+/// Sends [from, to) from the calling thread.
+void send_range(channel& ch, std::int64_t from, std::int64_t to) {
+  for (std::int64_t i = from; i < to; ++i) REQUIRE(ch.send(message(i)));
+}
+
+}  // namespace
+
+TEST_CASE("channel: a lone sender and a lone receiver bias their sides; others take them back",
+          "[channel][concurrent]") {
+  channel ch(64);
+  using isola::detail::channel_side_owned;
+  // One thread alone on both sides: after a streak, both sides are biased to it.
+  for (std::int64_t i = 0; i < 2000; ++i) {
+    REQUIRE(ch.send(message(i)));
+    auto r = ch.recv();
+    REQUIRE(r);
+    REQUIRE(int_of(*r) == i);
+  }
+  if (biasing()) {
+    CHECK(channel_side_owned(ch, true));
+    CHECK(channel_side_owned(ch, false));
+  }
+  // Another thread sends and receives: it revokes both biases, and order holds throughout.
+  std::thread other([&] {
+    REQUIRE(ch.send(message(std::int64_t{-1})));
+    auto r = ch.recv();
+    REQUIRE(r);
+    CHECK(int_of(*r) == -1);
+  });
+  other.join();
+  CHECK_FALSE(channel_side_owned(ch, true));
+  CHECK_FALSE(channel_side_owned(ch, false));
+  // The first thread still works (through the CAS path, until it has a new streak).
+  REQUIRE(ch.send(message(std::int64_t{7})));
+  auto r = ch.recv();
+  REQUIRE(r);
+  CHECK(int_of(*r) == 7);
+}
+
+TEST_CASE("channel: senders that take turns with a biased one lose and double nothing",
+          "[channel][concurrent]") {
+  // Phases: A alone (its side biased), then A and B together (revocations back and forth),
+  // then B alone; one receiver checks every sender's order and the total.
+  constexpr std::int64_t per_phase = under_sanitizer ? 20'000 : 200'000;
+  channel ch(256);
+  std::atomic<bool> bad_order{false};
+  std::int64_t got = 0;
+  std::thread receiver([&, ch = ch]() mutable {
+    std::int64_t last_a = -1, last_b = -1, n = 0;
+    for (;;) {
+      auto r = ch.recv();
+      if (!r) break;
+      const std::int64_t v = int_of(*r);
+      std::int64_t& last = v < 10 * per_phase ? last_a : last_b;
+      if (v <= last) bad_order = true;
+      last = v;
+      ++n;
+    }
+    got = n;
+  });
+  std::atomic<int> phase{0};
+  std::thread a([&, ch = ch]() mutable {
+    send_range(ch, 0, per_phase);
+    phase = 1;
+    send_range(ch, per_phase, 2 * per_phase);
+  });
+  std::thread b([&, ch = ch]() mutable {
+    while (phase.load() == 0) std::this_thread::yield();
+    send_range(ch, 10 * per_phase, 11 * per_phase);
+  });
+  a.join();
+  b.join();
+  send_range(ch, 11 * per_phase, 11 * per_phase + 1000);  // this thread alone at the end
+  ch.close();
+  receiver.join();
+  CHECK_FALSE(bad_order.load());
+  CHECK(got == 3 * per_phase + 1000);
+}
+
+TEST_CASE("channel: close() while the senders' side is biased: nothing sent after, all drained",
+          "[channel][concurrent]") {
+  channel ch(4096);
+  send_range(ch, 0, 3000);  // this thread alone: its side is biased
+  if (biasing()) CHECK(isola::detail::channel_side_owned(ch, true));
+  std::thread closer([&, ch = ch]() mutable { CHECK(ch.close()); });
+  closer.join();
+  CHECK(ch.closed());
+  auto refused = ch.send(message(std::int64_t{-1}));
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error() == errc::channel_closed);
+  for (std::int64_t i = 0; i < 3000; ++i) {
+    auto r = ch.recv();
+    REQUIRE(r);
+    REQUIRE(int_of(*r) == i);
+  }
+  auto end = ch.recv();
+  REQUIRE_FALSE(end);
+  CHECK(end.error() == errc::channel_closed);
+}
+
+TEST_CASE("channel: a parked receiver is woken by a biased sender (no lost wake-up)",
+          "[channel][concurrent]") {
+  // The sender publishes with plain stores; the receiver's fence before it sleeps must pair
+  // with that. Each item is sent after the receiver has had time to park; a lost wake-up shows
+  // as a receive that runs into its (long) timeout.
+  constexpr int rounds = 200;
+  channel ch(2048);
+  send_range(ch, 0, 1000);  // bias the senders' side to this thread
+  for (int i = 0; i < 1000; ++i) REQUIRE(ch.recv());
+  std::atomic<int> received{0};
+  std::atomic<bool> timed_out{false};
+  std::thread receiver([&, ch = ch]() mutable {
+    for (int i = 0; i < rounds; ++i) {
+      auto r = ch.recv(10s);
+      if (!r) {
+        timed_out = true;
+        return;
+      }
+      received.fetch_add(1);
+    }
+  });
+  for (int i = 0; i < rounds && !timed_out; ++i) {
+    // Long enough for the receiver to spin out and park (its spin lasts ~10-30 us).
+    std::this_thread::sleep_for(i % 2 == 0 ? 300us : 2ms);
+    REQUIRE(ch.send(message(std::int64_t{i})));
+  }
+  receiver.join();
+  CHECK_FALSE(timed_out.load());
+  CHECK(received.load() == rounds);
+}
+
+TEST_CASE("channel: a pending Asio receive completes when a biased sender sends",
+          "[channel][concurrent]") {
+  channel ch(2048);
+  send_range(ch, 0, 1000);
+  for (int i = 0; i < 1000; ++i) REQUIRE(ch.recv());
+  int completed = 0;
+  for (int i = 0; i < 50; ++i) {
+    std::promise<std::int64_t> got;
+    // A plain callback: it completes on Asio's system executor.
+    ch.async_recv([&got](boost::system::error_code ec, message m) {
+      got.set_value(ec ? -1 : int_of(m));
+    });
+    std::this_thread::sleep_for(200us);
+    REQUIRE(ch.send(message(std::int64_t{i})));
+    auto f = got.get_future();
+    REQUIRE(f.wait_for(10s) == std::future_status::ready);
+    CHECK(f.get() == i);
+    ++completed;
+  }
+  CHECK(completed == 50);
+}
+
