@@ -204,19 +204,11 @@ class ring {
       const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
       if (stamp == tail) {
         // Free. Extend the claim over the following free slots of this lap.
-        const std::uint64_t room = std::min<std::uint64_t>(count, cap_ - index);
-        std::uint64_t k = 1;
-        while (k < room && slots_[index + k].stamp.load(std::memory_order_acquire) == tail + k) {
-          ++k;
-        }
+        const std::uint64_t k = free_run(index, tail, count);
         const std::uint64_t new_tail = advance(tail, k);
         if (tail_.compare_exchange_weak(tail, new_tail, std::memory_order_seq_cst,
                                         std::memory_order_relaxed)) {
-          for (std::uint64_t i = 0; i < k; ++i) {
-            slot& s = slots_[index + i];
-            new (s.storage) T(std::move(items[i]));
-            s.stamp.store(tail + i + 1, std::memory_order_release);
-          }
+          fill(index, tail, k, items);
           pushed = static_cast<std::size_t>(k);
           note_cas_op(producers_, tail_, producer_streak, tail, new_tail, me);
           return ring_status::ok;
@@ -274,22 +266,11 @@ class ring {
       const std::uint64_t index = head & (mark_bit_ - 1);
       const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
       if (stamp == head + 1) {
-        const std::uint64_t avail = std::min<std::uint64_t>(max_items, cap_ - index);
-        std::uint64_t k = 1;
-        while (k < avail &&
-               slots_[index + k].stamp.load(std::memory_order_acquire) == head + k + 1) {
-          ++k;
-        }
+        const std::uint64_t k = published_run(index, head, max_items);
         const std::uint64_t new_head = advance(head, k);
         if (head_.compare_exchange_weak(head, new_head, std::memory_order_seq_cst,
                                         std::memory_order_relaxed)) {
-          for (std::uint64_t i = 0; i < k; ++i) {
-            slot& s = slots_[index + i];
-            T* item = s.item();
-            consume(std::move(*item));
-            item->~T();
-            s.stamp.store(head + i + one_lap_, std::memory_order_release);
-          }
+          take(index, head, k, consume);
           popped = static_cast<std::size_t>(k);
           note_cas_op(consumers_, head_, consumer_streak, head, new_head, me);
           return ring_status::ok;
@@ -384,6 +365,43 @@ class ring {
   }
 
  private:
+  /// Free slots from index on (the first one is free), up to count and the array's end.
+  std::uint64_t free_run(std::uint64_t index, std::uint64_t tail, std::uint64_t count) const noexcept {
+    const std::uint64_t room = std::min<std::uint64_t>(count, cap_ - index);
+    std::uint64_t k = 1;
+    while (k < room && slots_[index + k].stamp.load(std::memory_order_acquire) == tail + k) ++k;
+    return k;
+  }
+  /// Moves k items into the claimed slots from index on and publishes each.
+  void fill(std::uint64_t index, std::uint64_t tail, std::uint64_t k, T* items) noexcept {
+    for (std::uint64_t i = 0; i < k; ++i) {
+      slot& s = slots_[index + i];
+      new (s.storage) T(std::move(items[i]));
+      s.stamp.store(tail + i + 1, std::memory_order_release);
+    }
+  }
+  /// Published items from index on (the first one is), up to max_items and the array's end.
+  std::uint64_t published_run(std::uint64_t index, std::uint64_t head,
+                              std::uint64_t max_items) const noexcept {
+    const std::uint64_t avail = std::min<std::uint64_t>(max_items, cap_ - index);
+    std::uint64_t k = 1;
+    while (k < avail && slots_[index + k].stamp.load(std::memory_order_acquire) == head + k + 1) {
+      ++k;
+    }
+    return k;
+  }
+  /// Hands the k claimed items from index on to consume and frees their slots for the next lap.
+  template <typename Consume>
+  void take(std::uint64_t index, std::uint64_t head, std::uint64_t k, Consume& consume) noexcept {
+    for (std::uint64_t i = 0; i < k; ++i) {
+      slot& s = slots_[index + i];
+      T* item = s.item();
+      consume(std::move(*item));
+      item->~T();
+      s.stamp.store(head + i + one_lap_, std::memory_order_release);
+    }
+  }
+
   /// The owner's push: as the CAS path, with plain stores of tail_ (the owned bit stays set;
   /// the closed mark cannot be set while the side is owned). ok with pushed == 0: retry.
   ring_status owned_push(T* items, std::size_t count, std::size_t& pushed, bool exact) noexcept {
@@ -391,16 +409,8 @@ class ring {
     const std::uint64_t index = tail & (mark_bit_ - 1);
     const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
     if (stamp == tail) {
-      const std::uint64_t room = std::min<std::uint64_t>(count, cap_ - index);
-      std::uint64_t k = 1;
-      while (k < room && slots_[index + k].stamp.load(std::memory_order_acquire) == tail + k) {
-        ++k;
-      }
-      for (std::uint64_t i = 0; i < k; ++i) {
-        slot& s = slots_[index + i];
-        new (s.storage) T(std::move(items[i]));
-        s.stamp.store(tail + i + 1, std::memory_order_release);
-      }
+      const std::uint64_t k = free_run(index, tail, count);
+      fill(index, tail, k, items);
       tail_.store(advance(tail, k) | owned_bit, std::memory_order_release);
       pushed = static_cast<std::size_t>(k);
       return ring_status::ok;
@@ -422,19 +432,8 @@ class ring {
     const std::uint64_t index = head & (mark_bit_ - 1);
     const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
     if (stamp == head + 1) {
-      const std::uint64_t avail = std::min<std::uint64_t>(max_items, cap_ - index);
-      std::uint64_t k = 1;
-      while (k < avail &&
-             slots_[index + k].stamp.load(std::memory_order_acquire) == head + k + 1) {
-        ++k;
-      }
-      for (std::uint64_t i = 0; i < k; ++i) {
-        slot& s = slots_[index + i];
-        T* item = s.item();
-        consume(std::move(*item));
-        item->~T();
-        s.stamp.store(head + i + one_lap_, std::memory_order_release);
-      }
+      const std::uint64_t k = published_run(index, head, max_items);
+      take(index, head, k, consume);
       head_.store(advance(head, k) | owned_bit, std::memory_order_release);
       popped = static_cast<std::size_t>(k);
       return ring_status::ok;
