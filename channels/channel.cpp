@@ -151,6 +151,8 @@ class channel_core {
   friend boost::system::result<std::size_t> wait_select(std::span<const channel>,
                                                         channel_timeout, std::stop_token);
   friend bool channel_allows_pickle(const channel&) noexcept;
+  friend boost::system::result<std::size_t> try_recv_each(const channel&, std::size_t,
+                                                          consume_fn, void*) noexcept;
   friend void set_channel_pickle(const channel&, bool) noexcept;
   /// isola.select waiters: bells rung when an item arrives or the channel closes.
   void notify_watchers() noexcept {
@@ -641,6 +643,24 @@ bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept {
     if (for_recv ? r.pop_ready() : r.push_ready(room_run)) return true;
   }
   return r.closed();
+}
+
+boost::system::result<std::size_t> try_recv_each(const channel& ch, std::size_t max_items,
+                                                 consume_fn fn, void* ctx) noexcept {
+  if (max_items == 0) return std::size_t{0};
+  auto& c = *ch.core();
+  std::size_t got = 0;
+  ring_status st = ring_status::ok;
+  while (got < max_items) {
+    std::size_t k = 0;
+    st = c.ring_.try_pop_n(
+        max_items - got, k, [&](message&& m) noexcept { fn(ctx, std::move(m)); }, got == 0);
+    if (st != ring_status::ok) break;
+    got += k;
+    c.after_pop(k);
+  }
+  if (got > 0) return got;
+  return code(st == ring_status::closed ? errc::channel_closed : errc::channel_empty);
 }
 
 bool channel_side_owned(const channel& ch, bool producers) noexcept {

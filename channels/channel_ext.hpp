@@ -21,6 +21,13 @@ void set_channel_pickle(const channel& ch, bool allow) noexcept;
 /// pay for releasing and re-taking its GIL around a short wait.
 bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept;
 
+/// try_recv_many without the vector: hands each item, in order, to fn(ctx, item) while it is
+/// still in its ring slot (fn must not throw and must take the item). Same outcome as
+/// try_recv_many. For the Python face, which builds its list straight from the ring.
+using consume_fn = void (*)(void* ctx, message&& item) noexcept;
+boost::system::result<std::size_t> try_recv_each(const channel& ch, std::size_t max_items,
+                                                 consume_fn fn, void* ctx) noexcept;
+
 /// Whether the channel's producers' (consumers') side is biased to one thread right now (see
 /// ring.hpp): for tests.
 bool channel_side_owned(const channel& ch, bool producers) noexcept;

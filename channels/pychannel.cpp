@@ -17,6 +17,8 @@
 #include <chrono>
 #include <cmath>
 #include <string>
+#include <utility>
+#include <variant>
 #include <vector>
 
 namespace isola::detail {
@@ -222,7 +224,7 @@ bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, me
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (overflow == 0 && !(v == -1 && PyErr_Occurred())) {
-      out = message(value(static_cast<std::int64_t>(v)));
+      out.payload.emplace<value>(static_cast<std::int64_t>(v));
       return true;
     }
     PyErr_Clear();
@@ -463,14 +465,12 @@ PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
       PyErr_Clear();
     }
     while (PyObject* o = PyIter_Next(it)) {
-      message m;
-      bool ok = to_message(Py_TYPE(self), ch, o, m);
+      bool ok = to_message(Py_TYPE(self), ch, o, items.emplace_back());  // converted in place
       Py_DECREF(o);
       if (!ok) {
         Py_DECREF(it);
         return nullptr;
       }
-      items.push_back(std::move(m));
     }
     Py_DECREF(it);
     if (PyErr_Occurred()) return nullptr;
@@ -503,6 +503,62 @@ PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   return PyLong_FromSize_t(sent);
 }
 
+// recv_many's fast path: the items there now (up to max_items, at most 4096 per call), as a
+// list built straight from the ring. nullptr without an exception set when there are none (or
+// the channel is closed and drained): the caller then waits or reports as usual.
+PyObject* recv_many_now(PyObject* module, const channel& ch, std::size_t max_items) {
+  struct gathered {
+    std::vector<PyObject*> objects;  ///< nullptr where the item is in `later`
+    std::vector<std::pair<std::size_t, message>> later;
+    bool lost = false;  ///< an item could not be kept (out of memory)
+  } g;
+  const std::size_t chunk = std::min<std::size_t>(max_items, 4096);
+  g.objects.reserve(chunk);  // the callback must not reallocate it
+  auto consume = [](void* ctx, message&& m) noexcept {
+    auto& g = *static_cast<gathered*>(ctx);
+    if (const value* v = m.as_value();
+        v != nullptr && std::holds_alternative<std::int64_t>(v->data())) {
+      if (PyObject* o = PyLong_FromLongLong(std::get<std::int64_t>(v->data()))) {
+        g.objects.push_back(o);
+        return;
+      }
+      PyErr_Clear();  // converted again below, where the error is raised properly
+    }
+    try {
+      g.later.emplace_back(g.objects.size(), std::move(m));
+      g.objects.push_back(nullptr);
+    } catch (...) {
+      g.lost = true;
+    }
+  };
+  auto r = try_recv_each(ch, chunk, consume, &g);
+  auto drop_all = [&] {
+    for (PyObject* o : g.objects) Py_XDECREF(o);
+  };
+  if (g.lost) {
+    drop_all();
+    PyErr_NoMemory();
+    return nullptr;
+  }
+  if (!r) return nullptr;
+  for (auto& [at, m] : g.later) {
+    g.objects[at] = from_message(module, std::move(m));
+    if (g.objects[at] == nullptr) {
+      drop_all();
+      return nullptr;
+    }
+  }
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(g.objects.size()));
+  if (list == nullptr) {
+    drop_all();
+    return nullptr;
+  }
+  for (std::size_t i = 0; i < g.objects.size(); ++i) {
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), g.objects[i]);
+  }
+  return list;
+}
+
 PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
   if (!parse_args("recv_many", args, nargs, kw, {"max_items", "timeout"}, 1, a)) return nullptr;
@@ -516,6 +572,12 @@ PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   }
   channel_timeout timeout;
   if (!parse_timeout(a[1], timeout)) return nullptr;
+  // What is there now goes from the ring slots straight into the list's objects: small ints
+  // become Python ints on the spot, anything else is kept aside and converted afterwards.
+  if (PyObject* list = recv_many_now(module, ch, static_cast<std::size_t>(max_items))) {
+    return list;
+  }
+  if (PyErr_Occurred()) return nullptr;
   std::vector<message> got;
   got.reserve(static_cast<std::size_t>(std::min<Py_ssize_t>(max_items, 4096)));
   auto r = ch.try_recv_many(got, static_cast<std::size_t>(max_items));
