@@ -14,8 +14,11 @@
 #include <isola/channel.hpp>
 #include <isola/log.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <variant>
@@ -272,6 +275,10 @@ bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, me
 PyObject* from_message(PyObject* module, message&& m) {
   switch (m.payload.index()) {
     case 0:
+      // The common case first, without the general converter.
+      if (const auto* i = std::get_if<std::int64_t>(&m.as_value()->data())) {
+        return PyLong_FromLongLong(*i);
+      }
       try {
         return to_python(*m.as_value()).release();
       } catch (const py::error_already_set&) {
@@ -448,6 +455,68 @@ PyObject* ch_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObje
   return do_recv(self, block != 0, a[1], true);
 }
 
+// Reserving for a length hint: at most this many items up front (the vector grows from there;
+// range(10**12) must raise MemoryError, not ask for 48 TB at once).
+constexpr std::size_t max_reserve = std::size_t{1} << 20;
+
+// send_many(range(...)): the ints straight from the range's bounds, without making an int
+// object per item. False (no exception) if obj is not a range of C long long bounds; false with
+// an exception if reading the range failed.
+bool range_items(PyObject* obj, std::vector<message>& out) {
+  if (!Py_IS_TYPE(obj, &PyRange_Type)) return false;
+  long long bound[3] = {0, 0, 0};
+  const char* names[3] = {"start", "stop", "step"};
+  for (int k = 0; k < 3; ++k) {
+    py::object v = py::steal(PyObject_GetAttrString(obj, names[k]));
+    if (!v) return false;
+    int overflow = 0;
+    bound[k] = PyLong_AsLongLongAndOverflow(v.get(), &overflow);
+    if (bound[k] == -1 && PyErr_Occurred()) return false;
+    if (overflow != 0) return false;  // big bounds: the general path
+  }
+  const Py_ssize_t n = PyObject_Length(obj);
+  if (n < 0) return false;
+  out.reserve(std::min(static_cast<std::size_t>(n), max_reserve));
+  // Every item lies between start and stop, so it fits as they do.
+  long long v = bound[0];
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    out.emplace_back().payload.emplace<value>(static_cast<std::int64_t>(v));
+    if (i + 1 < n) v += bound[2];
+  }
+  return true;
+}
+
+// Converts every item of send_many's iterable before anything is sent (so a bad item sends
+// nothing). False with a Python exception set.
+bool collect_items(PyObject* self, const channel& ch, PyObject* iterable,
+                   std::vector<message>& items) {
+  try {
+    if (range_items(iterable, items)) return true;
+    if (PyErr_Occurred()) return false;
+    py::object it = py::steal(PyObject_GetIter(iterable));
+    if (!it) return false;
+    if (Py_ssize_t hint = PyObject_LengthHint(iterable, 0); hint > 0) {
+      items.reserve(std::min(static_cast<std::size_t>(hint), max_reserve));
+    } else if (hint < 0) {
+      PyErr_Clear();
+    }
+    while (PyObject* o = PyIter_Next(it.get())) {
+      const bool ok = to_message(Py_TYPE(self), ch, o, items.emplace_back());  // in place
+      Py_DECREF(o);
+      if (!ok) return false;
+    }
+    return !PyErr_Occurred();
+  } catch (const std::bad_alloc&) {
+    items.clear();
+    PyErr_NoMemory();
+    return false;
+  } catch (const std::length_error&) {
+    items.clear();
+    PyErr_NoMemory();
+    return false;
+  }
+}
+
 PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
   if (!parse_args("send_many", args, nargs, kw, {"items", "timeout"}, 1, a)) return nullptr;
@@ -456,25 +525,7 @@ PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   channel_timeout timeout;
   if (!parse_timeout(a[1], timeout)) return nullptr;
   std::vector<message> items;
-  {
-    PyObject* it = PyObject_GetIter(a[0]);
-    if (it == nullptr) return nullptr;
-    if (Py_ssize_t hint = PyObject_LengthHint(a[0], 0); hint > 0) {
-      items.reserve(static_cast<std::size_t>(hint));
-    } else {
-      PyErr_Clear();
-    }
-    while (PyObject* o = PyIter_Next(it)) {
-      bool ok = to_message(Py_TYPE(self), ch, o, items.emplace_back());  // converted in place
-      Py_DECREF(o);
-      if (!ok) {
-        Py_DECREF(it);
-        return nullptr;
-      }
-    }
-    Py_DECREF(it);
-    if (PyErr_Occurred()) return nullptr;
-  }
+  if (!collect_items(self, ch, a[0], items)) return nullptr;
   std::span<message> rest(items);
   auto first = ch.try_send_many(rest);
   std::size_t sent = first.sent;
