@@ -58,8 +58,8 @@ std::string_view kind_name(kind k) noexcept;
 /// with the "surrogatepass" scheme), bytes, tuple, list, dict. Other Python types are refused
 /// with TypeError naming the type; structures nested deeper than max_depth or cyclic ones are
 /// refused with ValueError, never a stack overflow. (A value built by hand in C++ is not
-/// depth-checked until it is converted; copying or destroying one nested tens of thousands of
-/// levels deep recurses that deep.)
+/// depth-checked until it is converted; copying or destroying one nested thousands of levels
+/// deep recurses that deep: 10 000 levels overflow an 8 MB stack in an unoptimised ASan build.)
 class value {
  public:
   static constexpr int max_depth = 512;
