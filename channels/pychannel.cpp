@@ -455,44 +455,17 @@ PyObject* ch_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObje
   return do_recv(self, block != 0, a[1], true);
 }
 
-// Reserving for a length hint: at most this many items up front (the vector grows from there;
-// range(10**12) must raise MemoryError, not ask for 48 TB at once).
+// Reserving for a length hint: at most this many items up front (the vector grows from there; a
+// __length_hint__ of 10**15 must not ask for 48 PB at once). (Reading ranges from their bounds
+// instead of iterating was tried: the sender then outran the receiver, the ring stayed full,
+// and batches got slower, 7.3-8.9 against 11.0-11.6 M items/s.)
 constexpr std::size_t max_reserve = std::size_t{1} << 20;
-
-// send_many(range(...)): the ints straight from the range's bounds, without making an int
-// object per item. False (no exception) if obj is not a range of C long long bounds; false with
-// an exception if reading the range failed.
-bool range_items(PyObject* obj, std::vector<message>& out) {
-  if (!Py_IS_TYPE(obj, &PyRange_Type)) return false;
-  long long bound[3] = {0, 0, 0};
-  const char* names[3] = {"start", "stop", "step"};
-  for (int k = 0; k < 3; ++k) {
-    py::object v = py::steal(PyObject_GetAttrString(obj, names[k]));
-    if (!v) return false;
-    int overflow = 0;
-    bound[k] = PyLong_AsLongLongAndOverflow(v.get(), &overflow);
-    if (bound[k] == -1 && PyErr_Occurred()) return false;
-    if (overflow != 0) return false;  // big bounds: the general path
-  }
-  const Py_ssize_t n = PyObject_Length(obj);
-  if (n < 0) return false;
-  out.reserve(std::min(static_cast<std::size_t>(n), max_reserve));
-  // Every item lies between start and stop, so it fits as they do.
-  long long v = bound[0];
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    out.emplace_back().payload.emplace<value>(static_cast<std::int64_t>(v));
-    if (i + 1 < n) v += bound[2];
-  }
-  return true;
-}
 
 // Converts every item of send_many's iterable before anything is sent (so a bad item sends
 // nothing). False with a Python exception set.
 bool collect_items(PyObject* self, const channel& ch, PyObject* iterable,
                    std::vector<message>& items) {
   try {
-    if (range_items(iterable, items)) return true;
-    if (PyErr_Occurred()) return false;
     py::object it = py::steal(PyObject_GetIter(iterable));
     if (!it) return false;
     if (Py_ssize_t hint = PyObject_LengthHint(iterable, 0); hint > 0) {
