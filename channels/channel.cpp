@@ -88,6 +88,27 @@ class channel_core {
   ring_status pop_available(std::vector<message>& out, std::size_t max_items, std::size_t& got,
                             bool exact);
 
+  /// Pops what is there now, up to max_items, handing each item to consume(message&&) (which
+  /// must not throw); before each claim of up to `chunk` items, prepare(chunk) runs (and may
+  /// throw). Several claims if the ring's end is crossed.
+  template <typename Prepare, typename Consume>
+  ring_status pop_each(std::size_t max_items, std::size_t& got, bool exact, Prepare&& prepare,
+                       Consume&& consume) {
+    got = 0;
+    ring_status st = ring_status::ok;
+    while (got < max_items) {
+      const std::size_t chunk = std::min(max_items - got, ring_.capacity());
+      prepare(chunk);
+      std::size_t k = 0;
+      // Once something moved, the call succeeds whatever follows: later claims may be quick.
+      st = ring_.try_pop_n(chunk, k, consume, exact && got == 0);
+      if (st != ring_status::ok) break;
+      got += k;
+      after_pop(k);
+    }
+    return got > 0 ? ring_status::ok : st;
+  }
+
   /// Repeats attempt(exact) until it moves something, the ring is closed, the deadline passes
   /// or stop is requested: first spinning on ready(true), then parked on s.event. Quick attempts
   /// (exact == false) while spinning keep off the other side's hot line; the check before
@@ -228,22 +249,15 @@ ring_status channel_core::push_available(std::span<message> items, std::size_t& 
 
 ring_status channel_core::pop_available(std::vector<message>& out, std::size_t max_items,
                                         std::size_t& got, bool exact) {
-  got = 0;
-  ring_status st = ring_status::ok;
-  while (got < max_items) {
-    // Grow before claiming: consume() runs on claimed slots and must not throw.
-    const std::size_t chunk = std::min(max_items - got, ring_.capacity());
-    if (out.capacity() - out.size() < chunk) {
-      out.reserve(std::max(out.size() + chunk, out.capacity() * 2));
-    }
-    std::size_t k = 0;
-    st = ring_.try_pop_n(
-        chunk, k, [&](message&& m) noexcept { out.push_back(std::move(m)); }, exact && got == 0);
-    if (st != ring_status::ok) break;
-    got += k;
-    after_pop(k);
-  }
-  return got > 0 ? ring_status::ok : st;
+  return pop_each(
+      max_items, got, exact,
+      // Grow before claiming: consume() runs on claimed slots and must not throw.
+      [&](std::size_t chunk) {
+        if (out.capacity() - out.size() < chunk) {
+          out.reserve(std::max(out.size() + chunk, out.capacity() * 2));
+        }
+      },
+      [&](message&& m) noexcept { out.push_back(std::move(m)); });
 }
 
 template <typename Attempt, typename Ready>
@@ -648,18 +662,11 @@ bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept {
 boost::system::result<std::size_t> try_recv_each(const channel& ch, std::size_t max_items,
                                                  consume_fn fn, void* ctx) noexcept {
   if (max_items == 0) return std::size_t{0};
-  auto& c = *ch.core();
   std::size_t got = 0;
-  ring_status st = ring_status::ok;
-  while (got < max_items) {
-    std::size_t k = 0;
-    st = c.ring_.try_pop_n(
-        max_items - got, k, [&](message&& m) noexcept { fn(ctx, std::move(m)); }, got == 0);
-    if (st != ring_status::ok) break;
-    got += k;
-    c.after_pop(k);
-  }
-  if (got > 0) return got;
+  const ring_status st = ch.core()->pop_each(
+      max_items, got, true, [](std::size_t) noexcept {},
+      [&](message&& m) noexcept { fn(ctx, std::move(m)); });
+  if (st == ring_status::ok) return got;
   return code(st == ring_status::closed ? errc::channel_closed : errc::channel_empty);
 }
 

@@ -272,13 +272,17 @@ bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, me
   return true;
 }
 
+// The int a message holds when it is a plain (64-bit) int, else nullptr.
+const std::int64_t* plain_int(const message& m) noexcept {
+  const value* v = m.as_value();
+  return v != nullptr ? std::get_if<std::int64_t>(&v->data()) : nullptr;
+}
+
 PyObject* from_message(PyObject* module, message&& m) {
   switch (m.payload.index()) {
     case 0:
       // The common case first, without the general converter.
-      if (const auto* i = std::get_if<std::int64_t>(&m.as_value()->data())) {
-        return PyLong_FromLongLong(*i);
-      }
+      if (const std::int64_t* i = plain_int(m)) return PyLong_FromLongLong(*i);
       try {
         return to_python(*m.as_value()).release();
       } catch (const py::error_already_set&) {
@@ -540,9 +544,8 @@ PyObject* recv_many_now(PyObject* module, const channel& ch, std::size_t max_ite
   g.objects.reserve(chunk);  // the callback must not reallocate it
   auto consume = [](void* ctx, message&& m) noexcept {
     auto& g = *static_cast<gathered*>(ctx);
-    if (const value* v = m.as_value();
-        v != nullptr && std::holds_alternative<std::int64_t>(v->data())) {
-      if (PyObject* o = PyLong_FromLongLong(std::get<std::int64_t>(v->data()))) {
+    if (const std::int64_t* i = plain_int(m)) {
+      if (PyObject* o = PyLong_FromLongLong(*i)) {
         g.objects.push_back(o);
         return;
       }
