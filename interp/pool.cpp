@@ -181,6 +181,10 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   std::atomic<int> sleepers_{0};
 
   std::atomic<bool> stopping_{false};
+  /// Set by shutdown(true) before stopping_: a worker that pops a task after this cancels it
+  /// instead of running it (else a worker freed just then could start a task shutdown(true)
+  /// promised to cancel).
+  std::atomic<bool> cancelling_{false};
   std::atomic<bool> shut_down_{false};
   std::mutex shutdown_mu_;
   std::atomic<std::uint64_t> submitted_{0}, completed_{0}, not_run_{0};
@@ -441,6 +445,10 @@ std::shared_ptr<pool_task> pool_impl::try_pop(pool_worker& w) {
       --in_shared_;
     }
     room_.release();
+    if (cancelling_.load()) {
+      fail_unstarted(t, errc::cancelled, "pool shut down before the task ran");
+      continue;
+    }
     // Claim it. Whoever moves a task out of `queued` (this CAS, cancel, a shutdown that
     // cancels) also takes it off queued_. A cancelled task is a tombstone: drop it.
     t->running_on = w.slot;
@@ -814,6 +822,7 @@ void pool_impl::declare_broken(const std::shared_ptr<pool_worker>& w,
 void pool_impl::shutdown(bool cancel_pending) {
   std::lock_guard serial(shutdown_mu_);
   if (shut_down_) return;
+  if (cancel_pending) cancelling_ = true;  // before stopping_: see cancelling_
   stopping_ = true;
   if (cancel_pending) {
     for (auto& s : slots_) fail_pinned(*s, errc::cancelled, "pool shut down before the task ran");
