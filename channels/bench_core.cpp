@@ -49,9 +49,9 @@ double single_items(const options& o) {
   isola::channel ch(o.capacity);
   std::int64_t sum = 0;
   auto t0 = clock_type::now();
-  // The receiver has its own handle: reading the sender's `ch` (on the sender's stack)
-  // for every item would share a line with the sender's locals.
-  std::thread receiver([&, ch = ch]() mutable {
+  // The receiver has its own handle and copy of the options: reading the sender's `ch` or
+  // `o` (on the sender's stack) for every item shares a line with the sender's locals.
+  std::thread receiver([&sum, ch = ch, o = o]() mutable {
     // Summed in a local: a total on the sending thread's stack would share a cache line with
     // the sender's own locals, and that false sharing was most of what early runs measured.
     std::int64_t total = 0;
@@ -77,9 +77,9 @@ double batches(const options& o) {
   isola::channel ch(o.capacity);
   std::int64_t sum = 0;
   auto t0 = clock_type::now();
-  // The receiver has its own handle: reading the sender's `ch` (on the sender's stack)
-  // for every item would share a line with the sender's locals.
-  std::thread receiver([&, ch = ch]() mutable {
+  // The receiver has its own handle and copy of the options: reading the sender's `ch` or
+  // `o` (on the sender's stack) for every item shares a line with the sender's locals.
+  std::thread receiver([&sum, ch = ch, o = o]() mutable {
     std::vector<isola::message> got;
     got.reserve(o.batch);
     std::size_t n = 0;
@@ -116,7 +116,7 @@ double raw_ring(const options& o) {
   isola::detail::ring<std::int64_t> ring(o.capacity);
   std::int64_t sum = 0;
   auto t0 = clock_type::now();
-  std::thread receiver([&] {
+  std::thread receiver([&sum, &ring, o = o] {
     std::int64_t total = 0;  // a local, as in single_items()
     for (std::size_t i = 0; i < o.messages;) {
       if (ring.try_pop([&](std::int64_t&& v) noexcept { total += v; }) ==

@@ -21,6 +21,14 @@ void set_channel_pickle(const channel& ch, bool allow) noexcept;
 /// pay for releasing and re-taking its GIL around a short wait.
 bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept;
 
+/// try_send / try_recv for a caller that blocks anyway: channel_full / channel_empty may also
+/// mean "the slot is not free (published) yet", and try_recv_quick may say channel_empty for a
+/// closed and drained channel. They do not look at the other side's position (its hot line),
+/// which the exact calls do on a full (empty) ring. The caller must decide with an exact call
+/// (or a blocking one) before it reports full, empty or closed.
+boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noexcept;
+boost::system::result<message> try_recv_quick(const channel& ch) noexcept;
+
 /// try_recv_many without the vector: hands each item, in order, to fn(ctx, item) while it is
 /// still in its ring slot (fn must not throw and must take the item). Same outcome as
 /// try_recv_many. For the Python face, which builds its list straight from the ring.

@@ -360,12 +360,15 @@ PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_a
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
   message m;
   if (!to_message(Py_TYPE(self), ch, obj, m)) return nullptr;
-  auto r = ch.try_send(std::move(m));
-  if (!r && r.error() == errc::channel_full && block && (!timeout || timeout->count() > 0) &&
+  const bool waits = block && (!timeout || timeout->count() > 0);
+  // A call that may wait starts with a quick attempt (no look at the receivers' position);
+  // the exact attempt after the spin, or the blocking send, decides.
+  auto r = waits ? try_send_quick(ch, std::move(m)) : ch.try_send(std::move(m));
+  if (!r && r.error() == errc::channel_full && waits &&
       spin_until_ready(ch, false, spin_before_release)) {
     r = ch.try_send(std::move(m));
   }
-  if (!r && r.error() == errc::channel_full && block && (!timeout || timeout->count() > 0)) {
+  if (!r && r.error() == errc::channel_full && waits) {
     boost::system::result<void> wr;
     if (!wait_released(module,
             [&](channel_timeout t, std::stop_token st) { return ch.send(std::move(m), t, st); },
@@ -395,12 +398,13 @@ PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_
   PyObject* module = self_module(self);
   channel_timeout timeout;
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
-  auto r = ch.try_recv();
-  if (!r && r.error() == errc::channel_empty && block && (!timeout || timeout->count() > 0) &&
+  const bool waits = block && (!timeout || timeout->count() > 0);
+  auto r = waits ? try_recv_quick(ch) : ch.try_recv();  // as in do_send
+  if (!r && r.error() == errc::channel_empty && waits &&
       spin_until_ready(ch, true, spin_before_release)) {
     r = ch.try_recv();
   }
-  if (!r && r.error() == errc::channel_empty && block && (!timeout || timeout->count() > 0)) {
+  if (!r && r.error() == errc::channel_empty && waits) {
     if (!wait_released(module, [&](channel_timeout t, std::stop_token st) { return ch.recv(t, st); },
                        timeout, r)) {
       return nullptr;

@@ -700,9 +700,10 @@ transfer_run cpp_single(std::size_t capacity, std::size_t n) {
   std::pair<double, double> receiver_sched;
   auto t0 = clock::now();
   const auto c0 = sched_ns();
-  // The receiver has its own handle: reading the sender's `ch` (on the sender's stack) for
-  // every item would share a cache line with the sender's locals.
-  std::thread receiver([&, ch = ch]() mutable {
+  // The receiver has its own handle and its own copies of the counts: reading the sender's
+  // `ch` or `n` (on the sender's stack) for every item shares a cache line with the sender's
+  // locals, which the sender writes for every item.
+  std::thread receiver([&, ch = ch, n = n]() mutable {
     struct at_end {
       std::pair<double, double> r0 = sched_ns();
       std::pair<double, double>& out;
@@ -743,9 +744,10 @@ transfer_run cpp_batches(std::size_t capacity, std::size_t n, std::size_t batch)
   std::pair<double, double> receiver_sched;
   auto t0 = clock::now();
   const auto c0 = sched_ns();
-  // The receiver has its own handle: reading the sender's `ch` (on the sender's stack) for
-  // every item would share a cache line with the sender's locals.
-  std::thread receiver([&, ch = ch]() mutable {
+  // The receiver has its own handle and its own copies of the counts: reading the sender's
+  // `ch` or `n` (on the sender's stack) for every item shares a cache line with the sender's
+  // locals, which the sender writes for every item.
+  std::thread receiver([&, ch = ch, n = n, batch = batch]() mutable {
     struct at_end {
       std::pair<double, double> r0 = sched_ns();
       std::pair<double, double>& out;
