@@ -16,8 +16,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <cmath>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -43,6 +45,16 @@ constexpr int spin_before_release = 64;
 struct py_channel {
   PyObject_HEAD
   channel ch;
+  /// Items this handle has taken from the channel and not handed out yet: the rest of a
+  /// recv_many batch in which an item could not be converted (see finish_batch). Every
+  /// receive on this handle serves them first, in order.
+  std::deque<message> held;
+  /// The exception of that item, raised by the next receive on this handle (its traceback
+  /// dropped, so it keeps no frames alive). A receive that got items before the failing one
+  /// returns those and leaves the exception here.
+  PyObject* held_error = nullptr;
+
+  bool holds() const noexcept { return held_error != nullptr || !held.empty(); }
 };
 
 // The module that made `type` (types are per interpreter, made by PyType_FromModuleAndSpec).
@@ -80,6 +92,8 @@ PyObject* wrap_channel(PyTypeObject* type, channel ch) {
   auto* self = reinterpret_cast<py_channel*>(type->tp_alloc(type, 0));
   if (self == nullptr) return nullptr;
   new (&self->ch) channel(std::move(ch));
+  new (&self->held) std::deque<message>();
+  self->held_error = nullptr;
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -393,11 +407,73 @@ PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_a
   Py_RETURN_NONE;
 }
 
+// The first item this handle holds (see py_channel::held), or its pending exception.
+PyObject* take_held(PyObject* self, PyObject* module) {
+  auto* c = as_chan(self);
+  if (c->held_error != nullptr) {
+    PyErr_SetRaisedException(c->held_error);  // steals the reference
+    c->held_error = nullptr;
+    return nullptr;
+  }
+  message m = std::move(c->held.front());
+  c->held.pop_front();
+  return from_message(module, std::move(m));
+}
+
+// The end of a recv_many: objects[i] is the item converted already, or nullptr where the item
+// is still a message in `later` (index, message; in order). Converts those and returns the
+// list. When an item cannot be converted, nothing taken is dropped: the items after it go
+// back to the front of this handle's held items; the items before it are returned now and its
+// exception is raised by the next receive (or now, when it is the first item).
+PyObject* finish_batch(PyObject* self, PyObject* module, std::vector<PyObject*>& objects,
+                       std::vector<std::pair<std::size_t, message>>& later) {
+  auto* c = as_chan(self);
+  for (std::size_t k = 0; k < later.size(); ++k) {
+    const std::size_t at = later[k].first;
+    if ((objects[at] = from_message(module, std::move(later[k].second))) != nullptr) continue;
+    try {
+      std::vector<message> rest;
+      std::size_t next = k + 1;
+      for (std::size_t i = at + 1; i < objects.size(); ++i) {
+        if (objects[i] == nullptr) {
+          rest.push_back(std::move(later[next++].second));
+        } else {  // a plain int converted on the spot: the same int again
+          rest.emplace_back(static_cast<std::int64_t>(PyLong_AsLongLong(objects[i])));
+          Py_CLEAR(objects[i]);
+        }
+      }
+      c->held.insert(c->held.begin(), std::make_move_iterator(rest.begin()),
+                     std::make_move_iterator(rest.end()));
+    } catch (const std::bad_alloc&) {
+      for (std::size_t i = at + 1; i < objects.size(); ++i) Py_CLEAR(objects[i]);
+      for (PyObject* o : objects) Py_XDECREF(o);
+      PyErr_NoMemory();
+      return nullptr;
+    }
+    objects.resize(at);
+    if (at == 0) return nullptr;  // nothing to return first: raise now
+    PyObject* exc = PyErr_GetRaisedException();
+    PyException_SetTraceback(exc, Py_None);
+    Py_XSETREF(c->held_error, exc);
+    break;
+  }
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(objects.size()));
+  if (list == nullptr) {
+    for (PyObject* o : objects) Py_XDECREF(o);
+    return nullptr;
+  }
+  for (std::size_t i = 0; i < objects.size(); ++i) {
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), objects[i]);
+  }
+  return list;
+}
+
 PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_names) {
   auto& ch = as_chan(self)->ch;
   PyObject* module = self_module(self);
   channel_timeout timeout;
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
+  if (as_chan(self)->holds()) return take_held(self, module);
   const bool waits = block && (!timeout || timeout->count() > 0);
   auto r = waits ? try_recv_quick(ch) : ch.try_recv();  // as in do_send
   if (!r && r.error() == errc::channel_empty && waits &&
@@ -538,14 +614,22 @@ PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
 // recv_many's fast path: the items there now (up to max_items, at most 4096 per call), as a
 // list built straight from the ring. nullptr without an exception set when there are none (or
 // the channel is closed and drained): the caller then waits or reports as usual.
-PyObject* recv_many_now(PyObject* module, const channel& ch, std::size_t max_items) {
+PyObject* recv_many_now(PyObject* self, PyObject* module, const channel& ch,
+                        std::size_t max_items) {
   struct gathered {
     std::vector<PyObject*> objects;  ///< nullptr where the item is in `later`
     std::vector<std::pair<std::size_t, message>> later;
-    bool lost = false;  ///< an item could not be kept (out of memory)
   } g;
   const std::size_t chunk = std::min<std::size_t>(max_items, 4096);
-  g.objects.reserve(chunk);  // the callback must not reallocate it
+  try {
+    // The callback must not reallocate either: an item taken from the ring and not kept
+    // would be lost.
+    g.objects.reserve(chunk);
+    g.later.reserve(chunk);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+    return nullptr;
+  }
   auto consume = [](void* ctx, message&& m) noexcept {
     auto& g = *static_cast<gathered*>(ctx);
     if (const std::int64_t* i = plain_int(m)) {
@@ -555,39 +639,12 @@ PyObject* recv_many_now(PyObject* module, const channel& ch, std::size_t max_ite
       }
       PyErr_Clear();  // converted again below, where the error is raised properly
     }
-    try {
-      g.later.emplace_back(g.objects.size(), std::move(m));
-      g.objects.push_back(nullptr);
-    } catch (...) {
-      g.lost = true;
-    }
+    g.later.emplace_back(g.objects.size(), std::move(m));  // reserved: cannot throw
+    g.objects.push_back(nullptr);
   };
   auto r = try_recv_each(ch, chunk, consume, &g);
-  auto drop_all = [&] {
-    for (PyObject* o : g.objects) Py_XDECREF(o);
-  };
-  if (g.lost) {
-    drop_all();
-    PyErr_NoMemory();
-    return nullptr;
-  }
   if (!r) return nullptr;
-  for (auto& [at, m] : g.later) {
-    g.objects[at] = from_message(module, std::move(m));
-    if (g.objects[at] == nullptr) {
-      drop_all();
-      return nullptr;
-    }
-  }
-  PyObject* list = PyList_New(static_cast<Py_ssize_t>(g.objects.size()));
-  if (list == nullptr) {
-    drop_all();
-    return nullptr;
-  }
-  for (std::size_t i = 0; i < g.objects.size(); ++i) {
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), g.objects[i]);
-  }
-  return list;
+  return finish_batch(self, module, g.objects, g.later);
 }
 
 PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
@@ -603,9 +660,29 @@ PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   }
   channel_timeout timeout;
   if (!parse_timeout(a[1], timeout)) return nullptr;
+  if (auto* c = as_chan(self); c->holds()) {
+    if (c->held_error != nullptr) return take_held(self, module);
+    std::vector<PyObject*> objects;
+    std::vector<std::pair<std::size_t, message>> later;
+    try {
+      const std::size_t n = std::min(c->held.size(), static_cast<std::size_t>(max_items));
+      for (std::size_t i = 0; i < n; ++i) {
+        later.emplace_back(i, std::move(c->held.front()));
+        c->held.pop_front();
+        objects.push_back(nullptr);
+      }
+    } catch (const std::bad_alloc&) {
+      for (auto it = later.rbegin(); it != later.rend(); ++it) {
+        c->held.push_front(std::move(it->second));  // back where they were
+      }
+      PyErr_NoMemory();
+      return nullptr;
+    }
+    return finish_batch(self, module, objects, later);
+  }
   // What is there now goes from the ring slots straight into the list's objects: small ints
   // become Python ints on the spot, anything else is kept aside and converted afterwards.
-  if (PyObject* list = recv_many_now(module, ch, static_cast<std::size_t>(max_items))) {
+  if (PyObject* list = recv_many_now(self, module, ch, static_cast<std::size_t>(max_items))) {
     return list;
   }
   if (PyErr_Occurred()) return nullptr;
@@ -625,27 +702,31 @@ PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
     raise_channel_error(module, ch, r.error(), false);
     return nullptr;
   }
-  PyObject* list = PyList_New(static_cast<Py_ssize_t>(got.size()));
-  if (list == nullptr) return nullptr;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    PyObject* o = from_message(module, std::move(got[i]));
-    if (o == nullptr) {
-      Py_DECREF(list);
-      return nullptr;
-    }
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), o);
+  std::vector<PyObject*> objects;
+  std::vector<std::pair<std::size_t, message>> later;
+  try {
+    objects.assign(got.size(), nullptr);
+    later.reserve(got.size());
+    for (std::size_t i = 0; i < got.size(); ++i) later.emplace_back(i, std::move(got[i]));
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();  // the items are lost: memory ran out before any could be handed out
+    return nullptr;
   }
-  return list;
+  return finish_batch(self, module, objects, later);
 }
 
 PyObject* ch_close(PyObject* self, PyObject*) {
   return PyBool_FromLong(as_chan(self)->ch.close());
 }
+// qsize() and empty() count the items this handle holds (see py_channel::held).
+std::size_t held_count(const py_channel* c) noexcept {
+  return c->held.size() + (c->held_error != nullptr ? 1 : 0);
+}
 PyObject* ch_qsize(PyObject* self, PyObject*) {
-  return PyLong_FromSize_t(as_chan(self)->ch.size());
+  return PyLong_FromSize_t(as_chan(self)->ch.size() + held_count(as_chan(self)));
 }
 PyObject* ch_empty(PyObject* self, PyObject*) {
-  return PyBool_FromLong(as_chan(self)->ch.size() == 0);
+  return PyBool_FromLong(as_chan(self)->ch.size() + held_count(as_chan(self)) == 0);
 }
 PyObject* ch_full(PyObject* self, PyObject*) {
   auto& ch = as_chan(self)->ch;
@@ -722,7 +803,10 @@ PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
 
 void ch_dealloc(PyObject* self) {
   PyTypeObject* type = Py_TYPE(self);
-  as_chan(self)->ch.~channel();
+  auto* c = as_chan(self);
+  Py_CLEAR(c->held_error);
+  c->held.~deque();
+  c->ch.~channel();
   type->tp_free(self);
   Py_DECREF(type);
 }
@@ -847,6 +931,7 @@ PyObject* select_ready(PyObject* module, PyObject* args, PyObject* kwds) {
     return nullptr;
   }
   std::vector<channel> chans;
+  std::optional<Py_ssize_t> holding;  // a handle that holds items is ready now
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list.get()); ++i) {
     PyObject* o = PyList_GET_ITEM(list.get(), i);
     if (Py_TYPE(o) != type) {
@@ -854,6 +939,7 @@ PyObject* select_ready(PyObject* module, PyObject* args, PyObject* kwds) {
                    Py_TYPE(o)->tp_name);
       return nullptr;
     }
+    if (!holding && as_chan(o)->holds()) holding = i;
     chans.push_back(as_chan(o)->ch);
   }
   if (chans.empty()) {
@@ -861,7 +947,9 @@ PyObject* select_ready(PyObject* module, PyObject* args, PyObject* kwds) {
     return nullptr;
   }
   boost::system::result<std::size_t> r;
-  if (auto now = select_now(chans)) {
+  if (holding) {
+    r = static_cast<std::size_t>(*holding);
+  } else if (auto now = select_now(chans)) {
     r = *now;
   } else if (timeout && timeout->count() == 0) {
     Py_RETURN_NONE;

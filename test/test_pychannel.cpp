@@ -413,6 +413,56 @@ TEST_CASE("a large buffer arrives as a memoryview of the sender's memory", "[pyc
   b.exec("del mv");
 }
 
+TEST_CASE("an item that cannot be converted in recv_many loses nothing else", "[pychannel]") {
+  // Unpickling a Boom raises. The items before it come back first, its error is raised by the
+  // next receive on that handle, and the items after it follow, in order.
+  isola::interpreter in;
+  in.exec("import isola, threading\n"
+          "def fail(msg): raise ValueError(msg)\n"
+          "class Boom:\n"
+          "    def __reduce__(self): return (fail, ('boom',))\n"
+          "def drain(q, n):\n"
+          "    out = []\n"
+          "    while len(out) < n:\n"
+          "        try:\n"
+          "            out.extend(q.recv_many(10, timeout=5))\n"
+          "        except ValueError as e:\n"
+          "            out.append('error: ' + str(e))\n"
+          "    return out\n"
+          "q = isola.Channel(64)\n"
+          "q.send_many([1, 'a', Boom(), 2, 'b', 3])\n"
+          "first = q.recv_many(10)\n"
+          "held = q.qsize()\n"
+          "other = isola.Channel(4)\n"
+          "ready = isola.select([other, q], timeout=0) is q\n"
+          "rest = drain(q, 4)\n"
+          "empty_after = q.empty()\n");
+  CHECK(in.eval("first").repr() == "[1, 'a']");
+  CHECK(in.eval("held").as_int() == 4);  // the error and three items
+  CHECK(in.eval("ready").as_bool());
+  CHECK(in.eval("rest").repr() == "['error: boom', 2, 'b', 3]");
+  CHECK(in.eval("empty_after").as_bool());
+
+  // The first item fails: the error now, then recv() and recv_many() get the rest.
+  in.exec("q.send_many([Boom(), 5, 6, 7])\n"
+          "try:\n"
+          "    q.recv_many(10)\n"
+          "    raised = False\n"
+          "except ValueError:\n"
+          "    raised = True\n"
+          "after = [q.recv(), q.recv_many(1), q.recv_many(10)]\n");
+  CHECK(in.eval("raised").as_bool());
+  CHECK(in.eval("after").repr() == "[5, [6], [7]]");
+
+  // The same when recv_many had to wait for the items.
+  in.exec("w = isola.Channel(64)\n"
+          "t = threading.Timer(0.05, lambda: w.send_many([8, Boom(), 9, 10]))\n"
+          "t.start()\n"
+          "waited = drain(w, 4)\n"
+          "t.join()\n");
+  CHECK(in.eval("waited").repr() == "[8, 'error: boom', 9, 10]");
+}
+
 TEST_CASE("other objects are pickled; a channel with pickling off refuses them",
           "[pychannel]") {
   isola::interpreter a, b;
