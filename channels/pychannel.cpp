@@ -574,6 +574,24 @@ bool collect_items(PyObject* self, const channel& ch, PyObject* iterable,
   }
 }
 
+// send_many's exception when it stops early (timeout, close): as send's, with `sent`, the
+// number of items that went into the channel (the first `sent` of the iterable's).
+PyObject* raise_send_many_error(PyObject* module, const channel& ch, boost::system::error_code ec,
+                                std::size_t sent) {
+  raise_channel_error(module, ch, ec, false);
+  PyObject* exc = PyErr_GetRaisedException();
+  if (exc == nullptr) return nullptr;
+  PyObject* n = PyLong_FromSize_t(sent);
+  if (n == nullptr || PyObject_SetAttrString(exc, "sent", n) < 0) {
+    Py_XDECREF(n);
+    Py_DECREF(exc);
+    return nullptr;  // that error instead
+  }
+  Py_DECREF(n);
+  PyErr_SetRaisedException(exc);
+  return nullptr;
+}
+
 PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
   if (!parse_args("send_many", args, nargs, kw, {"items", "timeout"}, 1, a)) return nullptr;
@@ -600,13 +618,9 @@ PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
             timeout, step)) {
       return nullptr;
     }
-    if (!step) {
-      raise_channel_error(module, ch, step.error(), false);
-      return nullptr;
-    }
+    if (!step) return raise_send_many_error(module, ch, step.error(), sent);
   } else if (first.error && sent < items.size()) {
-    raise_channel_error(module, ch, first.error, false);
-    return nullptr;
+    return raise_send_many_error(module, ch, first.error, sent);
   }
   return PyLong_FromSize_t(sent);
 }

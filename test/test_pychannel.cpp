@@ -222,6 +222,21 @@ TEST_CASE("send_many / recv_many keep every kind of item, in order", "[pychannel
           "liar_ok = r.send_many(Liar()) == 3 and r.recv_many(10) == [1, 2, 3]\n");
   CHECK(in.eval("ranges_ok").as_bool());
   CHECK(in.eval("liar_ok").as_bool());
+  // Stopped early, send_many's exception says how many items went in.
+  in.exec("small = isola.Channel(4)\n"
+          "try:\n"
+          "    small.send_many(range(10), timeout=0.05)\n"
+          "except TimeoutError as e:\n"
+          "    timed_out = e.sent\n"
+          "small.close()\n"
+          "try:\n"
+          "    small.send_many([1, 2])\n"
+          "except isola.ChannelClosed as e:\n"
+          "    closed = e.sent\n"
+          "kept = small.recv_many(10)\n");
+  CHECK(in.eval("timed_out").as_int() == 4);
+  CHECK(in.eval("closed").as_int() == 0);
+  CHECK(in.eval("kept").repr() == "[0, 1, 2, 3]");
   CHECK(in.eval("same").as_bool());
   CHECK(in.eval("big_ok").as_bool());
   CHECK(in.eval("types_ok").as_bool());
