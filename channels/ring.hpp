@@ -372,23 +372,8 @@ class ring {
     while (k < room && slots_[index + k].stamp.load(std::memory_order_acquire) == tail + k) ++k;
     return k;
   }
-  /// Asks the cache for the slot `prefetch_ahead` places after index (for writing: the
-  /// producer; for reading: the consumer), so that its transfer from the other core overlaps
-  /// the work on the slots in between.
-  void prefetch(std::uint64_t index, bool for_write) const noexcept {
-    if (cap_ <= prefetch_ahead) return;
-    std::uint64_t i = index + prefetch_ahead;
-    if (i >= cap_) i -= cap_;
-    if (for_write) {
-      __builtin_prefetch(&slots_[i], 1);
-    } else {
-      __builtin_prefetch(&slots_[i], 0);
-    }
-  }
-
   /// Moves k items into the claimed slots from index on and publishes each.
   void fill(std::uint64_t index, std::uint64_t tail, std::uint64_t k, T* items) noexcept {
-    prefetch(index + k - 1, true);
     for (std::uint64_t i = 0; i < k; ++i) {
       slot& s = slots_[index + i];
       new (s.storage) T(std::move(items[i]));
@@ -408,7 +393,6 @@ class ring {
   /// Hands the k claimed items from index on to consume and frees their slots for the next lap.
   template <typename Consume>
   void take(std::uint64_t index, std::uint64_t head, std::uint64_t k, Consume& consume) noexcept {
-    prefetch(index + k - 1, false);
     for (std::uint64_t i = 0; i < k; ++i) {
       slot& s = slots_[index + i];
       T* item = s.item();
@@ -550,8 +534,6 @@ class ring {
   /// Operations in a row by one thread before its side is biased to it, and the most a
   /// revoked side can ask for.
   static constexpr std::uint32_t bias_threshold = 256;
-  /// How far ahead fill() and take() prefetch.
-  static constexpr std::uint64_t prefetch_ahead = 8;
   static constexpr std::uint32_t max_bias_threshold = 1u << 20;
   /// Set in head_ / tail_ while the side is owned (the top bit: positions reach it only after
   /// 2^63 items).
