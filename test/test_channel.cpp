@@ -370,6 +370,43 @@ TEST_CASE("channel: a receiver that times out passes its wake-up on", "[channel]
   CHECK(timed_out == 1);
 }
 
+TEST_CASE("channel: with several parked receivers every item wakes one (no lost wake-up)",
+          "[channel][concurrent]") {
+  // A sender wakes only receivers that no wake-up has been sent to yet (wake-ups are not
+  // repeated while a woken thread is still resuming), and receivers that time out leave a
+  // stale count behind. Neither may strand an item: each is sent after the receivers have had
+  // time to park, and a lost wake-up shows as items left while every receiver sleeps.
+  constexpr int items = 300;
+  channel ch(64);
+  std::atomic<int> received{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, ch = ch, t]() mutable {
+      // Thread 0 waits in short slices, so it often leaves on a timeout without a wake-up.
+      const auto slice = t == 0 ? std::chrono::milliseconds(1) : std::chrono::milliseconds(10'000);
+      while (!stop.load()) {
+        auto r = ch.recv(slice);
+        if (r) received.fetch_add(1);
+        else if (r.error() == errc::channel_closed) return;
+      }
+    });
+  }
+  for (int i = 0; i < items; ++i) {
+    std::this_thread::sleep_for(i % 3 == 0 ? 2ms : 300us);
+    REQUIRE(ch.send(message(std::int64_t{i})));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (received.load() < items && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  const int got = received.load();
+  stop = true;
+  ch.close();
+  for (auto& t : threads) t.join();
+  CHECK(got == items);
+}
+
 TEST_CASE("channel: send_many and recv_many", "[channel]") {
   SECTION("try_send_many takes what fits and leaves the rest") {
     channel ch(10);
