@@ -82,8 +82,12 @@ class channel_core {
     return st;
   }
   ring_status pop_one(message& out, bool exact) noexcept {
-    const ring_status st =
-        ring_.try_pop([&](message&& m) noexcept { out = std::move(m); }, exact);
+    return pop_one_with([&](message&& m) noexcept { out = std::move(m); }, exact);
+  }
+  /// pop_one handing the item to consume(message&&) in its slot (consume must not throw).
+  template <typename Consume>
+  ring_status pop_one_with(Consume&& consume, bool exact) noexcept {
+    const ring_status st = ring_.try_pop(std::forward<Consume>(consume), exact);
     if (st == ring_status::ok) after_pop(1);
     return st;
   }
@@ -709,10 +713,9 @@ boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noe
   return code(errc::channel_closed);
 }
 
-boost::system::result<message> try_recv_quick(const channel& ch) noexcept {
-  boost::system::result<message> r(boost::system::in_place_value);
-  if (ch.core()->pop_one(*r, false) != ring_status::ok) r = code(errc::channel_empty);
-  return r;
+bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept {
+  return ch.core()->pop_one_with([&](message&& m) noexcept { fn(ctx, std::move(m)); }, false) ==
+         ring_status::ok;
 }
 
 boost::system::result<std::size_t> try_recv_each(const channel& ch, std::size_t max_items,

@@ -21,13 +21,11 @@ void set_channel_pickle(const channel& ch, bool allow) noexcept;
 /// pay for releasing and re-taking its GIL around a short wait.
 bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept;
 
-/// try_send / try_recv for a caller that blocks anyway: channel_full / channel_empty may also
-/// mean "the slot is not free (published) yet", and try_recv_quick may say channel_empty for a
-/// closed and drained channel. They do not look at the other side's position (its hot line),
-/// which the exact calls do on a full (empty) ring. The caller must decide with an exact call
-/// (or a blocking one) before it reports full, empty or closed.
+/// try_send for a caller that blocks anyway: channel_full may also mean "the slot is not free
+/// yet". It does not look at the receivers' position (their hot line), which try_send does on
+/// a full ring. The caller must decide with an exact call (or a blocking one) before it
+/// reports full or closed.
 boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noexcept;
-boost::system::result<message> try_recv_quick(const channel& ch) noexcept;
 
 /// try_recv_many without the vector: hands each item, in order, to fn(ctx, item) while it is
 /// still in its ring slot (fn must not throw and must take the item). Same outcome as
@@ -35,6 +33,12 @@ boost::system::result<message> try_recv_quick(const channel& ch) noexcept;
 using consume_fn = void (*)(void* ctx, message&& item) noexcept;
 boost::system::result<std::size_t> try_recv_each(const channel& ch, std::size_t max_items,
                                                  consume_fn fn, void* ctx) noexcept;
+
+/// The receiving counterpart of try_send_quick, handing the item to fn(ctx, item) while it is
+/// still in its ring slot (as try_recv_each; no message object on the way). True if an item
+/// was taken. False may also mean "not published yet" or "closed and drained": the caller
+/// decides with an exact or blocking call. The other side's position is not looked at.
+bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept;
 
 /// Whether the channel's producers' (consumers') side is biased to one thread right now (see
 /// ring.hpp): for tests.

@@ -369,7 +369,6 @@ bool parse_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyOb
 PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_arg,
                   bool queue_names) {
   auto& ch = as_chan(self)->ch;
-  PyObject* module = self_module(self);
   channel_timeout timeout;
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
   message m;
@@ -378,6 +377,8 @@ PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_a
   // A call that may wait starts with a quick attempt (no look at the receivers' position);
   // the exact attempt after the spin, or the blocking send, decides.
   auto r = waits ? try_send_quick(ch, std::move(m)) : ch.try_send(std::move(m));
+  if (r) Py_RETURN_NONE;
+  PyObject* module = self_module(self);
   if (!r && r.error() == errc::channel_full && waits &&
       spin_until_ready(ch, false, spin_before_release)) {
     r = ch.try_send(std::move(m));
@@ -470,12 +471,33 @@ PyObject* finish_batch(PyObject* self, PyObject* module, std::vector<PyObject*>&
 
 PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_names) {
   auto& ch = as_chan(self)->ch;
-  PyObject* module = self_module(self);
   channel_timeout timeout;
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
-  if (as_chan(self)->holds()) return take_held(self, module);
+  if (as_chan(self)->holds()) return take_held(self, self_module(self));
   const bool waits = block && (!timeout || timeout->count() > 0);
-  auto r = waits ? try_recv_quick(ch) : ch.try_recv();  // as in do_send
+  if (waits) {
+    // A quick attempt first, as in do_send. An int becomes a Python int straight from its
+    // ring slot (no message object on the way); anything else is moved out and converted.
+    struct taken {
+      PyObject* obj = nullptr;
+      std::optional<message> other;
+    } t;
+    auto consume = [](void* ctx, message&& m) noexcept {
+      auto& t = *static_cast<taken*>(ctx);
+      if (const std::int64_t* i = plain_int(m)) {
+        if ((t.obj = PyLong_FromLongLong(*i)) != nullptr) return;
+        PyErr_Clear();  // converted again below, where the error is raised properly
+      }
+      t.other.emplace(std::move(m));
+    };
+    if (try_take_quick(ch, consume, &t)) {
+      return t.obj != nullptr ? t.obj : from_message(self_module(self), std::move(*t.other));
+    }
+  }
+  PyObject* module = self_module(self);
+  boost::system::result<message> r =
+      waits ? boost::system::result<message>(make_error_code(errc::channel_empty))
+            : ch.try_recv();
   if (!r && r.error() == errc::channel_empty && waits &&
       spin_until_ready(ch, true, spin_before_release)) {
     r = ch.try_recv();

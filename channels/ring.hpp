@@ -20,6 +20,10 @@
 #include <immintrin.h>
 #endif
 
+#if defined(__GLIBC__)
+#include <pthread.h>
+#endif
+
 #include "park.hpp"
 
 namespace isola::detail {
@@ -60,12 +64,20 @@ class backoff {
   unsigned step_ = 0;
 };
 
-/// A token for the calling thread, never 0 or 1 (the address of a thread-local byte; a later
-/// thread may get the same token, which is harmless: tokens only have to tell apart threads
-/// that are alive at the same time).
+/// A token for the calling thread, never 0 or 1. A later thread may get the same token, which
+/// is harmless: tokens only have to tell apart threads that are alive at the same time.
+/// - With glibc, pthread_self() is the address of the thread's descriptor, read from the
+///   thread register: no call into the dynamic linker, which a thread_local in a shared
+///   library costs on every use (__tls_get_addr; measured with callgrind, about 20
+///   instructions of each push and pop).
+/// - Elsewhere, the address of a thread-local byte.
 inline std::uintptr_t this_thread_token() noexcept {
+#if defined(__GLIBC__)
+  return static_cast<std::uintptr_t>(pthread_self());
+#else
   static thread_local char byte;
   return reinterpret_cast<std::uintptr_t>(&byte);
+#endif
 }
 
 /// Per thread and side: the ring this thread last moved an item through with a CAS, the
