@@ -155,7 +155,7 @@ class channel_core {
   /// Wakes up to n parked threads of side s that have not been sent a wake-up yet. A thread
   /// stays counted in `waiters` until it has resumed, which on a busy VM takes tens of
   /// microseconds; without `unwoken`, the other side made a futex system call for every item
-  /// it moved meanwhile (measured: 110-270 thousand calls in the slow runs of 9 M Python
+  /// it moved meanwhile (measured: 112-267 thousand calls in the slow runs of 9 M Python
   /// messages, 4-26 thousand in the fast ones).
   /// - A parking thread reads the event word (its key) before it adds itself to `unwoken`;
   ///   a waker takes threads off `unwoken` before it bumps the word. So a thread taken off
