@@ -55,6 +55,16 @@ deadline deadline_after(const channel_timeout& timeout) noexcept {
 
 bool passed(const deadline& d) noexcept { return d && clock::now() >= *d; }
 
+/// What a single non-blocking push's outcome means to try_send and try_send_quick.
+boost::system::result<void> push_result(ring_status st) noexcept {
+  switch (st) {
+    case ring_status::ok: return {};
+    case ring_status::would_block: return code(errc::channel_full);
+    case ring_status::closed: break;
+  }
+  return code(errc::channel_closed);
+}
+
 }  // namespace
 
 /// The shared state behind every handle to one channel.
@@ -590,12 +600,7 @@ boost::system::result<message> channel::recv(channel_timeout timeout, std::stop_
 }
 
 boost::system::result<void> channel::try_send(message&& msg) {
-  switch (core_->push_one(msg, true)) {
-    case ring_status::ok: return {};
-    case ring_status::would_block: return detail::code(errc::channel_full);
-    case ring_status::closed: break;
-  }
-  return detail::code(errc::channel_closed);
+  return detail::push_result(core_->push_one(msg, true));
 }
 
 boost::system::result<message> channel::try_recv() {
@@ -705,12 +710,7 @@ bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept {
 }
 
 boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noexcept {
-  switch (ch.core()->push_one(msg, false)) {
-    case ring_status::ok: return {};
-    case ring_status::would_block: return code(errc::channel_full);
-    case ring_status::closed: break;
-  }
-  return code(errc::channel_closed);
+  return push_result(ch.core()->push_one(msg, false));
 }
 
 bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept {

@@ -292,6 +292,17 @@ const std::int64_t* plain_int(const message& m) noexcept {
   return v != nullptr ? std::get_if<std::int64_t>(&v->data()) : nullptr;
 }
 
+// recv's and recv_many's step on an item still in its ring slot: a plain int becomes a Python
+// int on the spot; nullptr (no exception set) means "move it out and convert it later" (not a
+// plain int, or no memory now: from_message raises that properly).
+PyObject* int_from_slot(const message& m) noexcept {
+  const std::int64_t* i = plain_int(m);
+  if (i == nullptr) return nullptr;
+  PyObject* o = PyLong_FromLongLong(*i);
+  if (o == nullptr) PyErr_Clear();
+  return o;
+}
+
 PyObject* from_message(PyObject* module, message&& m) {
   switch (m.payload.index()) {
     case 0:
@@ -379,7 +390,7 @@ PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_a
   auto r = waits ? try_send_quick(ch, std::move(m)) : ch.try_send(std::move(m));
   if (r) Py_RETURN_NONE;
   PyObject* module = self_module(self);
-  if (!r && r.error() == errc::channel_full && waits &&
+  if (r.error() == errc::channel_full && waits &&
       spin_until_ready(ch, false, spin_before_release)) {
     r = ch.try_send(std::move(m));
   }
@@ -446,7 +457,6 @@ PyObject* finish_batch(PyObject* self, PyObject* module, std::vector<PyObject*>&
       c->held.insert(c->held.begin(), std::make_move_iterator(rest.begin()),
                      std::make_move_iterator(rest.end()));
     } catch (const std::bad_alloc&) {
-      for (std::size_t i = at + 1; i < objects.size(); ++i) Py_CLEAR(objects[i]);
       for (PyObject* o : objects) Py_XDECREF(o);
       PyErr_NoMemory();
       return nullptr;
@@ -469,6 +479,26 @@ PyObject* finish_batch(PyObject* self, PyObject* module, std::vector<PyObject*>&
   return list;
 }
 
+// finish_batch for items that are all still messages (recv_many's waiting path and the items a
+// handle holds). When memory runs out before any item is converted, MemoryError is raised
+// and `got` is left as it was (untouched is set), so the caller can keep the items.
+PyObject* finish_messages(PyObject* self, PyObject* module, std::vector<message>& got,
+                          bool& untouched) {
+  std::vector<PyObject*> objects;
+  std::vector<std::pair<std::size_t, message>> later;
+  untouched = false;
+  try {
+    objects.assign(got.size(), nullptr);
+    later.reserve(got.size());
+  } catch (const std::bad_alloc&) {
+    untouched = true;
+    PyErr_NoMemory();
+    return nullptr;
+  }
+  for (std::size_t i = 0; i < got.size(); ++i) later.emplace_back(i, std::move(got[i]));
+  return finish_batch(self, module, objects, later);
+}
+
 PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_names) {
   auto& ch = as_chan(self)->ch;
   channel_timeout timeout;
@@ -484,11 +514,7 @@ PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_
     } t;
     auto consume = [](void* ctx, message&& m) noexcept {
       auto& t = *static_cast<taken*>(ctx);
-      if (const std::int64_t* i = plain_int(m)) {
-        if ((t.obj = PyLong_FromLongLong(*i)) != nullptr) return;
-        PyErr_Clear();  // converted again below, where the error is raised properly
-      }
-      t.other.emplace(std::move(m));
+      if ((t.obj = int_from_slot(m)) == nullptr) t.other.emplace(std::move(m));
     };
     if (try_take_quick(ch, consume, &t)) {
       return t.obj != nullptr ? t.obj : from_message(self_module(self), std::move(*t.other));
@@ -668,15 +694,9 @@ PyObject* recv_many_now(PyObject* self, PyObject* module, const channel& ch,
   }
   auto consume = [](void* ctx, message&& m) noexcept {
     auto& g = *static_cast<gathered*>(ctx);
-    if (const std::int64_t* i = plain_int(m)) {
-      if (PyObject* o = PyLong_FromLongLong(*i)) {
-        g.objects.push_back(o);
-        return;
-      }
-      PyErr_Clear();  // converted again below, where the error is raised properly
-    }
-    g.later.emplace_back(g.objects.size(), std::move(m));  // reserved: cannot throw
-    g.objects.push_back(nullptr);
+    PyObject* o = int_from_slot(m);
+    if (o == nullptr) g.later.emplace_back(g.objects.size(), std::move(m));  // reserved
+    g.objects.push_back(o);
   };
   auto r = try_recv_each(ch, chunk, consume, &g);
   if (!r) return nullptr;
@@ -698,23 +718,26 @@ PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   if (!parse_timeout(a[1], timeout)) return nullptr;
   if (auto* c = as_chan(self); c->holds()) {
     if (c->held_error != nullptr) return take_held(self, module);
-    std::vector<PyObject*> objects;
-    std::vector<std::pair<std::size_t, message>> later;
+    std::vector<message> got;
+    const std::size_t n = std::min(c->held.size(), static_cast<std::size_t>(max_items));
     try {
-      const std::size_t n = std::min(c->held.size(), static_cast<std::size_t>(max_items));
-      for (std::size_t i = 0; i < n; ++i) {
-        later.emplace_back(i, std::move(c->held.front()));
-        c->held.pop_front();
-        objects.push_back(nullptr);
-      }
+      got.reserve(n);  // before any item leaves the handle
     } catch (const std::bad_alloc&) {
-      for (auto it = later.rbegin(); it != later.rend(); ++it) {
-        c->held.push_front(std::move(it->second));  // back where they were
-      }
       PyErr_NoMemory();
       return nullptr;
     }
-    return finish_batch(self, module, objects, later);
+    for (std::size_t i = 0; i < n; ++i) {
+      got.push_back(std::move(c->held.front()));
+      c->held.pop_front();
+    }
+    bool untouched = false;
+    PyObject* list = finish_messages(self, module, got, untouched);
+    if (untouched) {
+      for (auto it = got.rbegin(); it != got.rend(); ++it) {
+        c->held.push_front(std::move(*it));  // back where they were
+      }
+    }
+    return list;
   }
   // What is there now goes from the ring slots straight into the list's objects: small ints
   // become Python ints on the spot, anything else is kept aside and converted afterwards.
@@ -738,17 +761,8 @@ PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
     raise_channel_error(module, ch, r.error(), false);
     return nullptr;
   }
-  std::vector<PyObject*> objects;
-  std::vector<std::pair<std::size_t, message>> later;
-  try {
-    objects.assign(got.size(), nullptr);
-    later.reserve(got.size());
-    for (std::size_t i = 0; i < got.size(); ++i) later.emplace_back(i, std::move(got[i]));
-  } catch (const std::bad_alloc&) {
-    PyErr_NoMemory();  // the items are lost: memory ran out before any could be handed out
-    return nullptr;
-  }
-  return finish_batch(self, module, objects, later);
+  bool untouched = false;  // out of memory: the items are lost, none could be handed out
+  return finish_messages(self, module, got, untouched);
 }
 
 PyObject* ch_close(PyObject* self, PyObject*) {

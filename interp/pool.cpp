@@ -185,6 +185,8 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   /// instead of running it (else a worker freed just then could start a task shutdown(true)
   /// promised to cancel).
   std::atomic<bool> cancelling_{false};
+  /// The error message of a queued task that shutdown(true) cancelled.
+  static constexpr const char* cancelled_by_shutdown = "pool shut down before the task ran";
   std::atomic<bool> shut_down_{false};
   std::mutex shutdown_mu_;
   std::atomic<std::uint64_t> submitted_{0}, completed_{0}, not_run_{0};
@@ -446,7 +448,7 @@ std::shared_ptr<pool_task> pool_impl::try_pop(pool_worker& w) {
     }
     room_.release();
     if (cancelling_.load()) {
-      fail_unstarted(t, errc::cancelled, "pool shut down before the task ran");
+      fail_unstarted(t, errc::cancelled, cancelled_by_shutdown);
       continue;
     }
     // Claim it. Whoever moves a task out of `queued` (this CAS, cancel, a shutdown that
@@ -825,8 +827,8 @@ void pool_impl::shutdown(bool cancel_pending) {
   if (cancel_pending) cancelling_ = true;  // before stopping_: see cancelling_
   stopping_ = true;
   if (cancel_pending) {
-    for (auto& s : slots_) fail_pinned(*s, errc::cancelled, "pool shut down before the task ran");
-    fail_shared_queue(errc::cancelled, "pool shut down before the task ran");
+    for (auto& s : slots_) fail_pinned(*s, errc::cancelled, cancelled_by_shutdown);
+    fail_shared_queue(errc::cancelled, cancelled_by_shutdown);
     // Tasks blocked on a channel would never finish: end those waits (ChannelClosed).
     std::lock_guard lock(workers_mu_);
     for (auto& w : workers_) {
