@@ -26,6 +26,12 @@
 
 #include "park.hpp"
 
+#if defined(__GNUC__)
+#define ISOLA_RING_INLINE [[gnu::always_inline]] inline
+#else
+#define ISOLA_RING_INLINE inline
+#endif
+
 namespace isola::detail {
 
 inline constexpr std::size_t cache_line = 64;
@@ -66,13 +72,21 @@ class backoff {
 
 /// A token for the calling thread, never 0 or 1. A later thread may get the same token, which
 /// is harmless: tokens only have to tell apart threads that are alive at the same time.
-/// - With glibc, pthread_self() is the address of the thread's descriptor, read from the
-///   thread register: no call into the dynamic linker, which a thread_local in a shared
-///   library costs on every use (__tls_get_addr; measured with callgrind, about 20
-///   instructions of each push and pop).
+/// - With glibc, pthread_self() is the address of the thread's descriptor, which is the
+///   thread register itself on x86-64 (read with __builtin_thread_pointer(), no call): no call
+///   into the dynamic linker either, which a thread_local in a shared library costs on every
+///   use (__tls_get_addr; measured with callgrind, about 20 instructions of each push and pop).
 /// - Elsewhere, the address of a thread-local byte.
 inline std::uintptr_t this_thread_token() noexcept {
-#if defined(__GLIBC__)
+#if defined(__GLIBC__) && defined(__x86_64__) && defined(__has_builtin)
+#if __has_builtin(__builtin_thread_pointer)
+#define ISOLA_RING_THREAD_POINTER 1
+#endif
+#endif
+#if defined(ISOLA_RING_THREAD_POINTER)
+  // The thread register itself (what pthread_self() returns on x86-64 glibc) without the call.
+  return reinterpret_cast<std::uintptr_t>(__builtin_thread_pointer());
+#elif defined(__GLIBC__)
   return static_cast<std::uintptr_t>(pthread_self());
 #else
   static thread_local char byte;
@@ -91,6 +105,15 @@ struct bias_streak {
 };
 inline thread_local bias_streak producer_streak;
 inline thread_local bias_streak consumer_streak;
+
+/// How a ring puts an item into a slot and ends it there. The default is T's move constructor
+/// and destructor; a specialization may take a cheaper path for some items (channel.cpp does
+/// for messages that hold a scalar). It must be visible wherever ring<T>'s members are used.
+template <typename T>
+struct slot_ops {
+  static void put(void* storage, T& item) noexcept { new (storage) T(std::move(item)); }
+  static void drop(T& item) noexcept { item.~T(); }
+};
 
 enum class ring_status : unsigned char {
   ok,           ///< at least one item moved
@@ -166,7 +189,7 @@ class ring {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed) & ~(mark_bit_ | owned_bit);
     while (head != tail) {
       slot& s = slots_[head & (mark_bit_ - 1)];
-      if (s.stamp.load(std::memory_order_relaxed) == head + 1) s.item()->~T();
+      if (s.stamp.load(std::memory_order_relaxed) == head + 1) slot_ops<T>::drop(*s.item());
       head = next(head);
     }
     for (std::size_t i = 0; i < cap_; ++i) slots_[i].stamp.~atomic();
@@ -184,8 +207,22 @@ class ring {
   ///   would_block may also mean "the tail slot is not free yet"; the head (another thread's
   ///   hot line) is not touched, which is what spinning and first attempts want.
   ring_status try_push(T& item, bool exact = true) noexcept {
-    std::size_t n = 0;
-    return try_push_n(&item, 1, n, exact);
+    // The owner's common case inline: its side, a free slot. Everything else out of line.
+    if (tail_.load(std::memory_order_relaxed) & owned_bit) [[likely]] {
+      if (enter_owned(producers_, this_thread_token())) {
+        const std::uint64_t tail = tail_.load(std::memory_order_relaxed) & ~owned_bit;
+        slot& s = slots_[tail & (mark_bit_ - 1)];
+        const bool free = s.stamp.load(std::memory_order_acquire) == tail;
+        if (free) [[likely]] {
+          slot_ops<T>::put(s.storage, item);
+          s.stamp.store(tail + 1, std::memory_order_release);
+          tail_.store(next(tail) | owned_bit, std::memory_order_release);
+        }
+        leave_owned(producers_);
+        if (free) [[likely]] return ring_status::ok;
+      }
+    }
+    return push_one_slow(item, exact);
   }
 
   /// Moves a prefix of items[0..count) into the ring with one claim: as many as there are free
@@ -193,6 +230,60 @@ class ring {
   /// says how many; the rest are untouched.
   ring_status try_push_n(T* items, std::size_t count, std::size_t& pushed,
                          bool exact = true) noexcept {
+    return push_impl<false>(items, count, pushed, exact);
+  }
+
+  /// Takes one item: consume(T&&) is called with it (it must not throw).
+  /// - exact: would_block means empty at some instant, closed means closed and drained (both
+  ///   need a look at the producers' tail). Without exact, would_block may also mean "not
+  ///   published yet" or "closed": the tail is not touched.
+  template <typename Consume>
+  ring_status try_pop(Consume&& consume, bool exact = true) noexcept {
+    // The owner's common case inline (as try_push).
+    if (head_.load(std::memory_order_relaxed) & owned_bit) [[likely]] {
+      if (enter_owned(consumers_, this_thread_token())) {
+        const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
+        slot& s = slots_[head & (mark_bit_ - 1)];
+        const bool ready = s.stamp.load(std::memory_order_acquire) == head + 1;
+        if (ready) [[likely]] {
+          T* item = s.item();
+          consume(std::move(*item));
+          slot_ops<T>::drop(*item);
+          s.stamp.store(head + one_lap_, std::memory_order_release);
+          head_.store(next(head) | owned_bit, std::memory_order_release);
+        }
+        leave_owned(consumers_);
+        if (ready) [[likely]] return ring_status::ok;
+      }
+    }
+    return pop_one_slow(consume, exact);
+  }
+
+  /// Takes up to max_items with one claim (up to the end of the ring's array), calling
+  /// consume(T&&) for each in order; `popped` says how many.
+  template <typename Consume>
+  ring_status try_pop_n(std::size_t max_items, std::size_t& popped, Consume&& consume,
+                        bool exact = true) noexcept {
+    return pop_impl<false>(max_items, popped, consume, exact);
+  }
+
+ private:
+  [[gnu::noinline]] ring_status push_one_slow(T& item, bool exact) noexcept {
+    std::size_t n = 0;
+    return push_impl<true>(&item, 1, n, exact);
+  }
+  template <typename Consume>
+  [[gnu::noinline]] ring_status pop_one_slow(Consume& consume, bool exact) noexcept {
+    std::size_t n = 0;
+    return pop_impl<true>(1, n, consume, exact);
+  }
+
+  /// try_push_n; with `single`, count is 1 and the compiler drops the loops over runs (a
+  /// single send is most of the traffic: callgrind counted 113 instructions per item in the
+  /// general code).
+  template <bool single>
+  ring_status push_impl(T* items, std::size_t count, std::size_t& pushed, bool exact) noexcept {
+    if constexpr (single) count = 1;
     pushed = 0;
     if (count == 0) return ring_status::ok;
     const std::uintptr_t me = this_thread_token();
@@ -216,7 +307,7 @@ class ring {
       const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
       if (stamp == tail) {
         // Free. Extend the claim over the following free slots of this lap.
-        const std::uint64_t k = free_run(index, tail, count);
+        const std::uint64_t k = (count == 1 ? 1 : free_run(index, tail, count));
         const std::uint64_t new_tail = advance(tail, k);
         if (tail_.compare_exchange_weak(tail, new_tail, std::memory_order_seq_cst,
                                         std::memory_order_relaxed)) {
@@ -242,21 +333,11 @@ class ring {
     }
   }
 
-  /// Takes one item: consume(T&&) is called with it (it must not throw).
-  /// - exact: would_block means empty at some instant, closed means closed and drained (both
-  ///   need a look at the producers' tail). Without exact, would_block may also mean "not
-  ///   published yet" or "closed": the tail is not touched.
-  template <typename Consume>
-  ring_status try_pop(Consume&& consume, bool exact = true) noexcept {
-    std::size_t n = 0;
-    return try_pop_n(1, n, std::forward<Consume>(consume), exact);
-  }
-
-  /// Takes up to max_items with one claim (up to the end of the ring's array), calling
-  /// consume(T&&) for each in order; `popped` says how many.
-  template <typename Consume>
-  ring_status try_pop_n(std::size_t max_items, std::size_t& popped, Consume&& consume,
-                        bool exact = true) noexcept {
+  /// try_pop_n; with `single`, max_items is 1 (as push_impl).
+  template <bool single, typename Consume>
+  ring_status pop_impl(std::size_t max_items, std::size_t& popped, Consume& consume,
+                       bool exact) noexcept {
+    if constexpr (single) max_items = 1;
     popped = 0;
     if (max_items == 0) return ring_status::ok;
     const std::uintptr_t me = this_thread_token();
@@ -278,7 +359,7 @@ class ring {
       const std::uint64_t index = head & (mark_bit_ - 1);
       const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
       if (stamp == head + 1) {
-        const std::uint64_t k = published_run(index, head, max_items);
+        const std::uint64_t k = (max_items == 1 ? 1 : published_run(index, head, max_items));
         const std::uint64_t new_head = advance(head, k);
         if (head_.compare_exchange_weak(head, new_head, std::memory_order_seq_cst,
                                         std::memory_order_relaxed)) {
@@ -305,6 +386,7 @@ class ring {
     }
   }
 
+ public:
   /// Whether the producers' (consumers') side is biased to a thread now (for tests and stats).
   bool owned(bool producers) const noexcept {
     return ((producers ? tail_ : head_).load(std::memory_order_acquire) & owned_bit) != 0;
@@ -385,10 +467,11 @@ class ring {
     return k;
   }
   /// Moves k items into the claimed slots from index on and publishes each.
-  void fill(std::uint64_t index, std::uint64_t tail, std::uint64_t k, T* items) noexcept {
+  ISOLA_RING_INLINE void fill(std::uint64_t index, std::uint64_t tail, std::uint64_t k,
+                              T* items) noexcept {
     for (std::uint64_t i = 0; i < k; ++i) {
       slot& s = slots_[index + i];
-      new (s.storage) T(std::move(items[i]));
+      slot_ops<T>::put(s.storage, items[i]);
       s.stamp.store(tail + i + 1, std::memory_order_release);
     }
   }
@@ -404,24 +487,26 @@ class ring {
   }
   /// Hands the k claimed items from index on to consume and frees their slots for the next lap.
   template <typename Consume>
-  void take(std::uint64_t index, std::uint64_t head, std::uint64_t k, Consume& consume) noexcept {
+  ISOLA_RING_INLINE void take(std::uint64_t index, std::uint64_t head, std::uint64_t k,
+                              Consume& consume) noexcept {
     for (std::uint64_t i = 0; i < k; ++i) {
       slot& s = slots_[index + i];
       T* item = s.item();
       consume(std::move(*item));
-      item->~T();
+      slot_ops<T>::drop(*item);
       s.stamp.store(head + i + one_lap_, std::memory_order_release);
     }
   }
 
   /// The owner's push: as the CAS path, with plain stores of tail_ (the owned bit stays set;
   /// the closed mark cannot be set while the side is owned). ok with pushed == 0: retry.
-  ring_status owned_push(T* items, std::size_t count, std::size_t& pushed, bool exact) noexcept {
+  ISOLA_RING_INLINE ring_status owned_push(T* items, std::size_t count, std::size_t& pushed,
+                                           bool exact) noexcept {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed) & ~owned_bit;
     const std::uint64_t index = tail & (mark_bit_ - 1);
     const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
     if (stamp == tail) {
-      const std::uint64_t k = free_run(index, tail, count);
+      const std::uint64_t k = (count == 1 ? 1 : free_run(index, tail, count));
       fill(index, tail, k, items);
       tail_.store(advance(tail, k) | owned_bit, std::memory_order_release);
       pushed = static_cast<std::size_t>(k);
@@ -438,13 +523,13 @@ class ring {
 
   /// The owner's pop: as the CAS path, with plain stores of head_. ok with popped == 0: retry.
   template <typename Consume>
-  ring_status owned_pop(std::size_t max_items, std::size_t& popped, Consume& consume,
-                        bool exact) noexcept {
+  ISOLA_RING_INLINE ring_status owned_pop(std::size_t max_items, std::size_t& popped,
+                                          Consume& consume, bool exact) noexcept {
     const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
     const std::uint64_t index = head & (mark_bit_ - 1);
     const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
     if (stamp == head + 1) {
-      const std::uint64_t k = published_run(index, head, max_items);
+      const std::uint64_t k = (max_items == 1 ? 1 : published_run(index, head, max_items));
       take(index, head, k, consume);
       head_.store(advance(head, k) | owned_bit, std::memory_order_release);
       popped = static_cast<std::size_t>(k);
@@ -533,7 +618,7 @@ class ring {
   }
 
   /// Enters the owner's fast path: true if `me` owns the side (then leave() must follow).
-  static bool enter_owned(side_bias& b, std::uintptr_t me) noexcept {
+  ISOLA_RING_INLINE static bool enter_owned(side_bias& b, std::uintptr_t me) noexcept {
     if (b.owner.load(std::memory_order_relaxed) != me) return false;
     b.busy.store(1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);  // the light half of the fence
@@ -541,7 +626,9 @@ class ring {
     b.busy.store(0, std::memory_order_release);
     return false;
   }
-  static void leave_owned(side_bias& b) noexcept { b.busy.store(0, std::memory_order_release); }
+  ISOLA_RING_INLINE static void leave_owned(side_bias& b) noexcept {
+    b.busy.store(0, std::memory_order_release);
+  }
 
   /// Operations in a row by one thread before its side is biased to it, and the most a
   /// revoked side can ask for.

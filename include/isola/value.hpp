@@ -115,17 +115,16 @@ class value {
 
 template <std::integral I>
   requires(!std::same_as<I, bool> && !std::same_as<I, char>)
-value::value(I i) {
+value::value(I i) : v_(std::in_place_index<2>, static_cast<std::int64_t>(i)) {
+  // Constructed as an int64 straight away (no None first, then a variant assignment).
   if constexpr (std::is_unsigned_v<I> && sizeof(I) >= sizeof(std::int64_t)) {
     if (i > static_cast<std::uint64_t>(INT64_MAX)) {
       static constexpr char digits[] = "0123456789abcdef";
       std::string hex;
       for (std::uint64_t u = i; u != 0; u >>= 4) hex.insert(hex.begin(), digits[u & 15]);
       v_ = big_int{std::move(hex)};
-      return;
     }
   }
-  v_ = static_cast<std::int64_t>(i);
 }
 
 inline bool operator==(const tuple& a, const tuple& b) { return a.items == b.items; }
