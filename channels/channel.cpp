@@ -771,6 +771,15 @@ bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept {
 boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noexcept {
   return push_result(ch.core()->push_one(msg, false));
 }
+bool try_send_int_quick(const channel& ch, std::int64_t v) noexcept {
+  // The ring copies a scalar out of m, so m ends as it began: without its destructor's visits.
+  union local {
+    message m;
+    explicit local(std::int64_t i) noexcept : m(i) {}
+    ~local() { slot_ops<message>::drop(m); }
+  } l(v);
+  return ch.core()->push_one(l.m, false) == ring_status::ok;
+}
 
 bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept {
   return ch.core()->pop_one_with([&](message&& m) noexcept { fn(ctx, std::move(m)); }, false) ==

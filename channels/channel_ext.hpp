@@ -5,6 +5,7 @@
 #include <isola/channel.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <span>
 #include <stop_token>
@@ -26,6 +27,10 @@ bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept;
 /// a full ring. The caller must decide with an exact call (or a blocking one) before it
 /// reports full or closed.
 boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noexcept;
+
+/// try_send_quick for an int, the commonest small message: the message is made in its ring
+/// slot. True if sent; false: full, not free yet or closed (decide with a general call).
+bool try_send_int_quick(const channel& ch, std::int64_t v) noexcept;
 
 /// try_recv_many without the vector: hands each item, in order, to fn(ctx, item) while it is
 /// still in its ring slot (fn must not throw and must take the item). Same outcome as

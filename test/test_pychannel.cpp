@@ -39,18 +39,28 @@ TEST_CASE("Python channels carry every value kind in FIFO order between interpre
           "[pychannel]") {
   auto keep = isola::channel::open("t-fifo", 64);
   isola::interpreter a, b;
+  const char* edges =
+      "edges = [2**30 - 1, 2**30, -2**30, -2**30 - 1, 2**62, 2**63 - 1, -2**63, 2**63,\n"
+      "         -2**63 - 1, 2**64, -1, 0]\n";
+  a.exec(edges);
+  b.exec(edges);
   auto sent = a.exec_async(
       "import isola\n"
       "ch = isola.channel('t-fifo')\n"
       "for i in range(2000):\n"
       "    ch.send(i)\n"
       "for v in [None, True, 1.5, 'é\\ud800', b'bytes', (1, 'a'), [1, [2]], {'k': (1,)}, 2**100, -2**70]:\n"
+      "    ch.send(v)\n"
+      // Ints at the edges of the fast path: compact (30-bit digits) or not, 64-bit or not.
+      "for v in edges:\n"
       "    ch.send(v)\n");
   b.exec("import isola\nch = isola.channel('t-fifo')\n"
          "got = [ch.recv() for _ in range(2000)]\n"
-         "rest = [ch.recv() for _ in range(10)]\n");
+         "rest = [ch.recv() for _ in range(10)]\n"
+         "edge_got = [ch.recv() for _ in range(len(edges))]\n");
   sent.get();
   CHECK(b.eval("got == list(range(2000))").as_bool());
+  CHECK(b.eval("edge_got == edges and all(type(v) is int for v in edge_got)").as_bool());
   CHECK(b.eval("rest == [None, True, 1.5, 'é\\ud800', b'bytes', (1, 'a'), [1, [2]], {'k': (1,)}, "
                "2**100, -2**70]")
             .as_bool());
