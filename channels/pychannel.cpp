@@ -647,6 +647,12 @@ bool collect_items(PyObject* self, const channel& ch, PyObject* iterable,
       PyErr_Clear();
     }
     while (PyObject* o = PyIter_Next(it.get())) {
+      std::int64_t v = 0;
+      if (PyLong_CheckExact(o) && small_int(o, v)) {  // the common case, without to_message
+        items.emplace_back(v);
+        Py_DECREF(o);
+        continue;
+      }
       const bool ok = to_message(Py_TYPE(self), ch, o, items.emplace_back());  // in place
       Py_DECREF(o);
       if (!ok) return false;
