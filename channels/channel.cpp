@@ -146,6 +146,14 @@ class channel_core {
     if (st == ring_status::ok) after_pop(1);
     return st;
   }
+  /// pop_one_with for an item that take(message&) accepts, on the owner's inline path only
+  /// (see ring::try_pop_owned_if).
+  template <typename Take>
+  bool pop_owned_if(Take&& take) noexcept {
+    if (!ring_.try_pop_owned_if(std::forward<Take>(take))) return false;
+    after_pop(1);
+    return true;
+  }
   /// Pushes the longest prefix that fits now (several claims if the ring's end is crossed).
   ring_status push_available(std::span<message> items, std::size_t& sent, bool exact) noexcept;
   /// Pops what is there now, up to max_items, onto out (which must not need to grow beyond
@@ -779,6 +787,16 @@ bool try_send_int_quick(const channel& ch, std::int64_t v) noexcept {
     ~local() { slot_ops<message>::drop(m); }
   } l(v);
   return ch.core()->push_one(l.m, false) == ring_status::ok;
+}
+
+void* try_take_int_quick(const channel& ch, make_int_fn make) noexcept {
+  void* made = nullptr;
+  ch.core()->pop_owned_if([&](const message& m) noexcept {
+    const value* v = std::get_if<0>(&m.payload);
+    const std::int64_t* i = v != nullptr ? std::get_if<std::int64_t>(&v->data()) : nullptr;
+    return i != nullptr && (made = make(*i)) != nullptr;
+  });
+  return made;
 }
 
 bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept {

@@ -45,6 +45,14 @@ boost::system::result<std::size_t> try_recv_each(const channel& ch, std::size_t 
 /// decides with an exact or blocking call. The other side's position is not looked at.
 bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept;
 
+/// For Python's recv(): if this thread owns the receiving side (see ring.hpp) and the next
+/// item is an int, make(int) builds the Python object while the item is still in its slot; if
+/// that gives one (not nullptr), the item is taken and the object returned. nullptr otherwise,
+/// with nothing taken: the caller goes on with try_take_quick. (void*: the channel core does
+/// not see Python.)
+using make_int_fn = void* (*)(std::int64_t) noexcept;
+void* try_take_int_quick(const channel& ch, make_int_fn make) noexcept;
+
 /// Whether the channel's producers' (consumers') side is biased to one thread right now (see
 /// ring.hpp): for tests.
 bool channel_side_owned(const channel& ch, bool producers) noexcept;

@@ -599,6 +599,14 @@ PyObject* ch_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObj
 PyObject* ch_recv(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   if (nargs == 0 && kw == nullptr) {
     if (as_chan(self)->holds()) return do_recv(self, true, nullptr, false);
+    // An int made while it is still in its slot: if that fails (no memory), the item stays
+    // and the general path below raises.
+    auto make = [](std::int64_t i) noexcept -> void* {
+      PyObject* o = PyLong_FromLongLong(i);
+      if (o == nullptr) PyErr_Clear();
+      return o;
+    };
+    if (void* o = try_take_int_quick(as_chan(self)->ch, make)) return static_cast<PyObject*>(o);
     PyObject* o = nullptr;
     if (recv_quick(self, o)) return o;
     return do_recv(self, true, nullptr, false, true);

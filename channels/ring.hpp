@@ -259,6 +259,26 @@ class ring {
     return pop_one_slow(consume, exact);
   }
 
+  /// The owner's inline pop for a caller that handles only some items itself: if this thread
+  /// owns the consumers' side, the head item is published and take(T&) accepts it (returns
+  /// true; it must not throw and leaves the item to be destroyed here), the item is popped.
+  /// False otherwise, with nothing changed: the caller goes on with try_pop.
+  template <typename Take>
+  bool try_pop_owned_if(Take&& take) noexcept {
+    if (!(head_.load(std::memory_order_relaxed) & owned_bit)) return false;
+    if (!enter_owned(consumers_, this_thread_token())) return false;
+    const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
+    slot& s = slots_[head & (mark_bit_ - 1)];
+    const bool took = s.stamp.load(std::memory_order_acquire) == head + 1 && take(*s.item());
+    if (took) {
+      slot_ops<T>::drop(*s.item());
+      s.stamp.store(head + one_lap_, std::memory_order_release);
+      head_.store(next(head) | owned_bit, std::memory_order_release);
+    }
+    leave_owned(consumers_);
+    return took;
+  }
+
   /// Takes up to max_items with one claim (up to the end of the ring's array), calling
   /// consume(T&&) for each in order; `popped` says how many.
   template <typename Consume>
