@@ -77,12 +77,12 @@ class backoff {
 ///   into the dynamic linker either, which a thread_local in a shared library costs on every
 ///   use (__tls_get_addr; measured with callgrind, about 20 instructions of each push and pop).
 /// - Elsewhere, the address of a thread-local byte.
-inline std::uintptr_t this_thread_token() noexcept {
 #if defined(__GLIBC__) && defined(__x86_64__) && defined(__has_builtin)
 #if __has_builtin(__builtin_thread_pointer)
 #define ISOLA_RING_THREAD_POINTER 1
 #endif
 #endif
+inline std::uintptr_t this_thread_token() noexcept {
 #if defined(ISOLA_RING_THREAD_POINTER)
   // The thread register itself (what pthread_self() returns on x86-64 glibc) without the call.
   return reinterpret_cast<std::uintptr_t>(__builtin_thread_pointer());
@@ -239,22 +239,12 @@ class ring {
   ///   published yet" or "closed": the tail is not touched.
   template <typename Consume>
   ring_status try_pop(Consume&& consume, bool exact = true) noexcept {
-    // The owner's common case inline (as try_push).
-    if (head_.load(std::memory_order_relaxed) & owned_bit) [[likely]] {
-      if (enter_owned(consumers_, this_thread_token())) {
-        const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
-        slot& s = slots_[head & (mark_bit_ - 1)];
-        const bool ready = s.stamp.load(std::memory_order_acquire) == head + 1;
-        if (ready) [[likely]] {
-          T* item = s.item();
-          consume(std::move(*item));
-          slot_ops<T>::drop(*item);
-          s.stamp.store(head + one_lap_, std::memory_order_release);
-          head_.store(next(head) | owned_bit, std::memory_order_release);
-        }
-        leave_owned(consumers_);
-        if (ready) [[likely]] return ring_status::ok;
-      }
+    // The owner's common case inline (as try_push), everything else out of line.
+    if (try_pop_owned_if([&](T& item) noexcept {
+          consume(std::move(item));
+          return true;
+        })) [[likely]] {
+      return ring_status::ok;
     }
     return pop_one_slow(consume, exact);
   }
@@ -264,7 +254,7 @@ class ring {
   /// true; it must not throw and leaves the item to be destroyed here), the item is popped.
   /// False otherwise, with nothing changed: the caller goes on with try_pop.
   template <typename Take>
-  bool try_pop_owned_if(Take&& take) noexcept {
+  ISOLA_RING_INLINE bool try_pop_owned_if(Take&& take) noexcept {
     if (!(head_.load(std::memory_order_relaxed) & owned_bit)) return false;
     if (!enter_owned(consumers_, this_thread_token())) return false;
     const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
