@@ -236,6 +236,65 @@ TEST_CASE("channel: scalars and other kinds interleaved keep their values on eve
   for (std::size_t i = 0; i < 16; ++i) REQUIRE(ch.try_send(message(item(i + 5))));
 }
 
+namespace {
+int maker_calls = 0;
+std::int64_t maker_saw = 0;
+int maker_token = 0;
+}  // namespace
+
+TEST_CASE("channel: try_take_int_quick takes an int only when its maker gives an object",
+          "[channel]") {
+  // Python's recv() makes the int object while the item is still in its slot; if that fails
+  // (no memory), the item must stay in the channel.
+  channel ch(64);
+  for (std::int64_t i = 0; i < 600; ++i) {  // this thread becomes the receiving side's owner
+    REQUIRE(ch.send(message(i)));
+    REQUIRE(ch.recv());
+  }
+  if (!isola::detail::asymmetric_fence_available()) {
+    WARN("no membarrier: sides are never biased, and try_take_int_quick never takes");
+    REQUIRE(ch.send(message(std::int64_t{1})));
+    CHECK(isola::detail::try_take_int_quick(ch, [](std::int64_t) noexcept -> void* {
+            return &maker_token;
+          }) == nullptr);
+    CHECK(ch.size() == 1);
+    return;
+  }
+  REQUIRE(isola::detail::channel_side_owned(ch, false));
+  auto refuse = [](std::int64_t v) noexcept -> void* {
+    ++maker_calls;
+    maker_saw = v;
+    return nullptr;
+  };
+  auto accept = [](std::int64_t v) noexcept -> void* {
+    ++maker_calls;
+    maker_saw = v;
+    return &maker_token;
+  };
+  maker_calls = 0;
+  CHECK(isola::detail::try_take_int_quick(ch, accept) == nullptr);  // empty: not called
+  CHECK(maker_calls == 0);
+  REQUIRE(ch.send(message(std::int64_t{-42})));
+  CHECK(isola::detail::try_take_int_quick(ch, refuse) == nullptr);
+  CHECK(maker_calls == 1);
+  CHECK(maker_saw == -42);
+  CHECK(ch.size() == 1);  // still there
+  CHECK(isola::detail::try_take_int_quick(ch, accept) == &maker_token);
+  CHECK(maker_calls == 2);
+  CHECK(maker_saw == -42);
+  CHECK(ch.size() == 0);
+  // Anything but an int is left for the general path, without calling the maker.
+  REQUIRE(ch.send(message(1.5)));
+  REQUIRE(ch.send(message("text")));
+  CHECK(isola::detail::try_take_int_quick(ch, accept) == nullptr);
+  CHECK(maker_calls == 2);
+  auto f = ch.recv();
+  REQUIRE((f && f->as_value() && *f->as_value() == isola::value(1.5)));
+  CHECK(isola::detail::try_take_int_quick(ch, accept) == nullptr);
+  auto t = ch.recv();
+  REQUIRE((t && t->as_value() && t->as_value()->as_str() == "text"));
+}
+
 TEST_CASE("channel: producers x consumers move a million messages, none lost or doubled",
           "[channel][concurrent]") {
   const int producers = 3, consumers = 3;
