@@ -867,11 +867,21 @@ PyObject* ch_next(PyObject* self) {
 
 PyObject* ch_repr(PyObject* self) {
   auto& ch = as_chan(self)->ch;
-  std::string s = "<isola.Channel #" + std::to_string(ch.id());
-  if (!ch.name().empty()) s += " '" + ch.name() + "'";
-  s += " " + std::to_string(ch.size()) + "/" + std::to_string(ch.capacity());
+  // Appended piece by piece: `" " + std::to_string(...)` set off a GCC 12 -Wrestrict false
+  // positive in release builds.
+  std::string s = "<isola.Channel #";
+  s += std::to_string(ch.id());
+  if (!ch.name().empty()) {
+    s += " '";
+    s += ch.name();
+    s += '\'';
+  }
+  s += ' ';
+  s += std::to_string(ch.size());
+  s += '/';
+  s += std::to_string(ch.capacity());
   if (ch.closed()) s += " closed";
-  s += ">";
+  s += '>';
   return PyUnicode_FromString(s.c_str());
 }
 

@@ -3,23 +3,33 @@
 #include "value_codec.hpp"
 
 #include <algorithm>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace isola::detail {
 namespace {
+
+// Error messages are joined with this rather than `"..." + std::string(...)`, which sets off a
+// GCC 12 -Wrestrict false positive in release builds.
+std::string join(std::initializer_list<std::string_view> parts) {
+  std::string s;
+  for (std::string_view p : parts) s += p;
+  return s;
+}
 
 struct decoder {
   std::vector<PyObject*> path;  // containers being converted, outermost first
 
   void enter(PyObject* o) {
     if (std::find(path.begin(), path.end(), o) != path.end()) {
-      py::raise(PyExc_ValueError, "cannot convert a cyclic structure: a " +
-                                      py::type_name(Py_TYPE(o)) + " contains itself");
+      py::raise(PyExc_ValueError, join({"cannot convert a cyclic structure: a ",
+                                        py::type_name(Py_TYPE(o)), " contains itself"}));
     }
     if (path.size() >= static_cast<std::size_t>(value::max_depth)) {
-      py::raise(PyExc_ValueError, "cannot convert a structure nested deeper than " +
-                                      std::to_string(value::max_depth) + " levels");
+      py::raise(PyExc_ValueError, join({"cannot convert a structure nested deeper than ",
+                                        std::to_string(value::max_depth), " levels"}));
     }
     path.push_back(o);
   }
@@ -51,7 +61,9 @@ struct decoder {
       auto hex = py::check(PyNumber_ToBase(o, 16));  // "-0x1f"
       std::string s = py::to_string(hex.get());
       bool negative = s[0] == '-';
-      return big_int{(negative ? "-" : "") + s.substr(negative ? 3 : 2)};
+      std::string digits = negative ? "-" : "";
+      digits.append(s, negative ? 3 : 2);  // without "0x" / "-0x"
+      return big_int{std::move(digits)};
     }
     if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
     if (PyUnicode_CheckExact(o)) {
@@ -90,9 +102,9 @@ struct decoder {
       return d;
     }
     py::raise(PyExc_TypeError,
-              "cannot convert an object of type '" + py::type_name(Py_TYPE(o)) +
-                  "' to an isola value (supported: None, bool, int, float, str, bytes, tuple, "
-                  "list, dict)");
+              join({"cannot convert an object of type '", py::type_name(Py_TYPE(o)),
+                    "' to an isola value (supported: None, bool, int, float, str, bytes, tuple, "
+                    "list, dict)"}));
   }
 };
 
@@ -121,8 +133,8 @@ struct encoder {
   }
   void enter() {
     if (++depth > value::max_depth) {
-      py::raise(PyExc_ValueError, "cannot convert a value nested deeper than " +
-                                      std::to_string(value::max_depth) + " levels");
+      py::raise(PyExc_ValueError, join({"cannot convert a value nested deeper than ",
+                                        std::to_string(value::max_depth), " levels"}));
     }
   }
   py::object convert_one(const tuple& t) {

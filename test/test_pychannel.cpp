@@ -194,6 +194,10 @@ TEST_CASE("the PEP 734 queue API and the rest of Channel", "[pychannel]") {
   CHECK(in.eval("isola.channel('t-named') == isola.channel('t-named')").as_bool());
   CHECK(in.eval("isola.channel('t-named').name").as_str() == "t-named");
   CHECK(in.eval("repr(isola.Channel(2))").as_str().find("isola.Channel #") != std::string::npos);
+  in.exec("r = isola.channel('t-repr', 2)\nr.send(1)\nr.close()\n");
+  const std::string rep = in.eval("repr(r)").as_str();
+  CHECK(rep.rfind("<isola.Channel #", 0) == 0);
+  CHECK(rep.ends_with(" 't-repr' 1/2 closed>"));
 }
 
 TEST_CASE("send_many / recv_many keep every kind of item, in order", "[pychannel]") {
