@@ -792,8 +792,7 @@ bool try_send_int_quick(const channel& ch, std::int64_t v) noexcept {
 void* try_take_int_quick(const channel& ch, make_int_fn make) noexcept {
   void* made = nullptr;
   ch.core()->pop_owned_if([&](const message& m) noexcept {
-    const value* v = std::get_if<0>(&m.payload);
-    const std::int64_t* i = v != nullptr ? std::get_if<std::int64_t>(&v->data()) : nullptr;
+    const std::int64_t* i = plain_int(m);
     return i != nullptr && (made = make(*i)) != nullptr;
   });
   return made;

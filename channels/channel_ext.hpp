@@ -16,6 +16,12 @@ namespace isola::detail {
 bool channel_allows_pickle(const channel& ch) noexcept;
 void set_channel_pickle(const channel& ch, bool allow) noexcept;
 
+/// The int a message holds when it is a plain (64-bit) int, else nullptr.
+inline const std::int64_t* plain_int(const message& m) noexcept {
+  const value* v = m.as_value();
+  return v != nullptr ? std::get_if<std::int64_t>(&v->data()) : nullptr;
+}
+
 /// Spins (pause instructions and cheap probes, no system call, no fence) for up to `rounds`
 /// rounds until the channel looks ready for a recv (items) or a send (room), or closed.
 /// True if it looks ready; the caller then tries for real. For a thread that would otherwise
@@ -28,8 +34,8 @@ bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept;
 /// reports full or closed.
 boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noexcept;
 
-/// try_send_quick for an int, the commonest small message: the message is made in its ring
-/// slot. True if sent; false: full, not free yet or closed (decide with a general call).
+/// try_send_quick for an int, the commonest small message, without a message object in the
+/// caller. True if sent; false: full, not free yet or closed (decide with a general call).
 bool try_send_int_quick(const channel& ch, std::int64_t v) noexcept;
 
 /// try_recv_many without the vector: hands each item, in order, to fn(ctx, item) while it is
