@@ -154,6 +154,13 @@ class channel_core {
     after_pop(1);
     return true;
   }
+  /// try_pop_owned_run_if, with the other side told (see ring.hpp).
+  template <typename Take>
+  std::size_t pop_owned_run_if(std::size_t max_items, Take&& take) noexcept {
+    const std::size_t n = ring_.try_pop_owned_run_if(max_items, std::forward<Take>(take));
+    if (n > 0) after_pop(n);
+    return n;
+  }
   /// Pushes the longest prefix that fits now (several claims if the ring's end is crossed).
   ring_status push_available(std::span<message> items, std::size_t& sent, bool exact) noexcept;
   /// Pops what is there now, up to max_items, onto out (which must not need to grow beyond
@@ -796,6 +803,24 @@ void* try_take_int_quick(const channel& ch, make_int_fn make) noexcept {
     return i != nullptr && (made = make(*i)) != nullptr;
   });
   return made;
+}
+
+std::size_t try_take_ints(const channel& ch, std::size_t max_items, make_int_fn make,
+                          void** out, bool& other_next) noexcept {
+  other_next = false;
+  std::size_t got = 0;
+  while (got < max_items) {  // a run stops at the end of the ring's array: go on at its start
+    const std::size_t k = ch.core()->pop_owned_run_if(
+        max_items - got, [&](const message& m, std::size_t i) noexcept {
+          const std::int64_t* v = plain_int(m);
+          if (v != nullptr && (out[got + i] = make(*v)) != nullptr) return true;
+          other_next = true;
+          return false;
+        });
+    got += k;
+    if (k == 0 || other_next) break;
+  }
+  return got;
 }
 
 bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept {

@@ -59,6 +59,16 @@ bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept;
 using make_int_fn = void* (*)(std::int64_t) noexcept;
 void* try_take_int_quick(const channel& ch, make_int_fn make) noexcept;
 
+/// try_take_int_quick for a run, for Python's recv_many: if this thread owns the receiving
+/// side, takes the items from the head on while each is an int and make(int) gives its object
+/// (written to out[i]), up to max_items. Returns how many were taken.
+/// - other_next: it stopped at an item that is there but is not an int, or whose object
+///   make() refused; that item stays in the channel for the general path.
+/// - 0 with nothing taken when the side is not owned by this thread (or nothing is there):
+///   the caller goes on with try_recv_each.
+std::size_t try_take_ints(const channel& ch, std::size_t max_items, make_int_fn make,
+                          void** out, bool& other_next) noexcept;
+
 /// Whether the channel's producers' (consumers') side is biased to one thread right now (see
 /// ring.hpp): for tests.
 bool channel_side_owned(const channel& ch, bool producers) noexcept;

@@ -732,11 +732,24 @@ PyObject* recv_many_now(PyObject* self, PyObject* module, const channel& ch,
   } g;
   const std::size_t chunk = std::min<std::size_t>(max_items, 4096);
   try {
-    // The callback must not reallocate either: an item taken from the ring and not kept
+    // The callbacks must not reallocate either: an item taken from the ring and not kept
     // would be lost.
-    g.objects.reserve(chunk);
-    g.later.reserve(chunk);
+    g.objects.resize(chunk);
   } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+    return nullptr;
+  }
+  // On a receiving side this thread owns, a run of ints becomes Python ints in one pass over
+  // the slots (no callback per item, one store of the ring's head).
+  bool other_next = false;
+  const std::size_t ints = try_take_ints(ch, chunk, int_object,
+                                         reinterpret_cast<void**>(g.objects.data()), other_next);
+  g.objects.resize(ints);  // shrinking: no allocation
+  if (ints == chunk || (ints > 0 && !other_next)) return finish_batch(self, module, g.objects, g.later);
+  try {
+    g.later.reserve(chunk - ints);
+  } catch (const std::bad_alloc&) {
+    if (ints > 0) return finish_batch(self, module, g.objects, g.later);
     PyErr_NoMemory();
     return nullptr;
   }
@@ -744,10 +757,10 @@ PyObject* recv_many_now(PyObject* self, PyObject* module, const channel& ch,
     auto& g = *static_cast<gathered*>(ctx);
     PyObject* o = int_from_slot(m);
     if (o == nullptr) g.later.emplace_back(g.objects.size(), std::move(m));  // reserved
-    g.objects.push_back(o);
+    g.objects.push_back(o);  // within the capacity of chunk
   };
-  auto r = try_recv_each(ch, chunk, consume, &g);
-  if (!r) return nullptr;
+  auto r = try_recv_each(ch, chunk - ints, consume, &g);
+  if (!r && ints == 0) return nullptr;
   return finish_batch(self, module, g.objects, g.later);
 }
 

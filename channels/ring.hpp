@@ -269,6 +269,34 @@ class ring {
     return took;
   }
 
+  /// try_pop_owned_if for a run: while this thread owns the consumers' side, takes the
+  /// published items from head on, up to max_items and the end of the ring's array, as long
+  /// as take(T&, i) accepts the i-th (it must not throw; the item is destroyed here). Stops
+  /// at the first item that is not published or not accepted, which stays in the ring.
+  /// Returns how many were taken: 0 with nothing changed when the side is not owned by this
+  /// thread (the caller goes on with try_pop_n). One store of head for the whole run.
+  template <typename Take>
+  std::size_t try_pop_owned_run_if(std::size_t max_items, Take&& take) noexcept {
+    if (!(head_.load(std::memory_order_relaxed) & owned_bit)) return 0;
+    if (!enter_owned(consumers_, this_thread_token())) return 0;
+    const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
+    const std::uint64_t index = head & (mark_bit_ - 1);
+    const std::uint64_t room = std::min<std::uint64_t>(max_items, cap_ - index);
+    std::uint64_t k = 0;
+    for (; k < room; ++k) {
+      slot& s = slots_[index + k];
+      if (s.stamp.load(std::memory_order_acquire) != head + k + 1 ||
+          !take(*s.item(), static_cast<std::size_t>(k))) {
+        break;
+      }
+      slot_ops<T>::drop(*s.item());
+      s.stamp.store(head + k + one_lap_, std::memory_order_release);
+    }
+    if (k > 0) head_.store(advance(head, k) | owned_bit, std::memory_order_release);
+    leave_owned(consumers_);
+    return static_cast<std::size_t>(k);
+  }
+
   /// Takes up to max_items with one claim (up to the end of the ring's array), calling
   /// consume(T&&) for each in order; `popped` says how many.
   template <typename Consume>

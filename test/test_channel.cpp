@@ -243,17 +243,24 @@ namespace {
 int maker_calls = 0;
 std::int64_t maker_saw = 0;
 int maker_token = 0;
+
+/// A channel (capacity 64) whose receiving side this thread owns after a streak of receives
+/// (where sides are biased at all), and which is empty.
+channel owned_by_this_receiver() {
+  channel ch(64);
+  for (std::int64_t i = 0; i < 600; ++i) {
+    REQUIRE(ch.send(message(i)));
+    REQUIRE(ch.recv());
+  }
+  return ch;
+}
 }  // namespace
 
 TEST_CASE("channel: try_take_int_quick takes an int only when its maker gives an object",
           "[channel]") {
   // Python's recv() makes the int object while the item is still in its slot; if that fails
   // (no memory), the item must stay in the channel.
-  channel ch(64);
-  for (std::int64_t i = 0; i < 600; ++i) {  // this thread becomes the receiving side's owner
-    REQUIRE(ch.send(message(i)));
-    REQUIRE(ch.recv());
-  }
+  channel ch = owned_by_this_receiver();
   if (!isola::detail::asymmetric_fence_available()) {
     WARN("no membarrier: sides are never biased, and try_take_int_quick never takes");
     REQUIRE(ch.send(message(std::int64_t{1})));
@@ -296,6 +303,83 @@ TEST_CASE("channel: try_take_int_quick takes an int only when its maker gives an
   CHECK(isola::detail::try_take_int_quick(ch, accept) == nullptr);
   auto t = ch.recv();
   REQUIRE((t && t->as_value() && t->as_value()->as_str() == "text"));
+}
+
+namespace {
+std::int64_t run_refuse_at = -1;  ///< the maker of the next test refuses this int
+}  // namespace
+
+TEST_CASE("channel: try_take_ints takes a run of ints, stops at anything else, loses nothing",
+          "[channel]") {
+  // Python's recv_many makes the int objects of a run while the items are still in their
+  // slots, on a receiving side this thread owns; the rest goes the general way.
+  channel ch = owned_by_this_receiver();
+  // The maker's "object" is the int plus one, as a pointer (never null for the ints used).
+  auto make = [](std::int64_t v) noexcept -> void* {
+    if (v == run_refuse_at) return nullptr;
+    return reinterpret_cast<void*>(static_cast<std::intptr_t>(v + 1));
+  };
+  auto as_int = [](void* p) { return static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(p)) - 1; };
+  std::vector<void*> out(200, nullptr);
+  bool other_next = true;
+  if (!isola::detail::asymmetric_fence_available()) {
+    WARN("no membarrier: sides are never biased, and try_take_ints never takes");
+    REQUIRE(ch.send(message(std::int64_t{1})));
+    CHECK(isola::detail::try_take_ints(ch, 10, make, out.data(), other_next) == 0);
+    CHECK_FALSE(other_next);
+    CHECK(ch.size() == 1);
+    return;
+  }
+  REQUIRE(isola::detail::channel_side_owned(ch, false));
+  // Empty: nothing taken, nothing else next.
+  CHECK(isola::detail::try_take_ints(ch, 10, make, out.data(), other_next) == 0);
+  CHECK_FALSE(other_next);
+  // A run that crosses the end of the ring's array (600 items left the head at 600 % 64 = 24;
+  // 50 items wrap) comes out whole and in order; max_items is respected.
+  for (std::int64_t i = 0; i < 50; ++i) REQUIRE(ch.send(message(1000 + i)));
+  CHECK(isola::detail::try_take_ints(ch, 45, make, out.data(), other_next) == 45);
+  CHECK_FALSE(other_next);
+  bool in_order = true;
+  for (std::int64_t i = 0; i < 45; ++i) in_order = in_order && as_int(out[i]) == 1000 + i;
+  CHECK(in_order);
+  CHECK(ch.size() == 5);
+  CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 5);
+  CHECK_FALSE(other_next);
+  CHECK(as_int(out[4]) == 1049);
+  // Ints, then something else: the run stops there and the rest stays, in order.
+  REQUIRE(ch.send(message(std::int64_t{7})));
+  REQUIRE(ch.send(message(std::int64_t{8})));
+  REQUIRE(ch.send(message("text")));
+  REQUIRE(ch.send(message(std::int64_t{9})));
+  CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 2);
+  CHECK(other_next);
+  CHECK(as_int(out[0]) == 7);
+  CHECK(as_int(out[1]) == 8);
+  CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 0);
+  CHECK(other_next);
+  auto t = ch.recv();
+  REQUIRE((t && t->as_value() && t->as_value()->as_str() == "text"));
+  // A refused int (its object could not be made) stays in the channel, with what follows.
+  REQUIRE(ch.send(message(std::int64_t{10})));
+  run_refuse_at = 10;
+  CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 1);  // the 9
+  CHECK(other_next);
+  CHECK(as_int(out[0]) == 9);
+  CHECK(ch.size() == 1);
+  run_refuse_at = -1;
+  CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 1);
+  CHECK_FALSE(other_next);
+  CHECK(as_int(out[0]) == 10);
+  CHECK(ch.size() == 0);
+  // Another thread that receives takes the side back; then this thread's call takes nothing.
+  REQUIRE(ch.send(message(std::int64_t{11})));
+  bool other_got = false;
+  std::thread([&] { other_got = ch.recv().has_value(); }).join();
+  CHECK(other_got);
+  CHECK_FALSE(isola::detail::channel_side_owned(ch, false));
+  REQUIRE(ch.send(message(std::int64_t{12})));
+  CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 0);
+  CHECK(ch.size() == 1);
 }
 
 TEST_CASE("channel: producers x consumers move a million messages, none lost or doubled",
