@@ -701,7 +701,8 @@ send_many_result channel::send_many(std::span<message> items, channel_timeout ti
           r.sent += k;
           return st;
         },
-        [&](bool spinning) { return c.ring_.push_ready(spinning ? detail::room_run : 0); }, until, stop);
+        [&](bool spinning) { return c.ring_.push_ready(spinning ? detail::room_run : 0); },
+        until, stop);
     if (ec) {
       r.error = ec;
       break;

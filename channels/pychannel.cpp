@@ -556,8 +556,8 @@ PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_
     r = ch.try_recv();
   }
   if (!r && r.error() == errc::channel_empty && waits) {
-    if (!wait_released(module, [&](channel_timeout t, std::stop_token st) { return ch.recv(t, st); },
-                       timeout, r)) {
+    auto wait = [&](channel_timeout t, std::stop_token st) { return ch.recv(t, st); };
+    if (!wait_released(module, wait, timeout, r)) {
       return nullptr;
     }
   }
@@ -745,7 +745,9 @@ PyObject* recv_many_now(PyObject* self, PyObject* module, const channel& ch,
   const std::size_t ints = try_take_ints(ch, chunk, int_object,
                                          reinterpret_cast<void**>(g.objects.data()), other_next);
   g.objects.resize(ints);  // shrinking: no allocation
-  if (ints == chunk || (ints > 0 && !other_next)) return finish_batch(self, module, g.objects, g.later);
+  if (ints == chunk || (ints > 0 && !other_next)) {  // nothing else there now
+    return finish_batch(self, module, g.objects, g.later);
+  }
   try {
     g.later.reserve(chunk - ints);
   } catch (const std::bad_alloc&) {

@@ -319,7 +319,9 @@ TEST_CASE("channel: try_take_ints takes a run of ints, stops at anything else, l
     if (v == run_refuse_at) return nullptr;
     return reinterpret_cast<void*>(static_cast<std::intptr_t>(v + 1));
   };
-  auto as_int = [](void* p) { return static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(p)) - 1; };
+  auto as_int = [](void* p) {
+    return static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(p)) - 1;
+  };
   std::vector<void*> out(200, nullptr);
   bool other_next = true;
   if (!isola::detail::asymmetric_fence_available()) {
