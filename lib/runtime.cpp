@@ -73,6 +73,21 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
     log->error("could not extend sys.path of the main interpreter: {}", e.what());
   }
 
+  // CPython 3.12's threading module takes the thread that first imports it for the main
+  // thread. Import it here, on the thread whose state lives until Py_FinalizeEx: otherwise a
+  // thread that attaches to the main interpreter and imports it first (directly or not) is
+  // threading.main_thread() from then on, and once that thread state is gone Py_FinalizeEx
+  // reports "Exception ignored in threading._shutdown: assert tlock.locked()". (3.13 asks
+  // the runtime for the main thread instead.)
+  if (PY_VERSION_HEX < 0x030D0000) {
+    if (PyObject* threading = PyImport_ImportModule("threading")) {
+      Py_DECREF(threading);
+    } else {
+      PyErr_Clear();
+      log->warn("could not import threading in the main interpreter at start-up");
+    }
+  }
+
   auto main = std::make_shared<detail::interp_state>();
   main->id = 0;
   main->is_main = true;

@@ -9,6 +9,10 @@
 //   teardown ORDER N CODE  N interpreters run CODE, then end in ORDER (creation|reverse)
 //   destroy-attached FILE  an interpreter object destroyed by a thread attached to it; the
 //                        runtime must end it at shutdown (its atexit handler writes FILE)
+//   main-threading       another thread attaches to the main interpreter and imports threading
+//                        there first; then the runtime ends (nothing may be reported at exit)
+#include <Python.h>
+
 #include <isola/isola.hpp>
 
 #include <algorithm>
@@ -200,6 +204,27 @@ int destroy_attached(const std::string& file) {
 
 }  // namespace
 
+int main_threading() {
+  isola::runtime rt;
+  std::string outcome = "not run";
+  std::thread other([&] {
+    auto g = isola::attach(rt.main_interpreter());
+    if (!g) {
+      outcome = "attach failed";
+      return;
+    }
+    const int rc = PyRun_SimpleString(
+        "import sys, threading\n"
+        "print('attached_is_main:', threading.main_thread() is threading.current_thread())\n"
+        "print('main_thread_alive:', threading.main_thread().is_alive())\n"
+        "sys.stdout.flush()\n");
+    outcome = rc == 0 ? "ran" : "raised";
+  });
+  other.join();
+  say("outcome: " + outcome);
+  return 0;
+}
+
 int main(int argc, char* argv[]) {
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
@@ -208,6 +233,7 @@ int main(int argc, char* argv[]) {
     if (args.size() == 1 && args[0] == "no-runtime") return no_runtime();
     if (args.size() == 1 && args[0] == "finalizing-attach") return finalizing_attach();
     if (args.size() == 2 && args[0] == "destroy-attached") return destroy_attached(args[1]);
+    if (args.size() == 1 && args[0] == "main-threading") return main_threading();
     if (args.size() == 4 && args[0] == "teardown") {
       return teardown(args[1], std::stoi(args[2]), args[3]);
     }
@@ -216,6 +242,6 @@ int main(int argc, char* argv[]) {
     return 3;
   }
   say("usage: isola_test_child lifo FILE | second-runtime | no-runtime | finalizing-attach | "
-      "teardown creation|reverse N CODE | destroy-attached FILE");
+      "teardown creation|reverse N CODE | destroy-attached FILE | main-threading");
   return 2;
 }

@@ -118,6 +118,22 @@ TEST_CASE("interpreters created in parallel from several threads", "[runtime]") 
   CHECK(rt().live_interpreters() == before);
 }
 
+TEST_CASE("threading's main thread is the runtime's, whichever thread imports it first",
+          "[runtime]") {
+  // Python's threading module takes the thread that first imports it for the main thread. If
+  // that is a thread attached to the main interpreter for a while, threading.main_thread()
+  // names the wrong thread, and CPython 3.12 reports "Exception ignored in
+  // threading._shutdown: assert tlock.locked()" at exit (that thread's state is gone).
+  auto r = run_child({"main-threading"});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.find("outcome: ran") != std::string::npos);
+  CHECK(r.output.find("attached_is_main: False") != std::string::npos);
+  CHECK(r.output.find("main_thread_alive: True") != std::string::npos);
+  CHECK(r.output.find("Exception ignored") == std::string::npos);
+  CHECK(r.output.find("Traceback") == std::string::npos);
+}
+
 TEST_CASE("the runtime ends interpreters newest first", "[runtime]") {
   temp_dir dir;
   auto file = dir.file("atexit-order");
