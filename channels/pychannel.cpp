@@ -315,7 +315,7 @@ PyObject* int_from_slot(const message& m) noexcept {
   return i != nullptr ? static_cast<PyObject*>(int_object(*i)) : nullptr;
 }
 
-PyObject* from_message(PyObject* module, message&& m) {
+PyObject* from_message(PyObject* module, const message& m) {
   switch (m.payload.index()) {
     case 0:
       // The common case first, without the general converter.
@@ -431,6 +431,26 @@ PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_a
   Py_RETURN_NONE;
 }
 
+// Whether an item whose conversion failed with the exception now set is kept for another
+// try: only for lack of memory, and not for a pickle (its unpickling runs the sender's code,
+// whose exception is what that item gives).
+bool keep_for_retry(const message& m) noexcept {
+  return !m.is_pickled() && PyErr_ExceptionMatches(PyExc_MemoryError);
+}
+
+// A received item as a Python object. If there is no memory for it now, the item goes to the
+// front of this handle's held items and MemoryError is raised: the next receive on this
+// handle tries again, so nothing is lost (unless there is not even memory to hold it).
+PyObject* deliver(PyObject* self, PyObject* module, message&& m) {
+  PyObject* o = from_message(module, m);
+  if (o != nullptr || !keep_for_retry(m)) return o;
+  try {
+    as_chan(self)->held.push_front(std::move(m));
+  } catch (const std::bad_alloc&) {  // MemoryError stays set; the item is gone
+  }
+  return nullptr;
+}
+
 // The first item this handle holds (see py_channel::held), or its pending exception.
 PyObject* take_held(PyObject* self, PyObject* module) {
   auto* c = as_chan(self);
@@ -441,53 +461,77 @@ PyObject* take_held(PyObject* self, PyObject* module) {
   }
   message m = std::move(c->held.front());
   c->held.pop_front();
-  return from_message(module, std::move(m));
+  return deliver(self, module, std::move(m));
+}
+
+// Puts the items of a batch from index `from` on back at the front of this handle's held
+// items, in order: objects[i] is a plain int made on the spot (made into an int message again
+// and released) or nullptr where the item is still later[next], later[next + 1], ... With
+// `first`, that message goes in front of them. False (MemoryError set) if there was no memory
+// to hold them: they are gone.
+bool hold_back(py_channel* c, std::vector<PyObject*>& objects,
+               std::vector<std::pair<std::size_t, message>>& later, std::size_t from,
+               std::size_t next, message* first) {
+  try {
+    std::vector<message> rest;
+    rest.reserve(objects.size() - from + 1);
+    if (first != nullptr) rest.push_back(std::move(*first));
+    for (std::size_t i = from; i < objects.size(); ++i) {
+      if (objects[i] == nullptr) {
+        rest.push_back(std::move(later[next++].second));
+      } else {  // a plain int converted on the spot: the same int again
+        rest.emplace_back(static_cast<std::int64_t>(PyLong_AsLongLong(objects[i])));
+        Py_CLEAR(objects[i]);
+      }
+    }
+    c->held.insert(c->held.begin(), std::make_move_iterator(rest.begin()),
+                   std::make_move_iterator(rest.end()));
+    return true;
+  } catch (const std::bad_alloc&) {
+    for (std::size_t i = from; i < objects.size(); ++i) Py_CLEAR(objects[i]);
+    PyErr_NoMemory();
+    return false;
+  }
 }
 
 // The end of a recv_many: objects[i] is the item converted already, or nullptr where the item
 // is still a message in `later` (index, message; in order). Converts those and returns the
-// list. When an item cannot be converted, nothing taken is dropped: the items after it go
-// back to the front of this handle's held items; the items before it are returned now and its
-// exception is raised by the next receive (or now, when it is the first item).
+// list. Nothing taken is dropped when something fails:
+// - no memory for the list: every item goes back to the front of this handle's held items
+//   and MemoryError is raised;
+// - an item cannot be converted: the items after it go back to the front of the held items
+//   (the item itself too when there was no memory for it: keep_for_retry); the items before
+//   it are returned now and its exception is raised by the next receive (or now, when it is
+//   the first item).
 PyObject* finish_batch(PyObject* self, PyObject* module, std::vector<PyObject*>& objects,
                        std::vector<std::pair<std::size_t, message>>& later) {
   auto* c = as_chan(self);
+  // The list first: once items are converted, failing to make it would lose them.
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(objects.size()));
+  if (list == nullptr) {
+    hold_back(c, objects, later, 0, 0, nullptr);
+    return nullptr;
+  }
+  std::size_t size = objects.size();
   for (std::size_t k = 0; k < later.size(); ++k) {
     const std::size_t at = later[k].first;
-    if ((objects[at] = from_message(module, std::move(later[k].second))) != nullptr) continue;
-    try {
-      std::vector<message> rest;
-      std::size_t next = k + 1;
-      for (std::size_t i = at + 1; i < objects.size(); ++i) {
-        if (objects[i] == nullptr) {
-          rest.push_back(std::move(later[next++].second));
-        } else {  // a plain int converted on the spot: the same int again
-          rest.emplace_back(static_cast<std::int64_t>(PyLong_AsLongLong(objects[i])));
-          Py_CLEAR(objects[i]);
-        }
-      }
-      c->held.insert(c->held.begin(), std::make_move_iterator(rest.begin()),
-                     std::make_move_iterator(rest.end()));
-    } catch (const std::bad_alloc&) {
-      for (PyObject* o : objects) Py_XDECREF(o);
-      PyErr_NoMemory();
-      return nullptr;
+    if ((objects[at] = from_message(module, later[k].second)) != nullptr) continue;
+    message* again = keep_for_retry(later[k].second) ? &later[k].second : nullptr;
+    hold_back(c, objects, later, at + 1, k + 1, again);  // MemoryError instead if it fails
+    if (at == 0) {
+      Py_DECREF(list);  // its slots are still empty
+      return nullptr;   // nothing to return first: raise now
     }
-    objects.resize(at);
-    if (at == 0) return nullptr;  // nothing to return first: raise now
+    size = at;
     PyObject* exc = PyErr_GetRaisedException();
     PyException_SetTraceback(exc, Py_None);
     Py_XSETREF(c->held_error, exc);
     break;
   }
-  PyObject* list = PyList_New(static_cast<Py_ssize_t>(objects.size()));
-  if (list == nullptr) {
-    for (PyObject* o : objects) Py_XDECREF(o);
-    return nullptr;
-  }
-  for (std::size_t i = 0; i < objects.size(); ++i) {
+  for (std::size_t i = 0; i < size; ++i) {
     PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), objects[i]);
   }
+  Py_SET_SIZE(list, static_cast<Py_ssize_t>(size));  // shorter when an item failed
   return list;
 }
 
@@ -531,7 +575,7 @@ PyObject* finish_messages(PyObject* self, PyObject* module, std::vector<message>
     if ((t.obj = int_from_slot(m)) == nullptr) t.other.emplace(std::move(m));
   };
   if (!try_take_quick(as_chan(self)->ch, consume, &t)) return false;
-  out = t.obj != nullptr ? t.obj : from_message(self_module(self), std::move(*t.other));
+  out = t.obj != nullptr ? t.obj : deliver(self, self_module(self), std::move(*t.other));
   return true;
 }
 
@@ -569,7 +613,7 @@ PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_
     raise_channel_error(module, ch, r.error(), queue_names);
     return nullptr;
   }
-  return from_message(module, std::move(*r));
+  return deliver(self, module, std::move(*r));
 }
 
 bool truthy(PyObject* o, bool dflt, int& out) {
