@@ -255,18 +255,8 @@ class ring {
   /// False otherwise, with nothing changed: the caller goes on with try_pop.
   template <typename Take>
   ISOLA_RING_INLINE bool try_pop_owned_if(Take&& take) noexcept {
-    if (!(head_.load(std::memory_order_relaxed) & owned_bit)) return false;
-    if (!enter_owned(consumers_, this_thread_token())) return false;
-    const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
-    slot& s = slots_[head & (mark_bit_ - 1)];
-    const bool took = s.stamp.load(std::memory_order_acquire) == head + 1 && take(*s.item());
-    if (took) {
-      slot_ops<T>::drop(*s.item());
-      s.stamp.store(head + one_lap_, std::memory_order_release);
-      head_.store(next(head) | owned_bit, std::memory_order_release);
-    }
-    leave_owned(consumers_);
-    return took;
+    return try_pop_owned_run_if(1, [&](T& item, std::size_t) noexcept { return take(item); }) ==
+           1;
   }
 
   /// try_pop_owned_if for a run: while this thread owns the consumers' side, takes the
@@ -275,13 +265,16 @@ class ring {
   /// at the first item that is not published or not accepted, which stays in the ring.
   /// Returns how many were taken: 0 with nothing changed when the side is not owned by this
   /// thread (the caller goes on with try_pop_n). One store of head for the whole run.
+  /// Inline: with max_items 1 (try_pop_owned_if) the loop folds away.
   template <typename Take>
-  std::size_t try_pop_owned_run_if(std::size_t max_items, Take&& take) noexcept {
+  ISOLA_RING_INLINE std::size_t try_pop_owned_run_if(std::size_t max_items, Take&& take) noexcept {
     if (!(head_.load(std::memory_order_relaxed) & owned_bit)) return 0;
     if (!enter_owned(consumers_, this_thread_token())) return 0;
     const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
     const std::uint64_t index = head & (mark_bit_ - 1);
-    const std::uint64_t room = std::min<std::uint64_t>(max_items, cap_ - index);
+    // index < cap_, so a single item always has room.
+    const std::uint64_t room =
+        max_items == 1 ? 1 : std::min<std::uint64_t>(max_items, cap_ - index);
     std::uint64_t k = 0;
     for (; k < room; ++k) {
       slot& s = slots_[index + k];

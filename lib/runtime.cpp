@@ -79,7 +79,7 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
   // threading.main_thread() from then on, and once that thread state is gone Py_FinalizeEx
   // reports "Exception ignored in threading._shutdown: assert tlock.locked()". (3.13 asks
   // the runtime for the main thread instead.)
-  if (PY_VERSION_HEX < 0x030D0000) {
+  if constexpr (PY_VERSION_HEX < 0x030D0000) {
     if (PyObject* threading = PyImport_ImportModule("threading")) {
       Py_DECREF(threading);
     } else {
