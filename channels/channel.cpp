@@ -655,6 +655,22 @@ namespace {
 
 }  // namespace
 
+boost::system::result<void> channel::send(message&& msg) {
+  auto& c = *core_;
+  if (c.push_one(msg, false) == ring_status::ok) [[likely]] return {};
+  if (auto ec = send_wait(c, msg, std::nullopt, std::stop_token())) return ec;
+  return {};
+}
+
+boost::system::result<message> channel::recv() {
+  auto& c = *core_;
+  boost::system::result<message> r(boost::system::in_place_value);
+  message& out = *r;
+  if (c.pop_one(out, false) == ring_status::ok) [[likely]] return r;
+  if (auto ec = recv_wait(c, out, std::nullopt, std::stop_token())) r = ec;
+  return r;
+}
+
 boost::system::result<void> channel::send(message&& msg, channel_timeout timeout,
                                           std::stop_token stop) {
   auto& c = *core_;

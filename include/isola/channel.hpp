@@ -175,12 +175,19 @@ class channel {
 
   /// Waits for room, then appends msg. msg is moved from only on success. Fails with
   /// errc::channel_closed, errc::timeout, or errc::cancelled once stop is requested.
-  boost::system::result<void> send(message&& msg, channel_timeout timeout = std::nullopt,
+  boost::system::result<void> send(message&& msg, channel_timeout timeout,
                                    std::stop_token stop = {});
   /// Waits for an item and removes it. Fails with errc::channel_closed (closed and drained),
   /// errc::timeout or errc::cancelled.
-  boost::system::result<message> recv(channel_timeout timeout = std::nullopt,
-                                      std::stop_token stop = {});
+  boost::system::result<message> recv(channel_timeout timeout, std::stop_token stop = {});
+  /// send and recv without a deadline or a stop token. Separate overloads rather than default
+  /// arguments: a defaulted std::optional is built in the caller's frame with a one-byte store
+  /// and passed in registers with an eight-byte load of the same place, a store-forwarding
+  /// failure that waits for every earlier store to reach the cache, including the previous
+  /// item's slot line still on its way from the other core. Measured on the 2-core VM:
+  /// docs/channels.md, "Arguments that stall".
+  boost::system::result<void> send(message&& msg);
+  boost::system::result<message> recv();
 
   /// Appends msg if there is room now; else errc::channel_full (or channel_closed), with msg
   /// untouched. Never blocks.
