@@ -193,6 +193,9 @@ class channel {
   /// untouched. Never blocks.
   boost::system::result<void> try_send(message&& msg);
   /// Removes an item if one is there now; else errc::channel_empty (or channel_closed).
+  /// A call that finds nothing reads the senders' position, a line they write for every item
+  /// (and try_send on a full channel the receivers'): a loop polling these is several times
+  /// slower than recv(), which spins on the slot alone before it parks.
   boost::system::result<message> try_recv();
 
   /// Sends items in order, as many as fit at once, waiting for room for the rest; accepted
