@@ -101,6 +101,16 @@ boost::system::error_code stopped_outcome(channel& ch, Op op) {
 
 }  // namespace
 
+// send(msg) and recv() without a deadline must stay overloads of their own: with defaulted
+// std::optional arguments, every call stalled on a store-forwarding failure (docs/channels.md,
+// "Arguments that stall"). These fail to compile if the overloads are folded back.
+static_assert(std::is_same_v<decltype(static_cast<boost::system::result<void> (channel::*)(
+                                          message&&)>(&channel::send)),
+                             boost::system::result<void> (channel::*)(message&&)>);
+static_assert(std::is_same_v<decltype(static_cast<boost::system::result<message> (channel::*)()>(
+                                          &channel::recv)),
+                             boost::system::result<message> (channel::*)()>);
+
 TEST_CASE("channel: items come out in the order they went in", "[channel]") {
   channel ch(8);
   CHECK(ch.capacity() == 8);
