@@ -1,12 +1,13 @@
 // isola_channel_bench: throughput and round-trip figures of the channel core, as JSON.
 // One C++ thread sends, another receives; each figure is the median of its runs.
 //   isola_channel_bench [--messages N] [--runs R] [--capacity C] [--batch B] [--rounds N]
-//                       [--only single|batch|ring|local|pingpong]
+//                       [--only single|batch|ring|local|pingpong] (--help says more)
 #include <isola/channel.hpp>
 
 #include "ring.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -196,10 +197,35 @@ rtt pingpong(const options& o) {
   return {us[us.size() / 2], us[us.size() * 99 / 100]};
 }
 
-std::size_t parse(const char* s) {
+constexpr const char* usage =
+    "usage: isola_channel_bench [--messages N] [--runs R] [--capacity C] [--batch B]\n"
+    "                           [--rounds N] [--only single|batch|ring|local|pingpong]\n";
+
+constexpr const char* help_text =
+    "Throughput and round-trip figures of isola's channel core between C++ threads, printed as\n"
+    "one JSON object on stdout. One thread sends int messages, another receives them; each\n"
+    "figure is the median of its runs.\n"
+    "\n"
+    "  --messages N   messages per throughput run (default 4000000)\n"
+    "  --runs R       runs of each figure (default 3)\n"
+    "  --capacity C   channel capacity (default 4096)\n"
+    "  --batch B      items per send_many / recv_many (default 256)\n"
+    "  --rounds N     ping-pong round trips per run (default 200000)\n"
+    "  --only FIGURE  measure just one figure (for profiling); the others print 0:\n"
+    "                 single (cpp_msgs_per_s), batch (cpp_batch_items_per_s),\n"
+    "                 ring (cpp_ring_int64_msgs_per_s), local (cpp_same_thread_send_recv_ns),\n"
+    "                 pingpong (cpp_pingpong_rtt_us_p50/_p99)\n"
+    "  -h, --help     this text\n"
+    "\n"
+    "The figures with Python and CPython's own queues come from `isola bench channels`.\n";
+
+std::size_t parse(const std::string& option, const char* s) {
   char* end = nullptr;
+  errno = 0;
   auto v = std::strtoull(s, &end, 10);
-  if (!end || *end != '\0' || v == 0) fail("numeric arguments must be positive integers");
+  if (!end || *end != '\0' || v == 0 || errno == ERANGE || *s == '-') {
+    fail((option + " wants a positive integer, not '" + s + "'").c_str());
+  }
   return static_cast<std::size_t>(v);
 }
 
@@ -209,15 +235,33 @@ int main(int argc, char** argv) {
   options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (i + 1 >= argc) fail("usage: isola_channel_bench [--messages N] [--runs R] "
-                            "[--capacity C] [--batch B] [--rounds N] [--only FIGURE]");
-    if (a == "--messages") o.messages = parse(argv[++i]);
-    else if (a == "--runs") o.runs = static_cast<int>(parse(argv[++i]));
-    else if (a == "--capacity") o.capacity = parse(argv[++i]);
-    else if (a == "--batch") o.batch = parse(argv[++i]);
-    else if (a == "--rounds") o.rounds = static_cast<int>(parse(argv[++i]));
-    else if (a == "--only") o.only = argv[++i];
-    else fail(("unknown option " + a).c_str());
+    if (a == "-h" || a == "--help") {
+      std::fputs(usage, stdout);
+      std::fputs("\n", stdout);
+      std::fputs(help_text, stdout);
+      return 0;
+    }
+    const bool known = a == "--messages" || a == "--runs" || a == "--capacity" ||
+                       a == "--batch" || a == "--rounds" || a == "--only";
+    if (!known) {
+      std::fputs(usage, stderr);
+      fail(("unknown option '" + a + "' (see --help)").c_str());
+    }
+    if (i + 1 >= argc) fail((a + " needs a value (see --help)").c_str());
+    const char* v = argv[++i];
+    if (a == "--messages") o.messages = parse(a, v);
+    else if (a == "--runs") o.runs = static_cast<int>(std::min<std::size_t>(parse(a, v), 1000));
+    else if (a == "--capacity") o.capacity = parse(a, v);
+    else if (a == "--batch") o.batch = parse(a, v);
+    else if (a == "--rounds") o.rounds = static_cast<int>(std::min<std::size_t>(parse(a, v), 1u << 30));
+    else o.only = v;
+  }
+  if (!o.only.empty() && o.only != "single" && o.only != "batch" && o.only != "ring" &&
+      o.only != "local" && o.only != "pingpong") {
+    fail(("--only takes single, batch, ring, local or pingpong, not '" + o.only + "'").c_str());
+  }
+  if (o.capacity > isola::channel::max_capacity) {
+    fail("--capacity must be at most 2^40");
   }
 
   std::vector<double> single, batch, ring, local, p50, p99;
