@@ -638,7 +638,7 @@ namespace {
 // The waiting halves of send and recv, out of line: the quick first attempt then needs no
 // stack frame for them.
 [[gnu::noinline]] boost::system::error_code send_wait(detail::channel_core& c, message& msg,
-                                                      channel_timeout timeout,
+                                                      const channel_timeout& timeout,
                                                       const std::stop_token& stop) {
   return c.block(
       c.senders_, [&](bool exact) { return c.push_one(msg, exact); },
@@ -646,47 +646,57 @@ namespace {
       detail::deadline_after(timeout), stop);
 }
 [[gnu::noinline]] boost::system::error_code recv_wait(detail::channel_core& c, message& out,
-                                                      channel_timeout timeout,
+                                                      const channel_timeout& timeout,
                                                       const std::stop_token& stop) {
   return c.block(
       c.receivers_, [&](bool exact) { return c.pop_one(out, exact); },
       [&](bool) { return c.ring_.pop_ready(); }, detail::deadline_after(timeout), stop);
 }
 
+// The bodies of send and recv: one quick attempt, which needs no deadline or token, then
+// wait() (send_wait / recv_wait with the caller's arguments). Inline in each public form; the
+// forms without a deadline build their empty optional only inside wait(), so their quick
+// attempt has nothing to wait for (see channel.hpp).
+template <typename Wait>
+ISOLA_RING_INLINE boost::system::result<void> send_on(detail::channel_core& c, message& msg,
+                                                       Wait&& wait) {
+  if (c.push_one(msg, false) == ring_status::ok) [[likely]] return {};
+  if (auto ec = wait()) return ec;
+  return {};
+}
+template <typename Wait>
+ISOLA_RING_INLINE boost::system::result<message> recv_on(detail::channel_core& c, Wait&& wait) {
+  // The item is moved straight into the returned result (one return object: NRVO).
+  boost::system::result<message> r(boost::system::in_place_value);
+  message& out = *r;
+  if (c.pop_one(out, false) == ring_status::ok) [[likely]] return r;
+  if (auto ec = wait(out)) r = ec;
+  return r;
+}
+
 }  // namespace
 
 boost::system::result<void> channel::send(message&& msg) {
   auto& c = *core_;
-  if (c.push_one(msg, false) == ring_status::ok) [[likely]] return {};
-  if (auto ec = send_wait(c, msg, std::nullopt, std::stop_token())) return ec;
-  return {};
+  return send_on(c, msg, [&] { return send_wait(c, msg, std::nullopt, std::stop_token()); });
 }
 
 boost::system::result<message> channel::recv() {
   auto& c = *core_;
-  boost::system::result<message> r(boost::system::in_place_value);
-  message& out = *r;
-  if (c.pop_one(out, false) == ring_status::ok) [[likely]] return r;
-  if (auto ec = recv_wait(c, out, std::nullopt, std::stop_token())) r = ec;
-  return r;
+  return recv_on(c, [&](message& out) {
+    return recv_wait(c, out, std::nullopt, std::stop_token());
+  });
 }
 
 boost::system::result<void> channel::send(message&& msg, channel_timeout timeout,
                                           std::stop_token stop) {
   auto& c = *core_;
-  if (c.push_one(msg, false) == ring_status::ok) [[likely]] return {};  // no deadline or token
-  if (auto ec = send_wait(c, msg, timeout, stop)) return ec;
-  return {};
+  return send_on(c, msg, [&] { return send_wait(c, msg, timeout, stop); });
 }
 
 boost::system::result<message> channel::recv(channel_timeout timeout, std::stop_token stop) {
   auto& c = *core_;
-  // The item is moved straight into the returned result (one return object: NRVO).
-  boost::system::result<message> r(boost::system::in_place_value);
-  message& out = *r;
-  if (c.pop_one(out, false) == ring_status::ok) [[likely]] return r;
-  if (auto ec = recv_wait(c, out, timeout, stop)) r = ec;
-  return r;
+  return recv_on(c, [&](message& out) { return recv_wait(c, out, timeout, stop); });
 }
 
 boost::system::result<void> channel::try_send(message&& msg) {

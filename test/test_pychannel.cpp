@@ -406,7 +406,6 @@ TEST_CASE("an item that finds no memory to become an object stays for the next r
       "    try:\n"
       "        call(*args)\n"
       "    except MemoryError:\n"
-      "        _testcapi.remove_mem_hooks()\n"
       "        return 'MemoryError'\n"
       "    finally:\n"
       "        _testcapi.remove_mem_hooks()\n"
