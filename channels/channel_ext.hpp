@@ -69,6 +69,45 @@ void* try_take_int_quick(const channel& ch, make_int_fn make) noexcept;
 std::size_t try_take_ints(const channel& ch, std::size_t max_items, make_int_fn make,
                           void** out, bool& other_next) noexcept;
 
+/// Receiver pacing (recv_pacer in channel.cpp; docs/channels.md, "Receivers that keep up"):
+/// what one thread's last waits for items on one ring showed.
+struct recv_pace {
+  const void* ring = nullptr;  ///< the ring these waits were on
+  bool streaming = false;      ///< the next wait probes ahead for a run of items
+  unsigned quick = 0;          ///< waits in a row that found their item at once
+};
+
+/// How one wait for items ended.
+struct recv_wait_outcome {
+  bool moved = false;   ///< it took something (not a timeout, close or stop)
+  int last_round = -1;  ///< spin round of its last probe; -1: the first attempt took it
+  bool hit = false;     ///< that probe saw an item
+  bool by_run = false;  ///< ... and a run of items behind it
+};
+
+/// Probes within which a wait counts as quick, and rounds after which it counts as long.
+inline constexpr int pace_quick_rounds = 2;
+inline constexpr int pace_long_rounds = 64;
+
+/// The pace after a wait on `ring` that was (was_streaming) or was not paced. can_pace: the
+/// ring is large enough for runs. Two quick waits in a row start streaming; a paced wait that
+/// did not end with a run, a long wait and a failed one stop it.
+constexpr recv_pace pace_after_wait(recv_pace p, const void* ring, bool was_streaming,
+                                    bool can_pace, const recv_wait_outcome& w) noexcept {
+  if (p.ring != ring) p = {ring, false, 0};
+  if (!can_pace || !w.moved || w.last_round >= pace_long_rounds) return {ring, false, 0};
+  if (w.last_round < 0) return p;  // the first attempt took it: no news
+  if (was_streaming) return {ring, w.hit && w.by_run, 0};
+  if (w.hit && w.last_round < pace_quick_rounds) {
+    return p.quick + 1 >= 2 ? recv_pace{ring, true, 0} : recv_pace{ring, false, p.quick + 1};
+  }
+  return {ring, false, 0};
+}
+
+/// Whether this thread's next wait for items on ch is paced, and setting it (for tests).
+bool receiver_streaming(const channel& ch) noexcept;
+void set_receiver_streaming(const channel& ch, bool on) noexcept;
+
 /// Whether the channel's producers' (consumers') side is biased to one thread right now (see
 /// ring.hpp): for tests.
 bool channel_side_owned(const channel& ch, bool producers) noexcept;

@@ -455,9 +455,16 @@ class ring {
   /// Cheap probes for spinning (no fence, no claim, no look at the other side's counter, so
   /// a spinning thread does not pull that line away from its owner): an item is published at
   /// head / the slot at tail is free (or the ring is closed, which only push can see here).
-  bool pop_ready() const noexcept {
+  /// With ahead > 0: the item `ahead` places after head is published too, i.e. producers have
+  /// made a run of items (a consumer that waits for that, rather than for one item, stops
+  /// fighting the producer over the line it is filling when the ring is empty).
+  bool pop_ready(std::uint64_t ahead = 0) const noexcept {
     const std::uint64_t head = head_.load(std::memory_order_relaxed) & ~owned_bit;
-    return slots_[head & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == head + 1;
+    if (ahead == 0) [[likely]] {
+      return slots_[head & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == head + 1;
+    }
+    const std::uint64_t pos = position_after(head, std::min<std::uint64_t>(ahead, cap_ - 1));
+    return slots_[pos & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == pos + 1;
   }
   /// With ahead > 0: the slot `ahead` places after tail is free too, i.e. consumers have made
   /// a run of room (a producer that waits for that, rather than for one slot, stops fighting
@@ -465,14 +472,8 @@ class ring {
   bool push_ready(std::uint64_t ahead = 0) const noexcept {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed) & ~owned_bit;
     if (tail & mark_bit_) return true;
-    ahead = std::min<std::uint64_t>(ahead, cap_ - 1);
-    std::uint64_t index = (tail & (mark_bit_ - 1)) + ahead;
-    std::uint64_t pos = tail + ahead;
-    if (index >= cap_) {  // in the next lap
-      index -= cap_;
-      pos = (tail & ~(one_lap_ - 1)) + one_lap_ + index;
-    }
-    return slots_[index].stamp.load(std::memory_order_acquire) == pos;
+    const std::uint64_t pos = position_after(tail, std::min<std::uint64_t>(ahead, cap_ - 1));
+    return slots_[pos & (mark_bit_ - 1)].stamp.load(std::memory_order_acquire) == pos;
   }
 
   /// Items queued (claimed slots count); exact only when no one is using the ring.
@@ -588,6 +589,12 @@ class ring {
     return (pos & ~(one_lap_ - 1)) + one_lap_;
   }
   std::uint64_t next(std::uint64_t pos) const noexcept { return advance(pos, 1); }
+  /// The position k places after pos (k < capacity), into the next lap if need be.
+  std::uint64_t position_after(std::uint64_t pos, std::uint64_t k) const noexcept {
+    const std::uint64_t index = (pos & (mark_bit_ - 1)) + k;
+    if (index < cap_) return pos + k;
+    return (pos & ~(one_lap_ - 1)) + one_lap_ + (index - cap_);
+  }
 
   /// The bias of one side: a line that only the owner writes while it owns the side.
   struct side_bias {

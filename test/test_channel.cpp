@@ -9,6 +9,7 @@
 
 #include "channel_ext.hpp"
 #include "park.hpp"
+#include "ring.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -1183,3 +1184,168 @@ TEST_CASE("channel: a pending Asio receive completes when a biased sender sends"
   CHECK(completed == 50);
 }
 
+
+TEST_CASE("ring: pop_ready and push_ready look the given number of places ahead, across the wrap",
+          "[channel]") {
+  using isola::detail::ring_status;
+  isola::detail::ring<std::int64_t> r(5);
+  std::int64_t next_in = 0, next_out = 0;
+  auto push = [&](int k) {
+    for (int i = 0; i < k; ++i) {
+      std::int64_t v = next_in++;
+      REQUIRE(r.try_push(v) == ring_status::ok);
+    }
+  };
+  auto pop = [&](int k) {
+    for (int i = 0; i < k; ++i) {
+      std::int64_t got = -1;
+      REQUIRE(r.try_pop([&](std::int64_t&& v) noexcept { got = v; }) == ring_status::ok);
+      REQUIRE(got == next_out++);
+    }
+  };
+  // ready(k) must say: item k places after head is there / slot k places after tail is free.
+  auto check = [&](int queued) {
+    for (std::uint64_t k = 0; k < 5; ++k) {
+      INFO("queued " << queued << ", ahead " << k);
+      CHECK(r.pop_ready(k) == (k < static_cast<std::uint64_t>(queued)));
+      CHECK(r.push_ready(k) == (k < static_cast<std::uint64_t>(5 - queued)));
+    }
+    // Beyond the capacity, both look at the last place.
+    CHECK(r.pop_ready(100) == r.pop_ready(4));
+    CHECK(r.push_ready(100) == r.push_ready(4));
+  };
+  check(0);
+  push(3);
+  check(3);
+  pop(2);
+  check(1);
+  push(4);  // wraps into the next lap: full
+  check(5);
+  pop(3);
+  check(2);
+  for (int lap = 0; lap < 7; ++lap) {  // every head and tail index, several laps
+    push(3);
+    check(5);
+    pop(4);
+    check(1);
+    push(1);
+    check(2);
+  }
+  pop(2);
+  check(0);
+}
+
+TEST_CASE("channel: receiver pacing starts on two quick waits and stops on a lone item, a long "
+          "or a failed wait",
+          "[channel]") {
+  using isola::detail::pace_after_wait;
+  using isola::detail::recv_pace;
+  using isola::detail::recv_wait_outcome;
+  int ring_a = 0, ring_b = 0;
+  const void* a = &ring_a;
+  const void* b = &ring_b;
+  const recv_wait_outcome quick{true, 1, true, false};
+  const recv_wait_outcome slow{true, 20, true, false};
+  const recv_wait_outcome first_attempt{true, -1, false, false};
+  const recv_wait_outcome run{true, 5, true, true};
+  const recv_wait_outcome lone{true, 15, true, false};
+  const recv_wait_outcome long_wait{true, isola::detail::pace_long_rounds, true, true};
+  const recv_wait_outcome failed{false, 3, false, false};
+
+  // Not streaming: one quick wait counts, the second starts streaming.
+  recv_pace p = pace_after_wait({}, a, false, true, quick);
+  CHECK((p.ring == a && !p.streaming && p.quick == 1));
+  p = pace_after_wait(p, a, false, true, quick);
+  CHECK((p.streaming && p.quick == 0));
+  // A slow wait in between starts the count again; a wait the first attempt served is no news.
+  p = pace_after_wait({a, false, 1}, a, false, true, slow);
+  CHECK((!p.streaming && p.quick == 0));
+  p = pace_after_wait({a, false, 1}, a, false, true, first_attempt);
+  CHECK((!p.streaming && p.quick == 1));
+  p = pace_after_wait({a, true, 0}, a, true, true, first_attempt);
+  CHECK(p.streaming);
+  // Streaming goes on while waits end with a run, and stops on a lone item, a long or failed
+  // wait.
+  CHECK(pace_after_wait({a, true, 0}, a, true, true, run).streaming);
+  CHECK_FALSE(pace_after_wait({a, true, 0}, a, true, true, lone).streaming);
+  CHECK_FALSE(pace_after_wait({a, true, 0}, a, true, true, long_wait).streaming);
+  CHECK_FALSE(pace_after_wait({a, true, 0}, a, true, true, failed).streaming);
+  CHECK(pace_after_wait({a, false, 1}, a, false, true, failed).quick == 0);
+  // A probe that saw nothing (an exact attempt took the item) stops it too.
+  CHECK_FALSE(pace_after_wait({a, true, 0}, a, true, true, {true, 63, false, false}).streaming);
+  // Another ring starts from scratch; a ring too small for runs never streams.
+  p = pace_after_wait({a, false, 1}, b, false, true, quick);
+  CHECK((p.ring == b && !p.streaming && p.quick == 1));
+  p = pace_after_wait({a, false, 1}, a, false, false, quick);
+  CHECK((!p.streaming && p.quick == 0));
+}
+
+TEST_CASE("channel: a paced receiver loses, doubles and reorders nothing and still gets lone "
+          "items",
+          "[channel][concurrent]") {
+  using isola::detail::set_receiver_streaming;
+  const std::int64_t n = under_sanitizer ? 20'000 : 200'000;
+  for (std::size_t capacity : {1u, 7u, 8u, 9u, 64u, 4096u}) {
+    INFO("capacity " << capacity);
+    channel ch(capacity), ack(1);
+    // The sender streams, pauses now and then (so runs end early and the receiver parks),
+    // and ends with lone items that each wait for an acknowledgement.
+    std::thread sender([ch, ack, n]() mutable {
+      for (std::int64_t i = 0; i < n; ++i) {
+        if (!ch.send(message(i))) return;
+        if (i % 5000 == 4999) std::this_thread::sleep_for(1ms);
+      }
+      for (std::int64_t i = 0; i < 20; ++i) {
+        if (!ch.send(message(n + i)) || !ack.recv()) return;
+      }
+    });
+    std::int64_t expect = 0;
+    bool ordered = true;
+    std::vector<message> batch;
+    while (expect < n + 20) {
+      // Every wait paced where the ring allows it: the worst case for lone items.
+      set_receiver_streaming(ch, true);
+      if (expect < n && expect % 3 == 0) {
+        batch.clear();
+        auto got = ch.recv_many(batch, 50, 30s);
+        if (!got) break;
+        for (auto& m : batch) ordered = ordered && int_of(m) == expect++;
+      } else {
+        auto r = ch.recv(30s);
+        if (!r) break;
+        ordered = ordered && int_of(*r) == expect++;
+        if (expect > n && !ack.send(message(std::int64_t{0}))) break;
+      }
+    }
+    ch.close();
+    ack.close();
+    sender.join();
+    CHECK(ordered);
+    CHECK(expect == n + 20);
+    CHECK(ch.try_recv().error() == errc::channel_closed);
+  }
+}
+
+TEST_CASE("channel: a paced receiver's wait for a lone item ends its pacing", "[channel]") {
+  using isola::detail::receiver_streaming;
+  using isola::detail::set_receiver_streaming;
+  for (std::size_t capacity : {4u, 64u}) {
+    INFO("capacity " << capacity);
+    channel ch(capacity);
+    bool was = false, after = true;
+    std::int64_t got = -1;
+    std::thread receiver([&] {
+      set_receiver_streaming(ch, true);
+      was = receiver_streaming(ch);
+      auto r = ch.recv(30s);  // waits long enough to park: the item comes 20 ms later
+      if (r) got = int_of(*r);
+      after = receiver_streaming(ch);
+    });
+    std::this_thread::sleep_for(20ms);
+    REQUIRE(ch.send(message(std::int64_t{42})));
+    receiver.join();
+    CHECK(was);
+    CHECK(got == 42);
+    CHECK_FALSE(after);
+  }
+}
