@@ -241,20 +241,20 @@ int main(int argc, char** argv) {
       std::fputs(help_text, stdout);
       return 0;
     }
-    const bool known = a == "--messages" || a == "--runs" || a == "--capacity" ||
-                       a == "--batch" || a == "--rounds" || a == "--only";
-    if (!known) {
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) fail((a + " needs a value (see --help)").c_str());
+      return argv[++i];
+    };
+    if (a == "--messages") o.messages = parse(a, value());
+    else if (a == "--runs") o.runs = static_cast<int>(std::min<std::size_t>(parse(a, value()), 1000));
+    else if (a == "--capacity") o.capacity = parse(a, value());
+    else if (a == "--batch") o.batch = parse(a, value());
+    else if (a == "--rounds") o.rounds = static_cast<int>(std::min<std::size_t>(parse(a, value()), 1u << 30));
+    else if (a == "--only") o.only = value();
+    else {
       std::fputs(usage, stderr);
       fail(("unknown option '" + a + "' (see --help)").c_str());
     }
-    if (i + 1 >= argc) fail((a + " needs a value (see --help)").c_str());
-    const char* v = argv[++i];
-    if (a == "--messages") o.messages = parse(a, v);
-    else if (a == "--runs") o.runs = static_cast<int>(std::min<std::size_t>(parse(a, v), 1000));
-    else if (a == "--capacity") o.capacity = parse(a, v);
-    else if (a == "--batch") o.batch = parse(a, v);
-    else if (a == "--rounds") o.rounds = static_cast<int>(std::min<std::size_t>(parse(a, v), 1u << 30));
-    else o.only = v;
   }
   if (!o.only.empty() && o.only != "single" && o.only != "batch" && o.only != "ring" &&
       o.only != "local" && o.only != "pingpong") {

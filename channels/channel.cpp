@@ -141,7 +141,7 @@ class recv_pacer {
   explicit recv_pacer(const ring<message>& r) noexcept
       : ring_(r),
         run_(std::min<std::uint64_t>(item_run, r.capacity() / 4)),
-        streaming_(run_ >= 2 && pace.ring == &r && pace.streaming) {}
+        streaming_(run_ >= 2 && pace.streaming_on(&r)) {}
 
   /// Spinning round `round` (0, 1, ...), or -1 for a plain look: is there something to take?
   bool operator()(int round) noexcept {
@@ -256,6 +256,16 @@ class channel_core {
   template <typename Attempt, typename Ready>
   boost::system::error_code block(side& s, Attempt&& attempt, Ready&& ready,
                                   const deadline& until, const std::stop_token& stop);
+  /// block() for a receiver: probing as this thread's pace says (recv_pacer), which the wait's
+  /// outcome then updates.
+  template <typename Attempt>
+  boost::system::error_code block_recv(Attempt&& attempt, const deadline& until,
+                                       const std::stop_token& stop) {
+    recv_pacer pacer(ring_);
+    const auto ec = block(receivers_, std::forward<Attempt>(attempt), pacer, until, stop);
+    pacer.done(!ec);
+    return ec;
+  }
 
   bool close() noexcept;
   void start(std::shared_ptr<async_recv_op> op) { enqueue(async_recv_, receivers_, std::move(op)); }
@@ -708,12 +718,8 @@ namespace {
 [[gnu::noinline]] boost::system::error_code recv_wait(detail::channel_core& c, message& out,
                                                       const channel_timeout& timeout,
                                                       const std::stop_token& stop) {
-  detail::recv_pacer pacer(c.ring_);
-  auto ec = c.block(
-      c.receivers_, [&](bool exact) { return c.pop_one(out, exact); }, pacer,
-      detail::deadline_after(timeout), stop);
-  pacer.done(!ec);
-  return ec;
+  return c.block_recv([&](bool exact) { return c.pop_one(out, exact); },
+                      detail::deadline_after(timeout), stop);
 }
 
 // The bodies of send and recv: one quick attempt, which needs no deadline or token, then
@@ -816,11 +822,9 @@ boost::system::result<std::size_t> channel::recv_many(std::vector<message>& out,
   if (max_items == 0) return std::size_t{0};
   auto& c = *core_;
   std::size_t got = 0;
-  detail::recv_pacer pacer(c.ring_);
-  auto ec = c.block(
-      c.receivers_, [&](bool exact) { return c.pop_available(out, max_items, got, exact); },
-      pacer, detail::deadline_after(timeout), stop);
-  pacer.done(!ec);
+  auto ec = c.block_recv(
+      [&](bool exact) { return c.pop_available(out, max_items, got, exact); },
+      detail::deadline_after(timeout), stop);
   if (ec) return ec;
   return got;
 }
@@ -865,28 +869,33 @@ void set_channel_pickle(const channel& ch, bool allow) noexcept {
 }
 
 bool receiver_streaming(const channel& ch) noexcept {
-  return pace.ring == &ch.core()->ring_ && pace.streaming;
+  return pace.streaming_on(&ch.core()->ring_);
 }
 
 void set_receiver_streaming(const channel& ch, bool on) noexcept {
   pace = {&ch.core()->ring_, on, 0};
 }
 
+bool receiver_parked(const channel& ch) noexcept {
+  return (ch.core()->receivers_.waiters.load(std::memory_order_seq_cst) & sync_mask) != 0;
+}
+
 bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept {
   auto& r = ch.core()->ring_;
-  std::optional<recv_pacer> pacer;
-  if (for_recv) pacer.emplace(r);
-  for (int i = 0; i < rounds; ++i) {
-    cpu_relax();
-    if (for_recv ? (*pacer)(i) : r.push_ready(room_run)) {
-      if (pacer) pacer->done(true);
-      return true;
+  auto spin = [&](auto&& ready) {
+    for (int i = 0; i < rounds; ++i) {
+      cpu_relax();
+      if (ready(i)) return true;
+      // As in block(): let a thread that shares our CPU run.
+      if (i >= yield_after / 2 && i % yield_every == yield_every - 1) std::this_thread::yield();
     }
-    // As in block(): let a thread that shares our CPU run.
-    if (i >= yield_after / 2 && i % yield_every == yield_every - 1) std::this_thread::yield();
-  }
-  if (pacer) pacer->done(false);
-  return r.closed();
+    return false;
+  };
+  if (!for_recv) return spin([&](int) { return r.push_ready(room_run); }) || r.closed();
+  recv_pacer pacer(r);
+  const bool ready = spin(pacer);
+  pacer.done(ready);
+  return ready || r.closed();
 }
 
 boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noexcept {

@@ -75,6 +75,7 @@ struct recv_pace {
   const void* ring = nullptr;  ///< the ring these waits were on
   bool streaming = false;      ///< the next wait probes ahead for a run of items
   unsigned quick = 0;          ///< waits in a row that found their item at once
+  bool streaming_on(const void* r) const noexcept { return ring == r && streaming; }
 };
 
 /// How one wait for items ended.
@@ -107,6 +108,8 @@ constexpr recv_pace pace_after_wait(recv_pace p, const void* ring, bool was_stre
 /// Whether this thread's next wait for items on ch is paced, and setting it (for tests).
 bool receiver_streaming(const channel& ch) noexcept;
 void set_receiver_streaming(const channel& ch, bool on) noexcept;
+/// Whether a receiver is parked (or about to park) on ch right now (for tests).
+bool receiver_parked(const channel& ch) noexcept;
 
 /// Whether the channel's producers' (consumers') side is biased to one thread right now (see
 /// ring.hpp): for tests.

@@ -1329,6 +1329,7 @@ TEST_CASE("channel: a paced receiver loses, doubles and reorders nothing and sti
 }
 
 TEST_CASE("channel: a paced receiver's wait for a lone item ends its pacing", "[channel]") {
+  using isola::detail::receiver_parked;
   using isola::detail::receiver_streaming;
   using isola::detail::set_receiver_streaming;
   for (std::size_t capacity : {4u, 64u}) {
@@ -1339,11 +1340,12 @@ TEST_CASE("channel: a paced receiver's wait for a lone item ends its pacing", "[
     std::thread receiver([&] {
       set_receiver_streaming(ch, true);
       was = receiver_streaming(ch);
-      auto r = ch.recv(30s);  // waits long enough to park: the item comes 20 ms later
+      auto r = ch.recv(30s);  // parks: the item comes only once it has
       if (r) got = int_of(*r);
       after = receiver_streaming(ch);
     });
-    std::this_thread::sleep_for(20ms);
+    const bool parked = eventually([&] { return receiver_parked(ch); });
+    CHECK(parked);
     REQUIRE(ch.send(message(std::int64_t{42})));
     receiver.join();
     CHECK(was);
