@@ -37,6 +37,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <fmt/core.h>
@@ -86,6 +88,8 @@ void apply_quick(channels_options& o, const CLI::App& app) {
 /// Run in __main__ of both isola interpreters. Channels are looked up by name; the C++ side
 /// creates them (and so their capacity) and holds them for the length of a measurement.
 constexpr const char* isola_code = R"py(
+import collections
+import itertools
 import time
 import isola
 
@@ -139,6 +143,48 @@ def recv_batches(name, n, batch):
     got = total = 0
     while got < n:
         items = recv_many(batch)
+        got += len(items)
+        total += sum(items)
+    return (total,) + since(start)
+
+
+# The same loops with no channel between them: what CPython itself allows. The sender's
+# send becomes a C method that keeps nothing (a set's discard, returning None as send does);
+# the receiver's recv a C method that makes a new int per call (itertools.count), as recv
+# does; the batch sender's send_many a C call that iterates its range and keeps nothing, the
+# batch receiver's recv_many a new list of new ints. They run at the same time in the same
+# two interpreters and are timed until both have returned.
+
+def send_ints_nowhere(name, n):
+    start = sched()
+    send = set().discard
+    for i in range(n):
+        send(i)
+    return since(start)
+
+
+def recv_ints_nowhere(name, n):
+    start = sched()
+    recv = itertools.count().__next__
+    total = 0
+    for _ in range(n):
+        total += recv()
+    return (total,) + since(start)
+
+
+def send_batches_nowhere(name, n, batch):
+    start = sched()
+    send_many = collections.deque(maxlen=0).extend
+    for start_at in range(0, n, batch):
+        send_many(range(start_at, min(start_at + batch, n)))
+    return since(start)
+
+
+def recv_batches_nowhere(name, n, batch):
+    start = sched()
+    got = total = 0
+    while got < n:
+        items = list(range(got, min(got + batch, n)))
         got += len(items)
         total += sum(items)
     return (total,) + since(start)
@@ -575,9 +621,11 @@ std::pair<double, double> sched_ns() {
 }
 
 /// Items per second from the start of both calls until the receiver has all n and returned
-/// their sum (checked).
+/// their sum (checked); with until_both, until both calls have returned (the no-channel
+/// loops, where the sender does not pace the receiver).
 transfer_run python_transfer(interpreter_pair& p, std::size_t capacity, const char* send_fn,
-                             const char* recv_fn, std::size_t n, std::vector<value> extra) {
+                             const char* recv_fn, std::size_t n, std::vector<value> extra,
+                             bool until_both = false) {
   const std::string name = fresh_name("py");
   channel ch = channel::open(name, capacity);  // held for the whole run
   std::vector<value> args{value(name), value(static_cast<std::int64_t>(n))};
@@ -586,7 +634,8 @@ transfer_run python_transfer(interpreter_pair& p, std::size_t capacity, const ch
   auto received = p.receiver().call_with_async(fmt::format("__main__:{}", recv_fn), args);
   auto sent = p.sender().call_with_async(fmt::format("__main__:{}", send_fn), args);
   const pair_outcome out = finish(received, sent, {ch});
-  const double s = std::chrono::duration<double>(out.done - t0).count();
+  const auto end = until_both ? clock::now() : out.done;
+  const double s = std::chrono::duration<double>(end - t0).count();
   const auto& got = out.received.as_tuple().items;  // (sum, ns on a CPU, ns waiting)
   const auto& sender = out.sent.as_tuple().items;   // (ns on a CPU, ns waiting)
   const std::int64_t total = got.at(0).as_int();
@@ -602,20 +651,56 @@ struct rate_figures {
   double cores = 0, waiting = 0;  ///< transfer_run's, medians over the runs
 };
 
+/// The runs of one measurement, summed up as rate_figures.
+class rate_samples {
+ public:
+  void add(const transfer_run& t) {
+    rates_.push_back(t.rate);
+    cores_.push_back(t.cores);
+    waiting_.push_back(t.waiting);
+  }
+  rate_figures figures() const {
+    return {median(rates_), *std::max_element(rates_.begin(), rates_.end()), median(cores_),
+            median(waiting_)};
+  }
+
+ private:
+  std::vector<double> rates_, cores_, waiting_;
+};
+
+void report_run(const bench_context& ctx, const std::string& what, const transfer_run& t,
+                const char* unit) {
+  ctx.progress(fmt::format("  {}: {:.0f} {} (the two threads ran {:.2f} cores, waited for a CPU "
+                           "{:.2f})",
+                           what, t.rate, unit, t.cores, t.waiting));
+}
+
 rate_figures repeated(unsigned repeat, const bench_context& ctx, const char* unit,
                       const std::function<transfer_run()>& run) {
-  std::vector<double> rates, cores, waiting;
+  rate_samples samples;
   for (unsigned r = 0; r < repeat; ++r) {
     const transfer_run t = run();
-    rates.push_back(t.rate);
-    cores.push_back(t.cores);
-    waiting.push_back(t.waiting);
-    ctx.progress(fmt::format("  run {}/{}: {:.0f} {} (the two threads ran {:.2f} cores, waited "
-                             "for a CPU {:.2f})",
-                             r + 1, repeat, t.rate, unit, t.cores, t.waiting));
+    samples.add(t);
+    report_run(ctx, fmt::format("run {}/{}", r + 1, repeat), t, unit);
   }
-  return {median(rates), *std::max_element(rates.begin(), rates.end()), median(cores),
-          median(waiting)};
+  return samples.figures();
+}
+
+/// repeated() for a transfer and the same loops with no channel between them, run by run in
+/// turn, so that both see the same phases of a machine whose speed drifts.
+std::pair<rate_figures, rate_figures> repeated_with_ceiling(
+    unsigned repeat, const bench_context& ctx, const char* unit,
+    const std::function<transfer_run()>& run, const std::function<transfer_run()>& no_channel) {
+  rate_samples with, without;
+  for (unsigned r = 0; r < repeat; ++r) {
+    const transfer_run t = run();
+    with.add(t);
+    report_run(ctx, fmt::format("run {}/{}", r + 1, repeat), t, unit);
+    const transfer_run u = no_channel();
+    without.add(u);
+    report_run(ctx, fmt::format("run {}/{}, no channel", r + 1, repeat), u, unit);
+  }
+  return {with.figures(), without.figures()};
 }
 
 struct rtt_figures {
@@ -836,7 +921,7 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   ctx.progress(
       fmt::format("load average (1 min) at start: {:.2f} on {} cores", load_start, cores()));
 
-  rate_figures ints, batches, cpp, cpp_batch;
+  rate_figures ints, ints_no_channel, batches, batches_no_channel, cpp, cpp_batch;
   rtt_figures rtt;
   double zero_copy_ms = 0, copy_ms = 0;
   double py_send_ns = 0, py_recv_ns = 0, py_loop_ns = 0, cpp_pair_ns = 0;
@@ -861,23 +946,34 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
     }
 
     ctx.progress(fmt::format("isola: {} runs of {} ints, ch.send(i) in one interpreter, "
-                             "ch.recv() in another",
+                             "ch.recv() in another; in turn, the same loops with no channel",
                              o.repeat, o.messages));
     python_transfer(p, o.capacity, "send_ints", "recv_ints",
                     std::min<std::size_t>(o.messages, 100'000), {});
-    ints = repeated(o.repeat, ctx, "msgs/s", [&] {
-      return python_transfer(p, o.capacity, "send_ints", "recv_ints", o.messages, {});
-    });
+    std::tie(ints, ints_no_channel) = repeated_with_ceiling(
+        o.repeat, ctx, "msgs/s",
+        [&] { return python_transfer(p, o.capacity, "send_ints", "recv_ints", o.messages, {}); },
+        [&] {
+          return python_transfer(p, o.capacity, "send_ints_nowhere", "recv_ints_nowhere",
+                                 o.messages, {}, true);
+        });
 
-    ctx.progress(fmt::format("isola: {} runs of {} ints in send_many/recv_many batches of {}",
+    ctx.progress(fmt::format("isola: {} runs of {} ints in send_many/recv_many batches of {}; "
+                             "in turn, the same loops with no channel",
                              o.repeat, o.batch_messages, o.batch));
     const value batch(static_cast<std::int64_t>(o.batch));
     python_transfer(p, o.capacity, "send_batches", "recv_batches",
                     std::min<std::size_t>(o.batch_messages, 100'000), {batch});
-    batches = repeated(o.repeat, ctx, "items/s", [&] {
-      return python_transfer(p, o.capacity, "send_batches", "recv_batches", o.batch_messages,
-                             {batch});
-    });
+    std::tie(batches, batches_no_channel) = repeated_with_ceiling(
+        o.repeat, ctx, "items/s",
+        [&] {
+          return python_transfer(p, o.capacity, "send_batches", "recv_batches",
+                                 o.batch_messages, {batch});
+        },
+        [&] {
+          return python_transfer(p, o.capacity, "send_batches_nowhere", "recv_batches_nowhere",
+                                 o.batch_messages, {batch}, true);
+        });
 
     ctx.progress(fmt::format("isola: ping-pong, {} round trips per run, {} runs", o.rounds,
                              o.repeat));
@@ -964,10 +1060,23 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
         "isola / CPython interpreter queue throughput");
   r.add("py_vs_mp_queue", ratio(ints.median, mq), "x", 1,
         "isola / multiprocessing.Queue throughput");
+  r.add("py_no_channel_per_s_int", ints_no_channel.median, "msgs/s", 0,
+        "the same two loops at the same time in the same two interpreters with no channel: "
+        "send replaced by a C method that keeps nothing (set().discard), recv by one that makes "
+        "a new int per call (itertools.count().__next__); the rate CPython's loops allow here "
+        "(median, runs in turn with the channel's)");
+  r.add("py_vs_no_channel", ratio(ints.median, ints_no_channel.median), "", 2,
+        "py_msgs_per_s_int / py_no_channel_per_s_int (1: the channel costs nothing)");
   r.add("py_batch_items_per_s", batches.median, "items/s", 0,
         fmt::format("isola: send_many(range) / recv_many({}) between two interpreters, {} ints",
                     o.batch, o.batch_messages));
   r.add("py_batch_items_per_s_best", batches.best, "items/s", 0, "the same, best run");
+  r.add("py_batch_no_channel_per_s", batches_no_channel.median, "items/s", 0,
+        "the same batch loops with no channel: send_many replaced by a C call that iterates "
+        "its range and keeps nothing (deque(maxlen=0).extend), recv_many by a new list of new "
+        "ints (list(range(...))); median, runs in turn with the channel's");
+  r.add("py_batch_vs_no_channel", ratio(batches.median, batches_no_channel.median), "", 2,
+        "py_batch_items_per_s / py_batch_no_channel_per_s");
   r.add("py_batch_cores_used", batches.cores, "", 2, "time both threads ran / wall time");
   r.add("py_batch_cores_waiting", batches.waiting, "", 2,
         "time both threads waited for a CPU / wall time");
@@ -1060,7 +1169,9 @@ bench_suite_registrar channels_suite({
       app.footer(
           "Results (JSON keys): py_msgs_per_s_int (and _best), cpython_queue_msgs_per_s_int,\n"
           "mp_queue_msgs_per_s_int, py_vs_cpython_queue, py_vs_mp_queue; py_batch_items_per_s\n"
-          "(and _best); pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, copy_100mb_ms,\n"
+          "(and _best); py_no_channel_per_s_int, py_batch_no_channel_per_s (the same loops\n"
+          "with no channel, in turn with them: what CPython allows) and py_vs_no_channel,\n"
+          "py_batch_vs_no_channel; pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, copy_100mb_ms,\n"
           "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_batch_items_per_s;\n"
           "load_avg_1m_start/_end (other work on the machine skews every figure).\n"
           "What limits them: py_send_ns_cpu, py_recv_ns_cpu, py_loop_ns_cpu,\n"
