@@ -37,7 +37,7 @@ TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-ch
       "            'py_vs_cpython_queue', 'py_vs_mp_queue', 'py_send_ns_cpu', 'py_recv_ns_cpu',\n"
       "            'cpp_send_recv_ns_cpu', 'py_msgs_cores_used', 'py_vs_cpython_queue_cpu',\n"
       "            'py_no_channel_per_s_int', 'py_vs_no_channel', 'py_batch_no_channel_per_s',\n"
-      "            'py_batch_vs_no_channel']\n"
+      "            'py_batch_vs_no_channel', 'py_c_method_send_ns_cpu', 'py_c_method_recv_ns_cpu']\n"
       "optional = set()\n"
       "if sys.version_info < (3, 13):\n"
       "    # No test.support.interpreters.queues: the suite reports null for these.\n"

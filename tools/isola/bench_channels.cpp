@@ -193,12 +193,16 @@ def recv_batches_nowhere(name, n, batch):
 def one_thread_costs(rounds, n):
     """CPU time per item of send(i), recv() and the bare loop, each in a loop of n, in one
     thread through a channel that holds n: what each side costs without waiting, whatever else
-    runs on the machine."""
+    runs on the machine. Then the same loops with C methods of CPython in place of send and
+    recv (a set's discard; itertools.count's __next__, which makes the same ints), for
+    comparison."""
     ch = isola.Channel(n)
     send, recv, now = ch.send, ch.recv, time.thread_time_ns
+    keep = set().discard
     r = range(n)
-    sends = recvs = loops = 0
+    sends = recvs = loops = keeps = makes = 0
     for _ in range(rounds):
+        make = itertools.count().__next__
         t0 = now()
         for i in r:
             send(i)
@@ -209,11 +213,19 @@ def one_thread_costs(rounds, n):
         for i in r:
             pass
         t3 = now()
+        for i in r:
+            keep(i)
+        t4 = now()
+        for _ in r:
+            make()
+        t5 = now()
         sends += t1 - t0
         recvs += t2 - t1
         loops += t3 - t2
+        keeps += t4 - t3
+        makes += t5 - t4
     k = rounds * n
-    return sends / k, recvs / k, loops / k
+    return sends / k, recvs / k, loops / k, keeps / k, makes / k
 
 
 def echo(there, back):
@@ -924,7 +936,8 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   rate_figures ints, ints_no_channel, batches, batches_no_channel, cpp, cpp_batch;
   rtt_figures rtt;
   double zero_copy_ms = 0, copy_ms = 0;
-  double py_send_ns = 0, py_recv_ns = 0, py_loop_ns = 0, cpp_pair_ns = 0;
+  double py_send_ns = 0, py_recv_ns = 0, py_loop_ns = 0, py_keep_ns = 0, py_make_ns = 0;
+  double cpp_pair_ns = 0;
   {
     runtime rt;
     interpreter_pair p;
@@ -941,8 +954,12 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
       py_send_ns = t.at(0).as_float();
       py_recv_ns = t.at(1).as_float();
       py_loop_ns = t.at(2).as_float();
-      ctx.progress(fmt::format("  send {:.1f} ns, recv {:.1f} ns, of which the loop {:.1f} ns",
-                               py_send_ns, py_recv_ns, py_loop_ns));
+      py_keep_ns = t.at(3).as_float();
+      py_make_ns = t.at(4).as_float();
+      ctx.progress(fmt::format("  send {:.1f} ns, recv {:.1f} ns, of which the loop {:.1f} ns; "
+                               "in their place set().discard {:.1f} ns, "
+                               "itertools.count().__next__ {:.1f} ns",
+                               py_send_ns, py_recv_ns, py_loop_ns, py_keep_ns, py_make_ns));
     }
 
     ctx.progress(fmt::format("isola: {} runs of {} ints, ch.send(i) in one interpreter, "
@@ -1063,8 +1080,8 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   r.add("py_no_channel_per_s_int", ints_no_channel.median, "msgs/s", 0,
         "the same two loops at the same time in the same two interpreters with no channel: "
         "send replaced by a C method that keeps nothing (set().discard), recv by one that makes "
-        "a new int per call (itertools.count().__next__); the rate CPython's loops allow here "
-        "(median, runs in turn with the channel's)");
+        "a new int per call (itertools.count().__next__): the rate the loops themselves allow "
+        "here (median; runs in turn with the channel's)");
   r.add("py_vs_no_channel", ratio(ints.median, ints_no_channel.median), "", 2,
         "py_msgs_per_s_int / py_no_channel_per_s_int (1: the channel costs nothing)");
   r.add("py_batch_items_per_s", batches.median, "items/s", 0,
@@ -1085,6 +1102,12 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   r.add("py_recv_ns_cpu", py_recv_ns, "ns", 1,
         "CPU time of one ch.recv() in a Python loop, one thread, never waiting (loop included)");
   r.add("py_loop_ns_cpu", py_loop_ns, "ns", 1, "CPU time of one turn of the bare loop");
+  r.add("py_c_method_send_ns_cpu", py_keep_ns, "ns", 1,
+        "for comparison, the send loop with a C method of CPython that keeps nothing "
+        "(set().discard) in place of ch.send");
+  r.add("py_c_method_recv_ns_cpu", py_make_ns, "ns", 1,
+        "for comparison, the recv loop with a C method of CPython that makes the same ints "
+        "(itertools.count().__next__) in place of ch.recv");
   r.add("cpython_queue_put_ns_cpu", cq_put, "ns", 1,
         "CPU time of one Queue.put(i) of CPython's interpreter queues, measured the same way");
   r.add("cpython_queue_get_ns_cpu", cq_get, "ns", 1, "the same for Queue.get()");
@@ -1174,7 +1197,8 @@ bench_suite_registrar channels_suite({
           "py_batch_vs_no_channel; pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, copy_100mb_ms,\n"
           "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_batch_items_per_s;\n"
           "load_avg_1m_start/_end (other work on the machine skews every figure).\n"
-          "What limits them: py_send_ns_cpu, py_recv_ns_cpu, py_loop_ns_cpu,\n"
+          "What limits them: py_send_ns_cpu, py_recv_ns_cpu, py_loop_ns_cpu (and in their\n"
+          "place C methods of CPython: py_c_method_send_ns_cpu, py_c_method_recv_ns_cpu),\n"
           "cpython_queue_put_ns_cpu, cpython_queue_get_ns_cpu and cpp_send_recv_ns_cpu are CPU\n"
           "times per operation in one thread that never waits (less sensitive to other load than\n"
           "the rates; py_vs_cpython_queue_cpu is their ratio); *_cores_used is the time both\n"
