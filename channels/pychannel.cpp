@@ -1091,6 +1091,13 @@ PyObject* select_ready(PyObject* module, PyObject* args, PyObject* kwds) {
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
   PyTypeObject* type = channel_type_of(module);
   if (type == nullptr) return nullptr;
+  if (PyObject_TypeCheck(seq, type)) {
+    // A channel is iterable: listing it would take its items (and wait until it is closed).
+    PyErr_SetString(PyExc_TypeError,
+                    "select: channels must be a list (or other iterable) of isola.Channel, not "
+                    "a channel itself: write select([ch])");
+    return nullptr;
+  }
   py::object list;
   try {
     list = py::check(PySequence_List(seq));
@@ -1154,7 +1161,8 @@ PyMethodDef channel_functions[] = {
      METH_VARARGS | METH_KEYWORDS,
      "select(channels, timeout=None) -> Channel | None\n\nWaits (GIL released) until one of "
      "the channels has an item or is closed, and returns the first such channel in the order "
-     "given; None when timeout seconds pass first. It does not receive the item."},
+     "given; None when timeout seconds pass first. It does not receive the item. channels is a "
+     "list (or other iterable) of channels; a channel on its own is refused with TypeError."},
     {nullptr, nullptr, 0, nullptr}};
 
 int add_exception(PyObject* m, const char* name, const char* doc, PyObject* base) {

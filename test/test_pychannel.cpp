@@ -303,6 +303,13 @@ TEST_CASE("select returns the first channel with an item", "[pychannel][concurre
   CHECK(in.eval("isola.select([b, a]) is b").as_bool());  // order given decides
   CHECK(error_type([&] { in.exec("isola.select([a, 5])"); }) == "TypeError");
   CHECK(error_type([&] { in.exec("isola.select([])"); }) == "ValueError");
+  // A channel in place of the list is refused, not iterated, which would take its items (and
+  // wait for more until it is closed: closed here, so that a regression fails, not hangs).
+  in.exec("c = isola.Channel(4)\nc.send(7)\nc.close()\n");
+  CHECK(error_type([&] { in.exec("isola.select(c)"); }) == "TypeError");
+  CHECK(error_type([&] { in.exec("isola.select(c, timeout=0)"); }) == "TypeError");
+  CHECK(in.eval("c.qsize()").as_int() == 1);
+  CHECK(in.eval("c.recv()").as_int() == 7);
 }
 
 TEST_CASE("a blocked recv releases the GIL: other threads of the interpreter run",
