@@ -123,6 +123,27 @@ void raise_channel_error(PyObject* module, const channel& ch, boost::system::err
   }
 }
 
+// Parses the int argument `what` of `fn` (anything with __index__), with errors that name
+// both: TypeError for a non-int, OverflowError beyond Py_ssize_t.
+bool parse_size(PyObject* o, const char* fn, const char* what, Py_ssize_t& out) {
+  py::object i = py::steal(PyNumber_Index(o));
+  if (!i) {
+    if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+      PyErr_Format(PyExc_TypeError, "%s: %s must be an int, not %s", fn, what,
+                   Py_TYPE(o)->tp_name);
+    }
+    return false;
+  }
+  out = PyLong_AsSsize_t(i.get());
+  if (out == -1 && PyErr_Occurred()) {
+    if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+      PyErr_Format(PyExc_OverflowError, "%s: %s is out of range: %R", fn, what, i.get());
+    }
+    return false;
+  }
+  return true;
+}
+
 // Parses a timeout argument: None -> wait forever; a non-negative number of seconds.
 bool parse_timeout(PyObject* o, channel_timeout& out) {
   if (o == nullptr || o == Py_None) {
@@ -815,8 +836,8 @@ PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   if (!parse_args("recv_many", args, nargs, kw, {"max_items", "timeout"}, 1, a)) return nullptr;
   auto& ch = as_chan(self)->ch;
   PyObject* module = self_module(self);
-  Py_ssize_t max_items = PyLong_AsSsize_t(a[0]);
-  if (max_items == -1 && PyErr_Occurred()) return nullptr;
+  Py_ssize_t max_items = 0;
+  if (!parse_size(a[0], "recv_many", "max_items", max_items)) return nullptr;
   if (max_items < 1) {
     PyErr_SetString(PyExc_ValueError, "recv_many: max_items must be at least 1");
     return nullptr;
@@ -948,10 +969,14 @@ Py_hash_t ch_hash(PyObject* self) {
 
 PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   static const char* kwlist[] = {"maxsize", "pickle", nullptr};
+  PyObject* maxsize_arg = nullptr;
   Py_ssize_t maxsize = 0;
   int pickle = 1;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$p:Channel", const_cast<char**>(kwlist),
-                                   &maxsize, &pickle)) {
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:Channel", const_cast<char**>(kwlist),
+                                   &maxsize_arg, &pickle)) {
+    return nullptr;
+  }
+  if (maxsize_arg != nullptr && !parse_size(maxsize_arg, "Channel", "maxsize", maxsize)) {
     return nullptr;
   }
   if (maxsize < 0) {
@@ -1052,11 +1077,27 @@ PyType_Spec channel_spec = {"isola.Channel", sizeof(py_channel), 0, Py_TPFLAGS_D
 
 PyObject* open_named(PyObject* module, PyObject* args, PyObject* kwds) {
   static const char* kwlist[] = {"name", "maxsize", nullptr};
+  PyObject* name_arg = nullptr;
+  PyObject* maxsize_arg = nullptr;
   const char* name = nullptr;
   Py_ssize_t size = 0;
   Py_ssize_t maxsize = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "s#|n:channel", const_cast<char**>(kwlist), &name,
-                                   &size, &maxsize)) {
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:channel", const_cast<char**>(kwlist),
+                                   &name_arg, &maxsize_arg)) {
+    return nullptr;
+  }
+  if (PyUnicode_Check(name_arg)) {
+    name = PyUnicode_AsUTF8AndSize(name_arg, &size);
+    if (name == nullptr) return nullptr;
+  } else if (PyBytes_Check(name_arg)) {
+    name = PyBytes_AS_STRING(name_arg);
+    size = PyBytes_GET_SIZE(name_arg);
+  } else {
+    PyErr_Format(PyExc_TypeError, "isola.channel: name must be a str, not %s",
+                 Py_TYPE(name_arg)->tp_name);
+    return nullptr;
+  }
+  if (maxsize_arg != nullptr && !parse_size(maxsize_arg, "isola.channel", "maxsize", maxsize)) {
     return nullptr;
   }
   if (size == 0) {

@@ -191,6 +191,22 @@ TEST_CASE("the PEP 734 queue API and the rest of Channel", "[pychannel]") {
   CHECK(in.eval("isola.Channel().maxsize").as_int() == 4096);  // maxsize=0: the default bound
   CHECK(error_type([&] { in.exec("isola.Channel(-1)"); }) == "ValueError");
   CHECK(error_type([&] { in.exec("q.recv_many(0)"); }) == "ValueError");
+  // Bad sizes and names: errors that name the call and the argument.
+  auto error_of = [&](const char* code) {
+    auto e = python_error_of([&] { in.exec(code); });
+    return e ? e->type_name() + ": " + e->message() : std::string("<no error>");
+  };
+  CHECK(error_of("isola.Channel('x')") == "TypeError: Channel: maxsize must be an int, not str");
+  CHECK(error_of("isola.Channel(2**70)").starts_with("OverflowError: Channel: maxsize is out of"));
+  CHECK(error_of("q.recv_many(2.0)") ==
+        "TypeError: recv_many: max_items must be an int, not float");
+  CHECK(error_of("q.recv_many(2**70)").starts_with("OverflowError: recv_many: max_items is"));
+  CHECK(error_of("isola.channel(None)") ==
+        "TypeError: isola.channel: name must be a str, not NoneType");
+  CHECK(error_of("isola.channel('t-named', 'x')") ==
+        "TypeError: isola.channel: maxsize must be an int, not str");
+  CHECK(in.eval("isola.Channel(maxsize=8).maxsize").as_int() == 8);
+  CHECK(in.eval("isola.channel(b't-bytes', 8).name").as_str() == "t-bytes");
   CHECK(in.eval("isola.channel('t-named') == isola.channel('t-named')").as_bool());
   CHECK(in.eval("isola.channel('t-named').name").as_str() == "t-named");
   CHECK(in.eval("repr(isola.Channel(2))").as_str().find("isola.Channel #") != std::string::npos);
