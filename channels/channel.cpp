@@ -21,7 +21,7 @@ namespace detail {
 /// through two jump tables (message, then value); for a scalar the ring copies it and skips
 /// the destructor, which has nothing to do for these alternatives (ending an object's
 /// lifetime without its destructor is allowed when nothing depends on its side effects).
-/// callgrind, one thread, C++ send + recv of ints: see docs/channels.md.
+/// callgrind, one thread, C++ send + recv of ints: see docs/channels-performance.md.
 template <>
 struct slot_ops<message> {
   /// Constructs a copy of m at storage if m holds a scalar; false otherwise.

@@ -69,7 +69,8 @@ void* try_take_int_quick(const channel& ch, make_int_fn make) noexcept;
 std::size_t try_take_ints(const channel& ch, std::size_t max_items, make_int_fn make,
                           void** out, bool& other_next) noexcept;
 
-/// Receiver pacing (recv_pacer in channel.cpp; docs/channels.md, "Receivers that keep up"):
+/// Receiver pacing (recv_pacer in channel.cpp; docs/channels-performance.md, "Receivers that
+/// keep up"):
 /// what one thread's last waits for items on one ring showed.
 struct recv_pace {
   const void* ring = nullptr;  ///< the ring these waits were on

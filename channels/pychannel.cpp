@@ -648,7 +648,7 @@ bool truthy(PyObject* o, bool dflt, int& out) {
 
 // send(i) and recv() with no timeout, for small ints, are most of the calls a message-passing
 // loop makes: they try the ring once before the general path (parsing, conversion, waiting).
-// callgrind, one thread, send + recv of ints: see docs/channels.md.
+// callgrind, one thread, send + recv of ints: see docs/channels-performance.md.
 PyObject* ch_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   if (nargs == 1 && kw == nullptr) {
     PyObject* obj = args[0];
