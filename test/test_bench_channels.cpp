@@ -46,6 +46,14 @@ TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-ch
       "bad = [f'{k}={results.get(k)!r}' for k in required\n"
       "       if not (k in optional and k in results and results[k] is None)\n"
       "       and not (isinstance(results.get(k), (int, float)) and results[k] > 0)]\n"
+      "# Shares of the CPU time a hypervisor took: percentages, possibly 0. A run too short for\n"
+      "# a clock tick (100 a second) has none: null.\n"
+      "def percent(v): return isinstance(v, (int, float)) and 0 <= v <= 100\n"
+      "if not percent(results.get('cpu_stolen_pct')):\n"
+      "    bad.append(f\"cpu_stolen_pct={results.get('cpu_stolen_pct')!r}\")\n"
+      "for k in ['py_msgs_cpu_stolen_pct', 'py_batch_cpu_stolen_pct', 'cpp_cpu_stolen_pct']:\n"
+      "    if k not in results or not (results[k] is None or percent(results[k])):\n"
+      "        bad.append(f'{k}={results.get(k)!r}')\n"
       "problem = ', '.join(bad)\n");
   INFO(r.out);
   CHECK(in.get_global("problem").as_str() == "");

@@ -237,6 +237,9 @@ TEST_CASE("isola bench pool --quick --json prints the figures and the peers'", "
       "            'trivial_vs_processpool', 'trivial_vs_threadpool']\n"
       "bad = [k for k in required\n"
       "       if not isinstance(results.get(k), (int, float)) or not results[k] > 0]\n"
+      "stolen = results.get('cpu_stolen_pct')  # a percentage, possibly 0\n"
+      "if not (isinstance(stolen, (int, float)) and 0 <= stolen <= 100):\n"
+      "    bad.append('cpu_stolen_pct')\n"
       "ratio = results['trivial_tasks_per_s'] / results['processpool_trivial_tasks_per_s']\n"
       // No keyword arguments to math.isclose: on CPython 3.12.0-3.12.3 that alone makes
       // Py_Finalize crash (gh-119213), and this test is not about that bug.

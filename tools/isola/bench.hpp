@@ -68,4 +68,19 @@ struct bench_suite_registrar {
 /// The median of samples (the mean of the middle two for an even count); 0 if empty.
 double median(std::vector<double> samples);
 
+/// The 1-minute load average, or -1 where it cannot be read.
+double load_average();
+
+/// The CPU time of the whole machine so far, all CPUs, in clock ticks (/proc/stat's first
+/// line): the total, and the part a hypervisor gave to something else while this machine's
+/// vCPUs wanted to run ("steal"). Not `known` where /proc/stat cannot be read.
+struct cpu_ticks {
+  double total = 0, stolen = 0;
+  bool known = false;
+};
+cpu_ticks cpu_ticks_now();
+/// The percentage of the machine's CPU time from a to b that was stolen (0 to 100); NaN if
+/// either reading is unknown or no tick passed.
+double stolen_percent(const cpu_ticks& a, const cpu_ticks& b);
+
 }  // namespace isola::cli

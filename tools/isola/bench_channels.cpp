@@ -492,11 +492,6 @@ class temp_folder {
   fs::path path_;
 };
 
-double load_average() {
-  double l[1] = {0};
-  return getloadavg(l, 1) == 1 ? l[0] : -1;
-}
-
 /// Runs argv (argv[0] is a path) and returns its stdout; stderr passes through. Throws if it
 /// cannot start or does not exit with 0.
 std::string run_capture(std::vector<std::string> args) {
@@ -619,6 +614,8 @@ pair_outcome finish(std::future<value>& received, std::future<value>& sent,
 /// runnable (other work on the machine had it). 2 - cores - waiting: they were parked.
 struct transfer_run {
   double rate = 0, cores = 0, waiting = 0;
+  /// Percent of the machine's CPU time during the run that a hypervisor took (steal).
+  double stolen = std::numeric_limits<double>::quiet_NaN();
 };
 
 /// (ns on a CPU, ns waiting for one while runnable) of the calling thread, from
@@ -642,11 +639,13 @@ transfer_run python_transfer(interpreter_pair& p, std::size_t capacity, const ch
   channel ch = channel::open(name, capacity);  // held for the whole run
   std::vector<value> args{value(name), value(static_cast<std::int64_t>(n))};
   args.insert(args.end(), extra.begin(), extra.end());
+  const cpu_ticks k0 = cpu_ticks_now();
   auto t0 = clock::now();
   auto received = p.receiver().call_with_async(fmt::format("__main__:{}", recv_fn), args);
   auto sent = p.sender().call_with_async(fmt::format("__main__:{}", send_fn), args);
   const pair_outcome out = finish(received, sent, {ch});
   const auto end = until_both ? clock::now() : out.done;
+  const cpu_ticks k1 = cpu_ticks_now();
   const double s = std::chrono::duration<double>(end - t0).count();
   const auto& got = out.received.as_tuple().items;  // (sum, ns on a CPU, ns waiting)
   const auto& sender = out.sent.as_tuple().items;   // (ns on a CPU, ns waiting)
@@ -655,12 +654,12 @@ transfer_run python_transfer(interpreter_pair& p, std::size_t capacity, const ch
                                           triangle(n)));
   const double on_cpu = static_cast<double>(got.at(1).as_int() + sender.at(0).as_int()) / 1e9;
   const double waiting = static_cast<double>(got.at(2).as_int() + sender.at(1).as_int()) / 1e9;
-  return {static_cast<double>(n) / s, on_cpu / s, waiting / s};
+  return {static_cast<double>(n) / s, on_cpu / s, waiting / s, stolen_percent(k0, k1)};
 }
 
 struct rate_figures {
   double median = 0, best = 0;
-  double cores = 0, waiting = 0;  ///< transfer_run's, medians over the runs
+  double cores = 0, waiting = 0, stolen = 0;  ///< transfer_run's, medians over the runs
 };
 
 /// The runs of one measurement, summed up as rate_figures.
@@ -670,21 +669,23 @@ class rate_samples {
     rates_.push_back(t.rate);
     cores_.push_back(t.cores);
     waiting_.push_back(t.waiting);
+    if (!std::isnan(t.stolen)) stolen_.push_back(t.stolen);
   }
   rate_figures figures() const {
     return {median(rates_), *std::max_element(rates_.begin(), rates_.end()), median(cores_),
-            median(waiting_)};
+            median(waiting_),
+            stolen_.empty() ? std::numeric_limits<double>::quiet_NaN() : median(stolen_)};
   }
 
  private:
-  std::vector<double> rates_, cores_, waiting_;
+  std::vector<double> rates_, cores_, waiting_, stolen_;
 };
 
 void report_run(const bench_context& ctx, const std::string& what, const transfer_run& t,
                 const char* unit) {
   ctx.progress(fmt::format("  {}: {:.0f} {} (the two threads ran {:.2f} cores, waited for a CPU "
-                           "{:.2f})",
-                           what, t.rate, unit, t.cores, t.waiting));
+                           "{:.2f}; the hypervisor took {:.0f}% of the CPU time)",
+                           what, t.rate, unit, t.cores, t.waiting, t.stolen));
 }
 
 rate_figures repeated(unsigned repeat, const bench_context& ctx, const char* unit,
@@ -795,6 +796,7 @@ transfer_run cpp_single(std::size_t capacity, std::size_t n) {
   std::int64_t sum = 0;
   bool failed = false;
   std::pair<double, double> receiver_sched;
+  const cpu_ticks k0 = cpu_ticks_now();
   auto t0 = clock::now();
   const auto c0 = sched_ns();
   // The receiver has its own handle and its own copies of the counts: reading the sender's
@@ -828,9 +830,10 @@ transfer_run cpp_single(std::size_t capacity, std::size_t n) {
   const auto c1 = sched_ns();
   receiver.join();
   const double s = seconds_since(t0);
+  const cpu_ticks k1 = cpu_ticks_now();
   check(!failed && sum == triangle(n), "C++ send/recv: wrong sum");
   return {static_cast<double>(n) / s, (c1.first - c0.first + receiver_sched.first) / 1e9 / s,
-          (c1.second - c0.second + receiver_sched.second) / 1e9 / s};
+          (c1.second - c0.second + receiver_sched.second) / 1e9 / s, stolen_percent(k0, k1)};
 }
 
 /// Items per second with send_many()/recv_many() in batches.
@@ -839,6 +842,7 @@ transfer_run cpp_batches(std::size_t capacity, std::size_t n, std::size_t batch)
   std::int64_t sum = 0;
   bool failed = false;
   std::pair<double, double> receiver_sched;
+  const cpu_ticks k0 = cpu_ticks_now();
   auto t0 = clock::now();
   const auto c0 = sched_ns();
   // The receiver has its own handle and its own copies of the counts: reading the sender's
@@ -880,9 +884,10 @@ transfer_run cpp_batches(std::size_t capacity, std::size_t n, std::size_t batch)
   const auto c1 = sched_ns();
   receiver.join();
   const double s = seconds_since(t0);
+  const cpu_ticks k1 = cpu_ticks_now();
   check(!failed && sum == triangle(n), "C++ send_many/recv_many: wrong sum");
   return {static_cast<double>(n) / s, (c1.first - c0.first + receiver_sched.first) / 1e9 / s,
-          (c1.second - c0.second + receiver_sched.second) / 1e9 / s};
+          (c1.second - c0.second + receiver_sched.second) / 1e9 / s, stolen_percent(k0, k1)};
 }
 
 // ---- the peers ------------------------------------------------------------------------------
@@ -930,6 +935,7 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
               {"repeat", o.repeat},
               {"capacity", static_cast<double>(o.capacity)}};
   const double load_start = load_average();
+  const cpu_ticks suite_start = cpu_ticks_now();
   ctx.progress(
       fmt::format("load average (1 min) at start: {:.2f} on {} cores", load_start, cores()));
 
@@ -1050,6 +1056,7 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
     ctx.progress(fmt::format("{} is not executable here: no peer figures", python));
   }
   const double load_end = load_average();
+  const double suite_stolen = stolen_percent(suite_start, cpu_ticks_now());
 
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double cq = with_peers ? number(peers, "cpython_queue_msgs_per_s_int") : nan;
@@ -1067,6 +1074,9 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
         "time both threads ran on a CPU / wall time (2: both ran all along)");
   r.add("py_msgs_cores_waiting", ints.waiting, "", 2,
         "time both threads waited for a CPU while runnable / wall time (other load had it)");
+  r.add("py_msgs_cpu_stolen_pct", ints.stolen, "%", 1,
+        "share of the machine's CPU time during the runs that the hypervisor gave to other "
+        "guests (/proc/stat steal; median of the runs): the VM's vCPUs wanted to run and did not");
   r.add("cpython_queue_msgs_per_s_int", cq, "msgs/s", 0,
         fmt::format("CPython's interpreter queues (3.13 test.support.interpreters.queues, "
                     "syncobj=True, unbounded): Queue.put(i) / Queue.get(), {} ints{}",
@@ -1097,6 +1107,7 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   r.add("py_batch_cores_used", batches.cores, "", 2, "time both threads ran / wall time");
   r.add("py_batch_cores_waiting", batches.waiting, "", 2,
         "time both threads waited for a CPU / wall time");
+  r.add("py_batch_cpu_stolen_pct", batches.stolen, "%", 1, "the same for the batch runs");
   r.add("py_send_ns_cpu", py_send_ns, "ns", 1,
         "CPU time of one ch.send(i) in a Python loop, one thread, never waiting (loop included)");
   r.add("py_recv_ns_cpu", py_recv_ns, "ns", 1,
@@ -1135,12 +1146,15 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
                     o.cpp_messages, o.repeat));
   r.add("cpp_cores_used", cpp.cores, "", 2, "time both threads ran / wall time");
   r.add("cpp_cores_waiting", cpp.waiting, "", 2, "time both threads waited for a CPU / wall time");
+  r.add("cpp_cpu_stolen_pct", cpp.stolen, "%", 1, "the same for the C++ single-item runs");
   r.add("cpp_batch_items_per_s", cpp_batch.median, "items/s", 0,
         fmt::format("the same with send_many/recv_many batches of {}", o.batch));
   r.add("cpp_send_recv_ns_cpu", cpp_pair_ns, "ns", 1,
         "CPU time of one send() plus one recv() of an int message in one C++ thread");
   r.add("load_avg_1m_start", load_start, "", 2, "load average when the suite started");
   r.add("load_avg_1m_end", load_end, "", 2, "load average when it ended");
+  r.add("cpu_stolen_pct", suite_stolen, "%", 1,
+        "share of the machine's CPU time over the whole suite that the hypervisor took (steal)");
   return r;
 }
 
@@ -1196,7 +1210,9 @@ bench_suite_registrar channels_suite({
           "with no channel, in turn with them: what CPython allows) and py_vs_no_channel,\n"
           "py_batch_vs_no_channel; pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, copy_100mb_ms,\n"
           "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_batch_items_per_s;\n"
-          "load_avg_1m_start/_end (other work on the machine skews every figure).\n"
+          "load_avg_1m_start/_end (other work on the machine skews every figure); cpu_stolen_pct\n"
+          "and *_cpu_stolen_pct, the share of the CPU time a hypervisor took (steal in /proc/stat:\n"
+          "on a VM whose host is busy, every figure drops with it).\n"
           "What limits them: py_send_ns_cpu, py_recv_ns_cpu, py_loop_ns_cpu (and in their\n"
           "place C methods of CPython: py_c_method_send_ns_cpu, py_c_method_recv_ns_cpu),\n"
           "cpython_queue_put_ns_cpu, cpython_queue_get_ns_cpu and cpp_send_recv_ns_cpu are CPU\n"

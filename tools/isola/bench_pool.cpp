@@ -212,11 +212,6 @@ class tasks_folder {
   fs::path path_;
 };
 
-double load_average() {
-  double l[1] = {0};
-  return getloadavg(l, 1) == 1 ? l[0] : -1;
-}
-
 /// Runs argv (argv[0] is a path) and returns its stdout; stderr passes through. Throws if it
 /// cannot start or does not exit with 0.
 std::string run_capture(std::vector<std::string> args) {
@@ -408,6 +403,7 @@ bench_report run_pool_bench(const pool_bench_options& o, const bench_context& ct
               {"cpu_tasks", o.cpu_tasks},
               {"cpu_task_ms", o.cpu_task_ms}};
   const double load_start = load_average();
+  const cpu_ticks suite_start = cpu_ticks_now();
   ctx.progress(fmt::format("load average (1 min) at start: {:.2f} on {} cores", load_start, cores()));
 
   tasks_folder folder;
@@ -432,6 +428,7 @@ bench_report run_pool_bench(const pool_bench_options& o, const bench_context& ct
     ctx.progress(fmt::format("{} is not executable here: no peer figures", python));
   }
   const double load_end = load_average();
+  const double suite_stolen = stolen_percent(suite_start, cpu_ticks_now());
 
   r.add("trivial_tasks_per_s", f.trivial_median, "tasks/s", 0,
         fmt::format("isola pool of {}: x+1 tasks submitted one by one as futures (median of {})",
@@ -483,6 +480,9 @@ bench_report run_pool_bench(const pool_bench_options& o, const bench_context& ct
   }
   r.add("load_avg_1m_start", load_start, "", 2, "load average when the suite started");
   r.add("load_avg_1m_end", load_end, "", 2, "load average when it ended");
+  r.add("cpu_stolen_pct", suite_stolen, "%", 1,
+        "share of the machine's CPU time over the whole suite that a hypervisor took (steal in "
+        "/proc/stat; a busy host slows every figure)");
   return r;
 }
 
@@ -545,7 +545,8 @@ bench_suite_registrar pool_suite({
           "roundtrip_vs_processpool, roundtrip_vs_threadpool (their latency / isola's); cpu_serial_s,\n"
           "cpu_parallel_s, cpu_speedup and processpool_cpu_serial_s, _parallel_s, _speedup;\n"
           "cpu_speedup_vs_processpool; load_avg_1m_start/_end (other work on the machine skews\n"
-          "every figure: compare runs made at low load).\n"
+          "every figure: compare runs made at low load); cpu_stolen_pct, the share of the CPU\n"
+          "time a hypervisor took (steal in /proc/stat).\n"
           "Every result is checked (sums of the trivial tasks, each round trip, the CPU tasks\n"
           "against the serial run); a wrong one fails the run (exit status 1).\n"
           "The executors run in a subprocess of the python isola was built against, on the same\n"

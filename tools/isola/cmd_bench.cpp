@@ -11,7 +11,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <limits>
 #include <memory>
+#include <string>
 
 #include <fmt/core.h>
 
@@ -27,6 +31,33 @@ double median(std::vector<double> samples) {
   std::sort(samples.begin(), samples.end());
   std::size_t n = samples.size();
   return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+}
+
+double load_average() {
+  double l[1] = {0};
+  return getloadavg(l, 1) == 1 ? l[0] : -1;
+}
+
+cpu_ticks cpu_ticks_now() {
+  std::ifstream f("/proc/stat");
+  std::string label;
+  // user nice system idle iowait irq softirq steal (guest time is inside user already)
+  double t[8] = {};
+  if (!(f >> label) || label != "cpu") return {};
+  for (double& x : t) {
+    if (!(f >> x)) return {};
+  }
+  cpu_ticks c;
+  for (double x : t) c.total += x;
+  c.stolen = t[7];
+  c.known = true;
+  return c;
+}
+
+double stolen_percent(const cpu_ticks& a, const cpu_ticks& b) {
+  const double total = b.total - a.total;
+  if (!a.known || !b.known || total <= 0) return std::numeric_limits<double>::quiet_NaN();
+  return 100.0 * (b.stolen - a.stolen) / total;
 }
 
 void bench_context::progress(const std::string& message) const {
