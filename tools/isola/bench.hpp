@@ -3,6 +3,7 @@
 // that cmd_bench.cpp prints as a table or as one JSON object.
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -67,6 +68,25 @@ struct bench_suite_registrar {
 
 /// The median of samples (the mean of the middle two for an even count); 0 if empty.
 double median(std::vector<double> samples);
+
+/// A new temporary folder holding one Python module (for a peer benchmark's subprocess to
+/// import); removed with the object. Throws std::runtime_error naming what failed.
+class module_folder {
+ public:
+  module_folder(const std::string& prefix, const std::string& file_name,
+                const std::string& contents);
+  ~module_folder();
+  module_folder(const module_folder&) = delete;
+  module_folder& operator=(const module_folder&) = delete;
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// Runs argv (argv[0] is a path) and returns its stdout; stderr passes through. Throws if it
+/// cannot start or does not exit with 0.
+std::string run_capture(std::vector<std::string> args);
 
 /// The 1-minute load average, or -1 where it cannot be read.
 double load_average();

@@ -23,11 +23,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -42,8 +40,6 @@
 #include <vector>
 
 #include <fmt/core.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace isola::cli {
@@ -465,77 +461,6 @@ for k in range(repeat):
 out['mp_queue_msgs_per_s_int'] = statistics.median(rates)
 print(json.dumps(out))
 )py";
-
-/// A temporary folder holding the peers' module; removed with the object.
-class temp_folder {
- public:
-  temp_folder() {
-    std::string tmpl = (fs::temp_directory_path() / "isola-bench-channels-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) {
-      throw std::runtime_error(
-          fmt::format("cannot create a temporary folder: {}", std::strerror(errno)));
-    }
-    path_ = tmpl;
-    std::ofstream f(path_ / "isola_bc.py");
-    f << peer_module;
-    if (!f) throw std::runtime_error("cannot write " + (path_ / "isola_bc.py").string());
-  }
-  ~temp_folder() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  temp_folder(const temp_folder&) = delete;
-  temp_folder& operator=(const temp_folder&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-/// Runs argv (argv[0] is a path) and returns its stdout; stderr passes through. Throws if it
-/// cannot start or does not exit with 0.
-std::string run_capture(std::vector<std::string> args) {
-  int fds[2];
-  if (pipe(fds) != 0) throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  posix_spawn_file_actions_addclose(&actions, fds[1]);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, args[0].c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[1]);
-  if (rc != 0) {
-    close(fds[0]);
-    throw std::runtime_error(fmt::format("cannot start {}: {}", args[0], std::strerror(rc)));
-  }
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n > 0) {
-      out.append(buf, static_cast<std::size_t>(n));
-    } else if (n == 0 || errno != EINTR) {
-      break;
-    }
-  }
-  close(fds[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) throw std::runtime_error(std::string("waitpid: ") + std::strerror(errno));
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    throw std::runtime_error(fmt::format(
-        "the peer benchmark '{} -c ...' failed ({}); its messages are above", args[0],
-        WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
-                          : fmt::format("signal {}", WTERMSIG(status))));
-  }
-  return out;
-}
 
 void check(bool ok, const std::string& what) {
   if (!ok) throw std::runtime_error("bench channels: " + what);
@@ -1046,7 +971,7 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   if (with_peers) {
     ctx.progress(fmt::format("peers: CPython's queues and multiprocessing in a subprocess of {}",
                              python));
-    temp_folder folder;
+    module_folder folder("isola-bench-channels", "isola_bc.py", peer_module);
     peers = measure_peers(folder.path(), o, ctx.quiet());
     if (auto* why = peers.if_contains("cpython_queue_skipped")) {
       ctx.progress(fmt::format("cpython_queue_* skipped (null): {}",

@@ -20,19 +20,14 @@
 #include <isola/runtime.hpp>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <fmt/core.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace isola::cli {
@@ -186,77 +181,6 @@ with cf.ProcessPoolExecutor(N, mp_context=context) as ex:
 print(json.dumps(out))
 )py";
 
-/// A temporary folder holding isola_bt.py; removed with the object.
-class tasks_folder {
- public:
-  tasks_folder() {
-    std::string tmpl = (fs::temp_directory_path() / "isola-bench-pool-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) {
-      throw std::runtime_error(
-          fmt::format("cannot create a temporary folder: {}", std::strerror(errno)));
-    }
-    path_ = tmpl;
-    std::ofstream f(path_ / "isola_bt.py");
-    f << tasks_module;
-    if (!f) throw std::runtime_error("cannot write " + (path_ / "isola_bt.py").string());
-  }
-  ~tasks_folder() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  tasks_folder(const tasks_folder&) = delete;
-  tasks_folder& operator=(const tasks_folder&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-/// Runs argv (argv[0] is a path) and returns its stdout; stderr passes through. Throws if it
-/// cannot start or does not exit with 0.
-std::string run_capture(std::vector<std::string> args) {
-  int fds[2];
-  if (pipe(fds) != 0) throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  posix_spawn_file_actions_addclose(&actions, fds[1]);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, args[0].c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[1]);
-  if (rc != 0) {
-    close(fds[0]);
-    throw std::runtime_error(fmt::format("cannot start {}: {}", args[0], std::strerror(rc)));
-  }
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n > 0) {
-      out.append(buf, static_cast<std::size_t>(n));
-    } else if (n == 0 || errno != EINTR) {
-      break;
-    }
-  }
-  close(fds[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) throw std::runtime_error(std::string("waitpid: ") + std::strerror(errno));
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    throw std::runtime_error(fmt::format(
-        "the peer benchmark '{} -c ...' failed ({}); its messages are above", args[0],
-        WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
-                          : fmt::format("signal {}", WTERMSIG(status))));
-  }
-  return out;
-}
-
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -406,7 +330,7 @@ bench_report run_pool_bench(const pool_bench_options& o, const bench_context& ct
   const cpu_ticks suite_start = cpu_ticks_now();
   ctx.progress(fmt::format("load average (1 min) at start: {:.2f} on {} cores", load_start, cores()));
 
-  tasks_folder folder;
+  module_folder folder("isola-bench-pool", "isola_bt.py", tasks_module);
   isola_figures f;
   {
     runtime rt;

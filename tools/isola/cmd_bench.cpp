@@ -9,15 +9,22 @@
 #include <isola/version.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include <fmt/core.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace isola::cli {
 
@@ -31,6 +38,68 @@ double median(std::vector<double> samples) {
   std::sort(samples.begin(), samples.end());
   std::size_t n = samples.size();
   return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+}
+
+module_folder::module_folder(const std::string& prefix, const std::string& file_name,
+                             const std::string& contents) {
+  namespace fs = std::filesystem;
+  std::string tmpl = (fs::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  if (mkdtemp(tmpl.data()) == nullptr) {
+    throw std::runtime_error(
+        fmt::format("cannot create a temporary folder: {}", std::strerror(errno)));
+  }
+  path_ = tmpl;
+  std::ofstream f(path_ / file_name);
+  f << contents;
+  if (!f) throw std::runtime_error("cannot write " + (path_ / file_name).string());
+}
+
+module_folder::~module_folder() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::string run_capture(std::vector<std::string> args) {
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  posix_spawn_file_actions_addclose(&actions, fds[1]);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, args[0].c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  if (rc != 0) {
+    close(fds[0]);
+    throw std::runtime_error(fmt::format("cannot start {}: {}", args[0], std::strerror(rc)));
+  }
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n > 0) {
+      out.append(buf, static_cast<std::size_t>(n));
+    } else if (n == 0 || errno != EINTR) {
+      break;
+    }
+  }
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) throw std::runtime_error(std::string("waitpid: ") + std::strerror(errno));
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    throw std::runtime_error(fmt::format(
+        "the peer benchmark '{} -c ...' failed ({}); its messages are above", args[0],
+        WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
+                          : fmt::format("signal {}", WTERMSIG(status))));
+  }
+  return out;
 }
 
 double load_average() {
