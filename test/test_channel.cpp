@@ -104,7 +104,8 @@ boost::system::error_code stopped_outcome(channel& ch, Op op) {
 
 // send(msg) and recv() without a deadline must stay overloads of their own: with defaulted
 // std::optional arguments, every call stalled on a store-forwarding failure
-// (docs/channels-performance.md, "Arguments that stall"). These fail to compile if the overloads are folded back.
+// (docs/channels-performance.md, "Arguments that stall"). These fail to compile if the
+// overloads are folded back.
 static_assert(std::is_same_v<decltype(static_cast<boost::system::result<void> (channel::*)(
                                           message&&)>(&channel::send)),
                              boost::system::result<void> (channel::*)(message&&)>);

@@ -108,29 +108,41 @@ def since(start):
 # Each side of a transfer also returns how long its thread ran and how long it waited for a
 # CPU: with the wall time, that tells a slow channel from a busy machine.
 
-def send_ints(name, n):
+# Each transfer loop takes the call it makes per item (or per batch), so that the channel's
+# runs and the no-channel runs below time the same loop.
+
+def send_loop(send, n):
     start = sched()
-    send = isola.channel(name).send
     for i in range(n):
         send(i)
     return since(start)
 
 
-def recv_ints(name, n):
+def recv_loop(recv, n):
     start = sched()
-    recv = isola.channel(name).recv
     total = 0
     for _ in range(n):
         total += recv()
     return (total,) + since(start)
 
 
-def send_batches(name, n, batch):
+def send_batch_loop(send_many, n, batch):
     start = sched()
-    send_many = isola.channel(name).send_many
     for start_at in range(0, n, batch):
         send_many(range(start_at, min(start_at + batch, n)))
     return since(start)
+
+
+def send_ints(name, n):
+    return send_loop(isola.channel(name).send, n)
+
+
+def recv_ints(name, n):
+    return recv_loop(isola.channel(name).recv, n)
+
+
+def send_batches(name, n, batch):
+    return send_batch_loop(isola.channel(name).send_many, n, batch)
 
 
 def recv_batches(name, n, batch):
@@ -152,28 +164,15 @@ def recv_batches(name, n, batch):
 # two interpreters and are timed until both have returned.
 
 def send_ints_nowhere(name, n):
-    start = sched()
-    send = set().discard
-    for i in range(n):
-        send(i)
-    return since(start)
+    return send_loop(set().discard, n)
 
 
 def recv_ints_nowhere(name, n):
-    start = sched()
-    recv = itertools.count().__next__
-    total = 0
-    for _ in range(n):
-        total += recv()
-    return (total,) + since(start)
+    return recv_loop(itertools.count().__next__, n)
 
 
 def send_batches_nowhere(name, n, batch):
-    start = sched()
-    send_many = collections.deque(maxlen=0).extend
-    for start_at in range(0, n, batch):
-        send_many(range(start_at, min(start_at + batch, n)))
-    return since(start)
+    return send_batch_loop(collections.deque(maxlen=0).extend, n, batch)
 
 
 def recv_batches_nowhere(name, n, batch):
