@@ -1222,35 +1222,47 @@ int exec_channels(PyObject* m) {
                     nullptr) < 0) {
     return -1;
   }
-  PyObject* queue = PyImport_ImportModule("queue");
-  if (queue == nullptr) return -1;
-  PyObject* empty = PyObject_GetAttrString(queue, "Empty");
-  PyObject* full = PyObject_GetAttrString(queue, "Full");
-  Py_DECREF(queue);
-  if (empty == nullptr || full == nullptr) {
-    Py_XDECREF(empty);
-    Py_XDECREF(full);
+  return 0;
+}
+
+// QueueEmpty and QueueFull subclass queue.Empty and queue.Full (PEP 734), and importing
+// `queue` costs every interpreter ~3 ms and 0.6 MB (it pulls in threading, collections and
+// heapq), so they and their aliases are made on first use (`isola.QueueEmpty`, or the first
+// time a channel raises one).
+int make_queue_exceptions(PyObject* m) {
+  py::object queue = py::steal(PyImport_ImportModule("queue"));
+  if (!queue) return -1;
+  // The import may have let another thread of this interpreter make them meanwhile; the
+  // last one added marks them all made.
+  PyObject* made = PyDict_GetItemString(PyModule_GetDict(m), "ChannelFull");  // borrowed
+  if (made != nullptr) return 0;
+  py::object empty = py::steal(PyObject_GetAttrString(queue.get(), "Empty"));
+  py::object full = py::steal(PyObject_GetAttrString(queue.get(), "Full"));
+  if (!empty || !full) return -1;
+  if (add_exception(m, "QueueFull",
+                    "No room is available (subclass of queue.Full, as in PEP 734).",
+                    full.get()) < 0 ||
+      add_exception(m, "QueueEmpty",
+                    "No item is available (subclass of queue.Empty, as in PEP 734).",
+                    empty.get()) < 0) {
     return -1;
   }
-  int rc = add_exception(m, "QueueEmpty",
-                         "No item is available (subclass of queue.Empty, as in PEP 734).", empty);
-  if (rc == 0) {
-    rc = add_exception(m, "QueueFull",
-                       "No room is available (subclass of queue.Full, as in PEP 734).", full);
-  }
-  Py_DECREF(empty);
-  Py_DECREF(full);
-  if (rc < 0) return -1;
   // Aliases with isola's own naming.
   for (auto [alias, target] : {std::pair{"ChannelEmpty", "QueueEmpty"},
                                std::pair{"ChannelFull", "QueueFull"}}) {
-    PyObject* t = PyObject_GetAttrString(m, target);
-    if (t == nullptr || module_add(m, alias, t) < 0) return -1;
+    PyObject* t = PyDict_GetItemString(PyModule_GetDict(m), target);  // borrowed
+    if (t == nullptr || PyModule_AddObjectRef(m, alias, t) < 0) return -1;
   }
   return 0;
 }
 
-module_part_registrar channels_part({"channels", channel_functions, exec_channels});
+const lazy_attribute channel_lazy[] = {{"QueueEmpty", make_queue_exceptions},
+                                       {"QueueFull", make_queue_exceptions},
+                                       {"ChannelEmpty", make_queue_exceptions},
+                                       {"ChannelFull", make_queue_exceptions},
+                                       {nullptr, nullptr}};
+
+module_part_registrar channels_part({"channels", channel_functions, exec_channels, channel_lazy});
 
 }  // namespace
 }  // namespace isola::detail

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace isola::detail {
@@ -66,7 +67,68 @@ PyObject* log(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
+const lazy_attribute* find_lazy(std::string_view name) {
+  for (const auto& part : parts()) {
+    for (const lazy_attribute* a = part.lazy; a != nullptr && a->name != nullptr; ++a) {
+      if (name == a->name) return a;
+    }
+  }
+  return nullptr;
+}
+
+// Module-level __getattr__ (PEP 562): called only for names the module's dict lacks, so an
+// attribute made once is found directly from then on.
+PyObject* module_getattr(PyObject* m, PyObject* name) {
+  if (!PyUnicode_Check(name)) {
+    PyErr_Format(PyExc_TypeError, "attribute name must be str, not %s", Py_TYPE(name)->tp_name);
+    return nullptr;
+  }
+  Py_ssize_t size = 0;
+  const char* utf8 = PyUnicode_AsUTF8AndSize(name, &size);
+  if (utf8 == nullptr) return nullptr;
+  const lazy_attribute* a = find_lazy(std::string_view(utf8, static_cast<size_t>(size)));
+  if (a == nullptr) {
+    PyErr_Format(PyExc_AttributeError, "module 'isola' has no attribute %R", name);
+    return nullptr;
+  }
+  PyObject* dict = PyModule_GetDict(m);  // borrowed
+  PyObject* value = PyDict_GetItemWithError(dict, name);  // borrowed
+  if (value == nullptr) {
+    if (PyErr_Occurred() || a->make(m) < 0) return nullptr;
+    value = PyDict_GetItemWithError(dict, name);
+    if (value == nullptr) {
+      if (!PyErr_Occurred()) {
+        PyErr_Format(PyExc_RuntimeError, "isola: making attribute %R did not add it", name);
+      }
+      return nullptr;
+    }
+  }
+  return Py_NewRef(value);
+}
+
+// Module-level __dir__: the dict's names plus the lazy ones not made yet.
+PyObject* module_dir(PyObject* m, PyObject*) {
+  py::object names = py::steal(PyDict_Keys(PyModule_GetDict(m)));
+  if (!names) return nullptr;
+  for (const auto& part : parts()) {
+    for (const lazy_attribute* a = part.lazy; a != nullptr && a->name != nullptr; ++a) {
+      py::object n = py::steal(PyUnicode_FromString(a->name));
+      if (!n) return nullptr;
+      int present = PySequence_Contains(names.get(), n.get());
+      if (present < 0 || (present == 0 && PyList_Append(names.get(), n.get()) < 0)) {
+        return nullptr;
+      }
+    }
+  }
+  if (PyList_Sort(names.get()) < 0) return nullptr;
+  return names.release();
+}
+
 PyMethodDef core_methods[] = {
+    {"__getattr__", module_getattr, METH_O,
+     "__getattr__(name)\n\nMakes isola's attributes that are made on first use (they need "
+     "other modules, which an interpreter should not import just by starting)."},
+    {"__dir__", module_dir, METH_NOARGS, "__dir__() -> list\n\nThe module's names."},
     {"interpreter_id", interpreter_id, METH_NOARGS,
      "interpreter_id() -> int\n\nThe id of the interpreter this code runs in (0 is the main "
      "interpreter); the same id isola's C++ API and log lines use."},

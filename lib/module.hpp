@@ -6,12 +6,25 @@
 
 namespace isola::detail {
 
-/// One part of the `isola` module: functions to add and an optional exec step (types,
-/// constants). `methods` ends with a {nullptr} sentinel and must have static storage.
+/// An attribute of `isola` made on first use rather than when the module is imported, for
+/// attributes that need other modules: every interpreter imports `isola` when it is created,
+/// so whatever its exec step imports is paid by every interpreter (`import queue` alone costs
+/// ~3 ms and 0.6 MB per interpreter). `make` adds the attribute, and any others made with
+/// it, to the module; it returns 0, or -1 with an exception set. It may release the GIL
+/// (imports do), so it must cope with another thread having added them meanwhile.
+struct lazy_attribute {
+  const char* name;
+  int (*make)(PyObject* module);
+};
+
+/// One part of the `isola` module: functions to add, an optional exec step (types,
+/// constants) and attributes made on first use. `methods` ends with a {nullptr} sentinel,
+/// `lazy` with a {nullptr, nullptr} one; both must have static storage.
 struct module_part {
   const char* name;
   PyMethodDef* methods;
   int (*exec)(PyObject* module);  ///< may be nullptr; returns 0, or -1 with an exception set
+  const lazy_attribute* lazy = nullptr;
 };
 
 /// Registers a part; call from a static initialiser (see module_part_registrar).
