@@ -16,12 +16,13 @@
 
 #include <algorithm>
 #include <chrono>
-#include <deque>
 #include <cmath>
+#include <deque>
 #include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -42,8 +43,15 @@ constexpr int spin_before_release = 64;
 
 // ---- the Channel type -------------------------------------------------------------------------
 
-struct py_channel {
+// The object header and the weak-reference list, in a standard-layout base so that
+// offsetof() can name the list for __weaklistoffset__.
+struct py_channel_head {
   PyObject_HEAD
+  PyObject* weakreflist;  ///< weak references to this handle; tp_alloc zeroes it
+};
+static_assert(std::is_standard_layout_v<py_channel_head>);
+
+struct py_channel : py_channel_head {
   channel ch;
   /// Items this handle has taken from the channel and not handed out yet: the rest of a
   /// recv_many batch in which an item could not be converted (see finish_batch). Every
@@ -73,6 +81,17 @@ void raise_from_module(PyObject* module, const char* exc_name, const std::string
   if (exc == nullptr) return;
   PyErr_SetString(exc, msg.c_str());
   Py_DECREF(exc);
+}
+
+// Adds a note (PEP 678) to the exception being raised, leaving its type and message as they
+// are. Best effort: a failure to add it keeps the original exception.
+void add_note_to_current(const std::string& note) {
+  PyObject* exc = PyErr_GetRaisedException();
+  if (exc == nullptr) return;
+  PyObject* r = PyObject_CallMethod(exc, "add_note", "s", note.c_str());
+  if (r == nullptr) PyErr_Clear();
+  Py_XDECREF(r);
+  PyErr_SetRaisedException(exc);
 }
 
 PyTypeObject* channel_type_of(PyObject* module) {
@@ -315,7 +334,15 @@ bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, me
   }
   PyErr_Clear();
   pickled p;
-  if (!pickle_to(obj, p)) return false;
+  if (!pickle_to(obj, p)) {
+    // pickle's own exception (PicklingError, AttributeError, TypeError: callers may catch
+    // those), with a note that says why pickle was involved at all.
+    add_note_to_current(std::string("isola: an object of type '") + Py_TYPE(obj)->tp_name +
+                        "' is not a plain value (None, bool, int, float, str, bytes, tuple, "
+                        "list, dict), a buffer or a channel, so the channel pickles it, and "
+                        "pickling failed; send a picklable object or plain values instead");
+    return false;
+  }
   out = message(std::move(p));
   return true;
 }
@@ -348,8 +375,17 @@ PyObject* from_message(PyObject* module, const message& m) {
       }
     case 1:
       return memoryview_of(module, *m.as_buffer());
-    case 2:
-      return unpickle(module, *m.as_pickled());
+    case 2: {
+      PyObject* o = unpickle(module, *m.as_pickled());
+      if (o == nullptr) {
+        add_note_to_current(
+            "isola: this item was pickled by the sending interpreter and could not be "
+            "unpickled in this one; its class must be importable here by the same module and "
+            "name (a class defined in the sender's __main__ is not: put it in a module both "
+            "interpreters import)");
+      }
+      return o;
+    }
     case 3: {
       PyTypeObject* type = channel_type_of(module);
       if (type == nullptr) return nullptr;
@@ -996,6 +1032,7 @@ PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
 void ch_dealloc(PyObject* self) {
   PyTypeObject* type = Py_TYPE(self);
   auto* c = as_chan(self);
+  if (c->weakreflist != nullptr) PyObject_ClearWeakRefs(self);
   Py_CLEAR(c->held_error);
   c->held.~deque();
   c->ch.~channel();
@@ -1051,7 +1088,13 @@ PyGetSetDef channel_getset[] = {
     {"pickle", ch_pickle, nullptr, "Whether objects may be sent pickled.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
+PyMemberDef channel_members[] = {
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(py_channel_head, weakreflist), Py_READONLY,
+     nullptr},
+    {nullptr, 0, 0, 0, nullptr}};
+
 PyType_Slot channel_slots[] = {
+    {Py_tp_members, channel_members},
     {Py_tp_new, reinterpret_cast<void*>(ch_new)},
     {Py_tp_dealloc, reinterpret_cast<void*>(ch_dealloc)},
     {Py_tp_methods, channel_methods},

@@ -678,6 +678,51 @@ TEST_CASE("other objects are pickled; a channel with pickling off refuses them",
   CHECK(a.eval("strict.recv()").repr() == "(1, 'plain values are fine')");
 }
 
+TEST_CASE("pickling failures keep pickle's exception and say why pickle was involved",
+          "[pychannel]") {
+  auto keep = isola::channel::open("t-pickle-fail", 8);
+  isola::interpreter a, b;
+  const std::string catcher =
+      "import isola\n"
+      "def failure(fn):\n"
+      "    try:\n"
+      "        fn()\n"
+      "    except Exception as e:\n"
+      "        return [type(e).__name__, ' '.join(getattr(e, '__notes__', []))]\n"
+      "    return ['no error', '']\n"
+      "ch = isola.channel('t-pickle-fail')\n";
+  a.exec(catcher);
+  b.exec(catcher);
+  // Sending: a lambda cannot be pickled; pickle's own exception type is kept.
+  auto r = a.eval("failure(lambda: ch.send(lambda: 1))").as_list().items;
+  CHECK(r[0].as_str() == "AttributeError");
+  CHECK(r[1].as_str().find("type 'function'") != std::string::npos);
+  CHECK(r[1].as_str().find("pickling failed") != std::string::npos);
+  CHECK(a.eval("ch.qsize()").as_int() == 0);  // nothing half-sent
+  // Receiving: a class that exists only in the sender's __main__.
+  a.exec("class OnlyHere:\n    pass\nch.send(OnlyHere())\nch.send('next')\n");
+  r = b.eval("failure(ch.recv)").as_list().items;
+  CHECK(r[0].as_str() == "AttributeError");
+  CHECK(r[1].as_str().find("could not be unpickled in this one") != std::string::npos);
+  CHECK(r[1].as_str().find("__main__") != std::string::npos);
+  CHECK(b.eval("ch.recv()").as_str() == "next");  // the channel goes on
+}
+
+TEST_CASE("channels can be weakly referenced", "[pychannel]") {
+  isola::interpreter in;
+  in.exec("import isola, weakref, gc\n"
+          "ch = isola.Channel(4)\n"
+          "r = weakref.ref(ch)\n"
+          "cache = weakref.WeakValueDictionary(jobs=ch)\n"
+          "alive = r() is ch and cache['jobs'] is ch\n"
+          "finalized = []\n"
+          "weakref.finalize(ch, finalized.append, 'done')\n"
+          "del ch\n"
+          "gc.collect()\n");
+  CHECK(in.eval("alive").as_bool());
+  CHECK(in.eval("r() is None and 'jobs' not in cache and finalized == ['done']").as_bool());
+}
+
 TEST_CASE("a channel sent through a channel is the same channel", "[pychannel]") {
   auto keep = isola::channel::open("t-chan-chan", 4);
   isola::interpreter a, b;
