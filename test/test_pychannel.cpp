@@ -693,9 +693,10 @@ TEST_CASE("pickling failures keep pickle's exception and say why pickle was invo
       "ch = isola.channel('t-pickle-fail')\n";
   a.exec(catcher);
   b.exec(catcher);
-  // Sending: a lambda cannot be pickled; pickle's own exception type is kept.
+  // Sending: a lambda cannot be pickled; pickle's own exception type is kept (_pickle raises
+  // AttributeError, the pure-Python pickle used on 3.12.0-3.12.3 PicklingError).
   auto r = a.eval("failure(lambda: ch.send(lambda: 1))").as_list().items;
-  CHECK(r[0].as_str() == "AttributeError");
+  CHECK((r[0].as_str() == "AttributeError" || r[0].as_str() == "PicklingError"));
   CHECK(r[1].as_str().find("type 'function'") != std::string::npos);
   CHECK(r[1].as_str().find("pickling failed") != std::string::npos);
   CHECK(a.eval("ch.qsize()").as_int() == 0);  // nothing half-sent
