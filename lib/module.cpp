@@ -140,12 +140,28 @@ PyMethodDef core_methods[] = {
 
 module_part_registrar core_part({"core", core_methods, nullptr});
 
+// __all__: the public names, the lazy ones included, so that `from isola import *` gets
+// those too (it looks each one up, which makes it).
+int add_all(PyObject* m) {
+  py::object names = py::steal(module_dir(m, nullptr));
+  if (!names) return -1;
+  py::object all = py::steal(PyList_New(0));
+  if (!all) return -1;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names.get()); ++i) {
+    PyObject* n = PyList_GET_ITEM(names.get(), i);  // borrowed
+    if (PyUnicode_READ_CHAR(n, 0) == '_') continue;
+    if (PyList_Append(all.get(), n) < 0) return -1;
+  }
+  return PyModule_AddObjectRef(m, "__all__", all.get());
+}
+
 int exec_module(PyObject* m) {
   for (const auto& part : parts()) {
     if (part.methods != nullptr && PyModule_AddFunctions(m, part.methods) < 0) return -1;
     if (part.exec != nullptr && part.exec(m) < 0) return -1;
   }
-  return PyModule_AddStringConstant(m, "__version__", ISOLA_VERSION);
+  if (PyModule_AddStringConstant(m, "__version__", ISOLA_VERSION) < 0) return -1;
+  return add_all(m);
 }
 
 PyModuleDef_Slot slots[] = {

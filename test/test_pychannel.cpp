@@ -209,6 +209,14 @@ TEST_CASE("QueueEmpty and QueueFull are made on first use, not when an interpret
              "import isola\n");
   CHECK(other.eval("len(seen) == 8 and set(seen) == {(isola.QueueFull, isola.QueueEmpty)}")
             .as_bool());
+
+  // `from isola import *` brings them too (__all__ lists them), and only public names.
+  isola::interpreter star;
+  star.exec("from isola import *\nimport isola\n");
+  CHECK(star.eval("QueueEmpty is isola.QueueEmpty and ChannelFull is isola.ChannelFull and "
+                  "Channel is isola.Channel and callable(select)")
+            .as_bool());
+  CHECK(star.eval("all(not n.startswith('_') for n in isola.__all__)").as_bool());
 }
 
 TEST_CASE("the PEP 734 queue API and the rest of Channel", "[pychannel]") {
