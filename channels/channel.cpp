@@ -64,8 +64,8 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
-/// Rounds of (pause + probe) before a blocking call parks: about 15-30 us on current x86
-/// (a pause is 10-40 ns), longer than a wake-up round trip between two running threads, far
+/// Rounds of (pause + probe) before a blocking call parks: about 5-30 us on current x86
+/// (a pause is 10-60 ns), longer than a wake-up round trip between two running threads, far
 /// shorter than a futex sleep and wake.
 constexpr int spin_rounds = 512;
 /// While spinning, a yield every yield_every rounds from round yield_after on (see block()).
