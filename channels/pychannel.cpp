@@ -1275,26 +1275,34 @@ int exec_channels(PyObject* m) {
 int make_queue_exceptions(PyObject* m) {
   py::object queue = py::steal(PyImport_ImportModule("queue"));
   if (!queue) return -1;
-  // The import may have let another thread of this interpreter make them meanwhile; the
-  // last one added marks them all made.
-  PyObject* made = PyDict_GetItemString(PyModule_GetDict(m), "ChannelFull");  // borrowed
-  if (made != nullptr) return 0;
-  py::object empty = py::steal(PyObject_GetAttrString(queue.get(), "Empty"));
-  py::object full = py::steal(PyObject_GetAttrString(queue.get(), "Full"));
-  if (!empty || !full) return -1;
-  if (add_exception(m, "QueueFull",
-                    "No room is available (subclass of queue.Full, as in PEP 734).",
-                    full.get()) < 0 ||
-      add_exception(m, "QueueEmpty",
-                    "No item is available (subclass of queue.Empty, as in PEP 734).",
-                    empty.get()) < 0) {
-    return -1;
-  }
-  // Aliases with isola's own naming.
-  for (auto [alias, target] : {std::pair{"ChannelEmpty", "QueueEmpty"},
-                               std::pair{"ChannelFull", "QueueFull"}}) {
-    PyObject* t = PyDict_GetItemString(PyModule_GetDict(m), target);  // borrowed
-    if (t == nullptr || PyModule_AddObjectRef(m, alias, t) < 0) return -1;
+  // After the import, which may have let another thread of this interpreter make them: each
+  // exception is made only if neither of its names is there, and a missing name (deleted
+  // from the module, say) becomes the other one again.
+  struct pair {
+    const char* name;
+    const char* alias;
+    const char* base;
+    const char* doc;
+  };
+  for (const pair& p :
+       {pair{"QueueEmpty", "ChannelEmpty", "Empty",
+             "No item is available (subclass of queue.Empty, as in PEP 734)."},
+        pair{"QueueFull", "ChannelFull", "Full",
+             "No room is available (subclass of queue.Full, as in PEP 734)."}}) {
+    PyObject* dict = PyModule_GetDict(m);  // borrowed
+    PyObject* have = PyDict_GetItemString(dict, p.name);  // borrowed
+    if (have == nullptr) have = PyDict_GetItemString(dict, p.alias);
+    if (have == nullptr) {
+      py::object base = py::steal(PyObject_GetAttrString(queue.get(), p.base));
+      if (!base || add_exception(m, p.name, p.doc, base.get()) < 0) return -1;
+      have = PyDict_GetItemString(dict, p.name);
+      if (have == nullptr) return -1;
+    }
+    for (const char* n : {p.name, p.alias}) {
+      if (PyDict_GetItemString(dict, n) == nullptr && PyModule_AddObjectRef(m, n, have) < 0) {
+        return -1;
+      }
+    }
   }
   return 0;
 }

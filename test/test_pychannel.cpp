@@ -191,6 +191,11 @@ TEST_CASE("QueueEmpty and QueueFull are made on first use, not when an interpret
                 "isola.QueueFull is isola.ChannelFull")
             .as_bool());
   CHECK(in.eval("'QueueEmpty' in vars(isola)").as_bool());
+  // A name deleted from the module comes back as the same class.
+  in.exec("del isola.QueueEmpty\n");
+  CHECK(in.eval("isola.QueueEmpty is isola.ChannelEmpty is type(raised)").as_bool());
+  in.exec("del isola.ChannelFull\n");
+  CHECK(in.eval("isola.ChannelFull is isola.QueueFull").as_bool());
   auto e = python_error_of([&] { in.eval("isola.no_such_name"); });
   REQUIRE(e);
   CHECK(e->type_name() == "AttributeError");
