@@ -714,12 +714,28 @@ double cpp_one_thread_ns(std::size_t rounds) {
   return (c1 - c0) * 1e9 / static_cast<double>(rounds * cost_loop);
 }
 
+/// How a C++ single-item run starts. A sender and a receiver of about the same speed settle
+/// into whichever state they start in (docs/channels-performance.md, "Head probes on a faster
+/// machine"), so each run fixes it rather than leaving it to thread start-up:
+/// - ring_full: the receiver starts once the sender has filled the ring; from then on the
+///   sender waits for room and fills runs of freed slots;
+/// - receiver_waiting: the sender starts once the receiver is waiting; a receiver that keeps
+///   up then waits for items, paced (recv_pacer).
+enum class cpp_start { ring_full, receiver_waiting };
+
 /// Messages per second, one sending and one receiving thread, single-item send()/recv().
-transfer_run cpp_single(std::size_t capacity, std::size_t n) {
+transfer_run cpp_single(std::size_t capacity, std::size_t n, cpp_start start) {
   channel ch(capacity);
   std::int64_t sum = 0;
   bool failed = false;
   std::pair<double, double> receiver_sched;
+  // Set by the sender when the ring is full (ring_full), by the receiver when it is about to
+  // receive (receiver_waiting). Read only before the loops.
+  std::atomic<bool> go{false};
+  auto wait_for_go = [&go] {
+    while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+  };
+  const std::size_t fill = std::min(n, capacity);
   const cpu_ticks k0 = cpu_ticks_now();
   auto t0 = clock::now();
   const auto c0 = sched_ns();
@@ -735,6 +751,11 @@ transfer_run cpp_single(std::size_t capacity, std::size_t n) {
         out = {r1.first - r0.first, r1.second - r0.second};
       }
     } sched{.out = receiver_sched};
+    if (start == cpp_start::ring_full) {
+      wait_for_go();
+    } else {
+      go.store(true, std::memory_order_release);
+    }
     // Summed in a local and stored once: a total on the sending thread's stack shares a cache
     // line with the sender's locals, and that false sharing halved the figure.
     std::int64_t total = 0;
@@ -748,9 +769,12 @@ transfer_run cpp_single(std::size_t capacity, std::size_t n) {
     }
     sum = total;
   });
+  if (start == cpp_start::receiver_waiting) wait_for_go();
   for (std::size_t i = 0; i < n; ++i) {
+    if (i == fill && start == cpp_start::ring_full) go.store(true, std::memory_order_release);
     if (!ch.send(message(static_cast<std::int64_t>(i)))) break;
   }
+  go.store(true, std::memory_order_release);  // n <= capacity, or a failed send
   const auto c1 = sched_ns();
   receiver.join();
   const double s = seconds_since(t0);
@@ -863,7 +887,8 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   ctx.progress(
       fmt::format("load average (1 min) at start: {:.2f} on {} cores", load_start, cores()));
 
-  rate_figures ints, ints_no_channel, batches, batches_no_channel, cpp, cpp_batch;
+  rate_figures ints, ints_no_channel, batches, batches_no_channel, cpp, cpp_receiver_waits,
+      cpp_batch;
   rtt_figures rtt;
   double zero_copy_ms = 0, copy_ms = 0;
   double py_send_ns = 0, py_recv_ns = 0, py_loop_ns = 0, py_keep_ns = 0, py_make_ns = 0;
@@ -956,9 +981,15 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   ctx.progress(fmt::format("  {:.1f} ns", cpp_pair_ns));
   ctx.progress(fmt::format("C++: {} runs of {} int messages, one thread to another", o.repeat,
                            o.cpp_messages));
-  cpp_single(o.capacity, std::min<std::size_t>(o.cpp_messages, 1'000'000));
-  cpp = repeated(o.repeat, ctx, "msgs/s",
-                 [&] { return cpp_single(o.capacity, o.cpp_messages); });
+  cpp_single(o.capacity, std::min<std::size_t>(o.cpp_messages, 1'000'000), cpp_start::ring_full);
+  cpp = repeated(o.repeat, ctx, "msgs/s", [&] {
+    return cpp_single(o.capacity, o.cpp_messages, cpp_start::ring_full);
+  });
+  ctx.progress(fmt::format("C++: {} runs of {} int messages, the receiver waiting at the start",
+                           o.repeat, o.cpp_messages));
+  cpp_receiver_waits = repeated(o.repeat, ctx, "msgs/s", [&] {
+    return cpp_single(o.capacity, o.cpp_messages, cpp_start::receiver_waiting);
+  });
   ctx.progress(fmt::format("C++: {} runs of {} ints in send_many/recv_many batches of {}",
                            o.repeat, o.cpp_messages, o.batch));
   cpp_batch = repeated(o.repeat, ctx, "items/s",
@@ -1066,8 +1097,12 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
         "read the last byte");
   r.add("cpp_msgs_per_s", cpp.median, "msgs/s", 0,
         fmt::format("C++ thread to C++ thread, isola::channel send/recv of int messages, {} "
-                    "(median of {})",
+                    "(median of {}); the receiver starts once the ring is full, so the "
+                    "sender is the one that waits",
                     o.cpp_messages, o.repeat));
+  r.add("cpp_msgs_per_s_receiver_waits", cpp_receiver_waits.median, "msgs/s", 0,
+        "the same, with the sender starting once the receiver waits, so the receiver is the "
+        "one that waits (paced)");
   r.add("cpp_cores_used", cpp.cores, "", 2, "time both threads ran / wall time");
   r.add("cpp_cores_waiting", cpp.waiting, "", 2, "time both threads waited for a CPU / wall time");
   r.add("cpp_cpu_stolen_pct", cpp.stolen, "%", 1, "the same for the C++ single-item runs");
@@ -1133,7 +1168,7 @@ bench_suite_registrar channels_suite({
           "(and _best); py_no_channel_per_s_int, py_batch_no_channel_per_s (the same loops\n"
           "with no channel, in turn with them: what CPython allows) and py_vs_no_channel,\n"
           "py_batch_vs_no_channel; pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, copy_100mb_ms,\n"
-          "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_batch_items_per_s;\n"
+          "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_msgs_per_s_receiver_waits, cpp_batch_items_per_s;\n"
           "load_avg_1m_start/_end (other work on the machine skews every figure); cpu_stolen_pct\n"
           "and *_cpu_stolen_pct, the share of the CPU time a hypervisor took (steal in /proc/stat:\n"
           "on a VM whose host is busy, every figure drops with it).\n"
