@@ -394,7 +394,11 @@ registry& the_registry() {
 }  // namespace
 
 channel_core::channel_core(std::size_t capacity, std::string name)
-    : ring_(capacity), id_(next_channel_id.fetch_add(1)), name_(std::move(name)) {}
+    : ring_(capacity), id_(next_channel_id.fetch_add(1)), name_(std::move(name)) {
+  // The first channel of the process registers the asymmetric fence (10-15 ms, once) here,
+  // not mid-stream when a side is first biased (see park.hpp).
+  (void)asymmetric_fence_available();
+}
 
 channel_core::~channel_core() {
   if (!name_.empty()) {

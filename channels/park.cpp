@@ -88,16 +88,21 @@ void unpark(std::atomic<std::uint32_t>&, int) noexcept {
 
 namespace {
 long membarrier(int cmd) noexcept { return ::syscall(SYS_membarrier, cmd, 0, 0); }
+std::atomic<bool> fence_checked{false};  ///< set once asymmetric_fence_available() has checked
 }  // namespace
 
 bool asymmetric_fence_available() noexcept {
   static const bool ok = [] {
     const long cmds = membarrier(MEMBARRIER_CMD_QUERY);
-    if (cmds < 0 || (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return false;
-    return membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0;
+    const bool registered = cmds >= 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
+                            membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0;
+    fence_checked.store(true, std::memory_order_release);
+    return registered;
   }();
   return ok;
 }
+
+bool asymmetric_fence_checked() noexcept { return fence_checked.load(std::memory_order_acquire); }
 
 void asymmetric_fence() noexcept {
   // Cannot fail once registered (EINTR is not among its errors); a failure here would break
@@ -108,6 +113,7 @@ void asymmetric_fence() noexcept {
 #else
 
 bool asymmetric_fence_available() noexcept { return false; }
+bool asymmetric_fence_checked() noexcept { return true; }  // nothing to register
 void asymmetric_fence() noexcept { std::abort(); }
 
 #endif

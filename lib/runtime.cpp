@@ -3,6 +3,7 @@
 #include "python.hpp"
 
 #include "module.hpp"
+#include "park.hpp"
 #include "pyexec.hpp"
 #include "state.hpp"
 #include "workarounds.hpp"
@@ -41,6 +42,10 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
         "isola::runtime: CPython was already initialised by someone else in this process; "
         "isola must own the interpreter's lifetime, so do not call Py_Initialize yourself");
   }
+  // Channels need the asymmetric fence (channels/park.hpp). Registering it now, while the
+  // process most likely has one thread, takes microseconds; once other threads exist the
+  // kernel takes 10-15 ms (an RCU grace period).
+  (void)detail::asymmetric_fence_available();
   auto log = logger("isola.runtime");
 
   detail::add_isola_to_inittab();

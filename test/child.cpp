@@ -11,9 +11,13 @@
 //                        runtime must end it at shutdown (its atexit handler writes FILE)
 //   main-threading       another thread attaches to the main interpreter and imports threading
 //                        there first; then the runtime ends (nothing may be reported at exit)
+//   first-channel-fence  whether the asymmetric fence was checked before and after the
+//                        process's first channel is made, and whether the channel works
 #include <Python.h>
 
 #include <isola/isola.hpp>
+
+#include "park.hpp"  // asymmetric_fence_checked
 
 #include <algorithm>
 #include <atomic>
@@ -109,6 +113,21 @@ int second_runtime() {
   } catch (const std::logic_error& e) {
     say(std::string("after end: logic_error: ") + e.what());
   }
+  return 0;
+}
+
+int first_channel_fence() {
+  say(std::string("checked before: ") + (isola::detail::asymmetric_fence_checked() ? "1" : "0"));
+  isola::channel ch(8);
+  say(std::string("checked after: ") + (isola::detail::asymmetric_fence_checked() ? "1" : "0"));
+  for (std::int64_t i = 0; i < 1000; ++i) {
+    if (!ch.send(isola::message(i))) say("send failed");
+    auto m = ch.recv();
+    if (!m || std::get<std::int64_t>(std::get<isola::value>(m->payload).data()) != i) {
+      say("recv failed");
+    }
+  }
+  say("moved: 1000");
   return 0;
 }
 
@@ -234,6 +253,7 @@ int main(int argc, char* argv[]) {
     if (args.size() == 1 && args[0] == "finalizing-attach") return finalizing_attach();
     if (args.size() == 2 && args[0] == "destroy-attached") return destroy_attached(args[1]);
     if (args.size() == 1 && args[0] == "main-threading") return main_threading();
+    if (args.size() == 1 && args[0] == "first-channel-fence") return first_channel_fence();
     if (args.size() == 4 && args[0] == "teardown") {
       return teardown(args[1], std::stoi(args[2]), args[3]);
     }
@@ -242,6 +262,7 @@ int main(int argc, char* argv[]) {
     return 3;
   }
   say("usage: isola_test_child lifo FILE | second-runtime | no-runtime | finalizing-attach | "
-      "teardown creation|reverse N CODE | destroy-attached FILE | main-threading");
+      "teardown creation|reverse N CODE | destroy-attached FILE | main-threading | "
+      "first-channel-fence");
   return 2;
 }
