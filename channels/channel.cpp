@@ -395,8 +395,8 @@ registry& the_registry() {
 
 channel_core::channel_core(std::size_t capacity, std::string name)
     : ring_(capacity), id_(next_channel_id.fetch_add(1)), name_(std::move(name)) {
-  // The first channel of the process registers the asymmetric fence (10-15 ms, once) here,
-  // not mid-stream when a side is first biased (see park.hpp).
+  // Registers the asymmetric fence if nothing has yet (isola::runtime does it first thing):
+  // here, not mid-stream when a side is first biased (see park.hpp).
   (void)asymmetric_fence_available();
 }
 

@@ -26,9 +26,10 @@ void unpark(std::atomic<std::uint32_t>& word, int count) noexcept;
 /// (std::atomic_signal_fence) and the rare path that pairs with it pays instead.
 /// - asymmetric_fence_available() says whether the kernel offers it (registration is done on
 ///   the first call); it is false under ThreadSanitizer, which cannot see such fences.
-///   Registering takes the kernel 10-15 ms (measured on a 2-core KVM machine), so every
-///   channel calls it when it is made: the first channel of the process pays it there, rather
-///   than a stream of items at the operation that first biases a side.
+///   Registering takes the kernel 10-15 ms once the process has other threads (microseconds
+///   with one), so isola::runtime calls it first thing and every channel calls it when it is
+///   made: the cost never falls on a stream of items, at the operation that first biases a
+///   side.
 /// - asymmetric_fence_checked(): whether that first call has completed (for tests).
 /// - asymmetric_fence() must only be called when it is available.
 bool asymmetric_fence_available() noexcept;

@@ -1249,9 +1249,14 @@ PyMethodDef channel_functions[] = {
      "list (or other iterable) of channels; a channel on its own is refused with TypeError."},
     {nullptr, nullptr, 0, nullptr}};
 
+// A new exception class isola.<name> (a new reference; nullptr with an exception set).
+PyObject* new_exception(const char* name, const char* doc, PyObject* base) {
+  const std::string full = std::string("isola.") + name;
+  return PyErr_NewExceptionWithDoc(full.c_str(), doc, base, nullptr);
+}
+
 int add_exception(PyObject* m, const char* name, const char* doc, PyObject* base) {
-  std::string full = std::string("isola.") + name;
-  PyObject* e = PyErr_NewExceptionWithDoc(full.c_str(), doc, base, nullptr);
+  PyObject* e = new_exception(name, doc, base);
   if (e == nullptr) return -1;
   return module_add(m, name, e);
 }
@@ -1290,16 +1295,18 @@ int make_queue_exceptions(PyObject* m) {
         pair{"QueueFull", "ChannelFull", "Full",
              "No room is available (subclass of queue.Full, as in PEP 734)."}}) {
     PyObject* dict = PyModule_GetDict(m);  // borrowed
-    PyObject* have = PyDict_GetItemString(dict, p.name);  // borrowed
-    if (have == nullptr) have = PyDict_GetItemString(dict, p.alias);
-    if (have == nullptr) {
+    PyObject* found = PyDict_GetItemString(dict, p.name);  // borrowed
+    if (found == nullptr) found = PyDict_GetItemString(dict, p.alias);
+    py::object exc = py::borrow(found);
+    if (!exc) {
       py::object base = py::steal(PyObject_GetAttrString(queue.get(), p.base));
-      if (!base || add_exception(m, p.name, p.doc, base.get()) < 0) return -1;
-      have = PyDict_GetItemString(dict, p.name);
-      if (have == nullptr) return -1;
+      if (!base) return -1;
+      exc = py::steal(new_exception(p.name, p.doc, base.get()));
+      if (!exc) return -1;
     }
     for (const char* n : {p.name, p.alias}) {
-      if (PyDict_GetItemString(dict, n) == nullptr && PyModule_AddObjectRef(m, n, have) < 0) {
+      if (PyDict_GetItemString(dict, n) == nullptr &&
+          PyModule_AddObjectRef(m, n, exc.get()) < 0) {
         return -1;
       }
     }

@@ -67,17 +67,20 @@ PyObject* log(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
-const lazy_attribute* find_lazy(std::string_view name) {
+// Calls f(const lazy_attribute&) for every part's lazy attributes until it returns true;
+// returns that attribute, or nullptr.
+template <typename F>
+const lazy_attribute* find_lazy_if(F&& f) {
   for (const auto& part : parts()) {
     for (const lazy_attribute* a = part.lazy; a != nullptr && a->name != nullptr; ++a) {
-      if (name == a->name) return a;
+      if (f(*a)) return a;
     }
   }
   return nullptr;
 }
 
-// Module-level __getattr__ (PEP 562): called only for names the module's dict lacks, so an
-// attribute made once is found directly from then on.
+// Module-level __getattr__ (PEP 562): called for names the module's dict lacks. `make`
+// adds what is missing (and leaves what is there), so the attribute is then in the dict.
 PyObject* module_getattr(PyObject* m, PyObject* name) {
   if (!PyUnicode_Check(name)) {
     PyErr_Format(PyExc_TypeError, "attribute name must be str, not %s", Py_TYPE(name)->tp_name);
@@ -86,41 +89,32 @@ PyObject* module_getattr(PyObject* m, PyObject* name) {
   Py_ssize_t size = 0;
   const char* utf8 = PyUnicode_AsUTF8AndSize(name, &size);
   if (utf8 == nullptr) return nullptr;
-  const lazy_attribute* a = find_lazy(std::string_view(utf8, static_cast<size_t>(size)));
+  const std::string_view wanted(utf8, static_cast<size_t>(size));
+  const lazy_attribute* a = find_lazy_if([&](const lazy_attribute& l) { return wanted == l.name; });
   if (a == nullptr) {
     PyErr_Format(PyExc_AttributeError, "module 'isola' has no attribute %R", name);
     return nullptr;
   }
-  PyObject* dict = PyModule_GetDict(m);  // borrowed
-  PyObject* value = PyDict_GetItemWithError(dict, name);  // borrowed
-  if (value == nullptr) {
-    if (PyErr_Occurred() || a->make(m) < 0) return nullptr;
-    value = PyDict_GetItemWithError(dict, name);
-    if (value == nullptr) {
-      if (!PyErr_Occurred()) {
-        PyErr_Format(PyExc_RuntimeError, "isola: making attribute %R did not add it", name);
-      }
-      return nullptr;
-    }
+  if (a->make(m) < 0) return nullptr;
+  PyObject* value = PyDict_GetItemWithError(PyModule_GetDict(m), name);  // borrowed
+  if (value == nullptr && !PyErr_Occurred()) {
+    PyErr_Format(PyExc_RuntimeError, "isola: making attribute %R did not add it", name);
   }
-  return Py_NewRef(value);
+  return Py_XNewRef(value);
 }
 
 // Module-level __dir__: the dict's names plus the lazy ones not made yet.
 PyObject* module_dir(PyObject* m, PyObject*) {
   py::object names = py::steal(PyDict_Keys(PyModule_GetDict(m)));
   if (!names) return nullptr;
-  for (const auto& part : parts()) {
-    for (const lazy_attribute* a = part.lazy; a != nullptr && a->name != nullptr; ++a) {
-      py::object n = py::steal(PyUnicode_FromString(a->name));
-      if (!n) return nullptr;
-      int present = PySequence_Contains(names.get(), n.get());
-      if (present < 0 || (present == 0 && PyList_Append(names.get(), n.get()) < 0)) {
-        return nullptr;
-      }
-    }
-  }
-  if (PyList_Sort(names.get()) < 0) return nullptr;
+  bool failed = false;
+  find_lazy_if([&](const lazy_attribute& l) {
+    py::object n = py::steal(PyUnicode_FromString(l.name));
+    const int present = n ? PySequence_Contains(names.get(), n.get()) : -1;
+    failed = present < 0 || (present == 0 && PyList_Append(names.get(), n.get()) < 0);
+    return failed;
+  });
+  if (failed || PyList_Sort(names.get()) < 0) return nullptr;
   return names.release();
 }
 

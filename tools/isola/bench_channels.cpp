@@ -714,13 +714,12 @@ double cpp_one_thread_ns(std::size_t rounds) {
   return (c1 - c0) * 1e9 / static_cast<double>(rounds * cost_loop);
 }
 
-/// How a C++ single-item run starts. A sender and a receiver of about the same speed settle
-/// into whichever state they start in (docs/channels-performance.md, "Head probes on a faster
-/// machine"), so each run fixes it rather than leaving it to thread start-up:
-/// - ring_full: the receiver starts once the sender has filled the ring; from then on the
-///   sender waits for room and fills runs of freed slots;
-/// - receiver_waiting: the sender starts once the receiver is waiting; a receiver that keeps
-///   up then waits for items, paced (recv_pacer).
+/// How a C++ single-item run starts, fixed rather than left to thread start-up, so that runs
+/// are alike (docs/channels-performance.md, "Head probes on a faster machine"; measured, the
+/// two starts give the same figure within a few percent, and which side then waits depends
+/// on the build):
+/// - ring_full: the receiver starts once the sender has filled the ring;
+/// - receiver_waiting: the sender starts once the receiver is about to receive.
 enum class cpp_start { ring_full, receiver_waiting };
 
 /// Messages per second, one sending and one receiving thread, single-item send()/recv().
@@ -1097,12 +1096,10 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
         "read the last byte");
   r.add("cpp_msgs_per_s", cpp.median, "msgs/s", 0,
         fmt::format("C++ thread to C++ thread, isola::channel send/recv of int messages, {} "
-                    "(median of {}); the receiver starts once the ring is full, so the "
-                    "sender is the one that waits",
+                    "(median of {}); the receiver starts once the ring is full",
                     o.cpp_messages, o.repeat));
   r.add("cpp_msgs_per_s_receiver_waits", cpp_receiver_waits.median, "msgs/s", 0,
-        "the same, with the sender starting once the receiver waits, so the receiver is the "
-        "one that waits (paced)");
+        "the same, with the sender starting once the receiver is waiting for items");
   r.add("cpp_cores_used", cpp.cores, "", 2, "time both threads ran / wall time");
   r.add("cpp_cores_waiting", cpp.waiting, "", 2, "time both threads waited for a CPU / wall time");
   r.add("cpp_cpu_stolen_pct", cpp.stolen, "%", 1, "the same for the C++ single-item runs");
@@ -1168,7 +1165,9 @@ bench_suite_registrar channels_suite({
           "(and _best); py_no_channel_per_s_int, py_batch_no_channel_per_s (the same loops\n"
           "with no channel, in turn with them: what CPython allows) and py_vs_no_channel,\n"
           "py_batch_vs_no_channel; pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, copy_100mb_ms,\n"
-          "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s, cpp_msgs_per_s_receiver_waits, cpp_batch_items_per_s;\n"
+          "copy_vs_zero_copy, cpython_queue_100mb_ms; cpp_msgs_per_s (the receiver starting\n"
+          "once the ring is full), cpp_msgs_per_s_receiver_waits (the sender starting once the\n"
+          "receiver waits), cpp_batch_items_per_s;\n"
           "load_avg_1m_start/_end (other work on the machine skews every figure); cpu_stolen_pct\n"
           "and *_cpu_stolen_pct, the share of the CPU time a hypervisor took (steal in /proc/stat:\n"
           "on a VM whose host is busy, every figure drops with it).\n"
