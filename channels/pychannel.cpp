@@ -207,7 +207,7 @@ bool wait_released(PyObject* module, Op&& op, channel_timeout timeout, Result& r
     }
     // Deliver it now rather than at the next bytecode: clear the pending async exception.
     PyThreadState_SetAsyncExc(PyThread_get_thread_ident(), nullptr);
-    PyObject* exc = PyDict_GetItemString(PyEval_GetBuiltins(), type.c_str());
+    PyObject* exc = find_exception_class(type);
     PyErr_SetNone(exc != nullptr ? exc : PyExc_KeyboardInterrupt);
     return false;
   };

@@ -1,10 +1,14 @@
 // interp_host: create, enter, interrupt and end one interpreter on its worker thread.
 #include "host.hpp"
 
+#include "guest.hpp"
 #include "pyexec.hpp"
 #include "workarounds.hpp"
 
 #include <isola/log.hpp>
+
+#include <thread>
+#include <vector>
 
 namespace isola::detail {
 namespace {
@@ -44,11 +48,113 @@ void set_up_interpreter(const interpreter_config& config) {
   auto sleep = py::getattr(isola_mod.get(), "_sleep");
   auto time_mod = py::import("time");
   py::check_zero(PyObject_SetAttrString(time_mod.get(), "sleep", sleep.get()));
+  guard_process(config);
+}
+
+/// What end() says about a thread the interpreter's code left running.
+struct left_thread {
+  unsigned long ident = 0;
+  bool daemon = true;  ///< daemon threading threads, and threads threading does not know
+  std::string text;    ///< "'Thread-1 (work)' in work (job.py:12)"
+};
+
+// Describes threads by ident (GIL held): name and daemon flag from threading, if imported (a
+// thread it does not know, started with _thread or by C code, counts as a daemon, as CPython
+// does not wait for it either), and the innermost frame outside threading.py.
+constexpr const char* describe_threads_source = R"py(
+def describe(idents):
+    import sys
+    threading = sys.modules.get('threading')
+    active = getattr(threading, '_active', None) or {}
+    frames = sys._current_frames()
+    out = []
+    for ident in idents:
+        t = active.get(ident)
+        if t is None:
+            name, daemon = f'thread {ident} (not a threading.Thread)', True
+        else:
+            name, daemon = repr(t.name) + (' (daemon)' if t.daemon else ''), t.daemon
+        f = frames.get(ident)
+        where = f
+        while where is not None and where.f_code.co_filename.endswith('threading.py'):
+            where = where.f_back
+        where = where or f
+        if where is not None:
+            code = where.f_code
+            name += f' in {code.co_name} ({code.co_filename}:{where.f_lineno})'
+        out.append((ident, daemon, name))
+    return out
+)py";
+
+std::vector<left_thread> describe_threads(const std::vector<unsigned long>& idents) {
+  std::vector<left_thread> out;
+  try {
+    with_python_errors([&] {
+      auto g = py::check(PyDict_New());
+      py::check_zero(PyDict_SetItemString(g.get(), "__builtins__", PyEval_GetBuiltins()));
+      run_source(describe_threads_source, "<isola>", Py_file_input, g.get());
+      auto ids = py::check(PyList_New(0));
+      for (auto id : idents) {
+        py::check_zero(PyList_Append(ids.get(), py::check(PyLong_FromUnsignedLong(id)).get()));
+      }
+      PyObject* fn = PyDict_GetItemString(g.get(), "describe");  // borrowed
+      if (fn == nullptr) py::raise(PyExc_RuntimeError, "describe() missing");
+      auto r = py::check(PyObject_CallOneArg(fn, ids.get()));
+      for (Py_ssize_t i = 0; i < PyList_GET_SIZE(r.get()); ++i) {
+        PyObject* t = PyList_GET_ITEM(r.get(), i);
+        left_thread lt;
+        lt.ident = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(t, 0));
+        lt.daemon = PyObject_IsTrue(PyTuple_GET_ITEM(t, 1)) == 1;
+        lt.text = py::to_string(PyTuple_GET_ITEM(t, 2));
+        out.push_back(std::move(lt));
+      }
+    });
+  } catch (const std::exception& e) {
+    // Guest code can break what describe() relies on (threading._active, say): the threads
+    // are still ended, just described by ident.
+    out.clear();
+    for (auto id : idents) out.push_back({id, true, "thread " + std::to_string(id)});
+  }
+  return out;
+}
+
+std::string join_texts(const std::vector<left_thread>& threads) {
+  std::string s;
+  for (const auto& t : threads) s += (s.empty() ? "" : ", ") + t.text;
+  return s;
+}
+
+// The other thread states of `ts`'s interpreter (GIL held): the check Py_EndInterpreter makes
+// before it aborts with "not the last thread".
+std::vector<unsigned long> other_threads(PyThreadState* ts) {
+  std::vector<unsigned long> out;
+  for (PyThreadState* t = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(ts));
+       t != nullptr; t = PyThreadState_Next(t)) {
+    if (t != ts) out.push_back(t->thread_id);
+  }
+  return out;
 }
 
 }  // namespace
 
 sleep_slot* current_sleep_slot() noexcept { return this_thread_sleep_slot; }
+
+PyObject* find_exception_class(std::string_view name) noexcept {
+  PyObject* found = nullptr;  // borrowed
+  if (auto dot = name.rfind('.'); dot == std::string_view::npos) {
+    found = PyDict_GetItemString(PyEval_GetBuiltins(), std::string(name).c_str());
+  } else {
+    py::object mod_name = py::steal(
+        PyUnicode_FromStringAndSize(name.data(), static_cast<Py_ssize_t>(dot)));
+    py::object mod = mod_name ? py::steal(PyImport_GetModule(mod_name.get())) : py::object{};
+    if (mod) {
+      py::object cls = py::steal(PyObject_GetAttrString(mod.get(), std::string(name.substr(dot + 1)).c_str()));
+      found = cls.get();  // kept alive by the module
+    }
+  }
+  if (PyErr_Occurred()) PyErr_Clear();
+  return found != nullptr && PyExceptionClass_Check(found) ? found : nullptr;
+}
 
 interp_host::interp_host(const interpreter_config& config) : config_(config) {
   state_ = std::make_shared<interp_state>();
@@ -105,31 +211,88 @@ void interp_host::create() {
   PyEval_SaveThread();
 }
 
-void interp_host::end() {
-  if (tstate_ == nullptr) return;
+bool interp_host::end(const std::function<void()>& on_abandon) {
+  if (tstate_ == nullptr) return true;
   {
     std::unique_lock lock(state_->mu);
     if (state_->phase == interp_phase::running) state_->phase = interp_phase::closing;
     wait_for_guards(*state_, lock);
+    state_->phase = interp_phase::ending;  // from here on nothing attaches, not even interrupts
   }
-  std::unique_lock<std::mutex> serial(lifecycle_mutex(), std::defer_lock);
-  if (serialise_lifecycle) serial.lock();
+  stop_waits(*state_);  // its threads' channel waits end (ChannelClosed)
   PyEval_RestoreThread(tstate_);
   run_at_end(*state_);
+  end_threads(on_abandon);
+  // On 3.12, ends are serialised with creations, which take the main GIL: a shared-GIL
+  // interpreter must not hold it while it waits for them.
+  std::unique_lock<std::mutex> serial(lifecycle_mutex(), std::defer_lock);
+  if (serialise_lifecycle) {
+    PyEval_SaveThread();
+    serial.lock();
+    PyEval_RestoreThread(tstate_);
+  }
   Py_EndInterpreter(tstate_);  // needs the GIL; leaves no thread state current
   tstate_ = nullptr;
   this_thread_sleep_slot = nullptr;
+  bool abandoned = false;
   {
     std::lock_guard lock(state_->mu);
+    abandoned = state_->abandoned;
     state_->phase = interp_phase::closed;
     state_->interp = nullptr;
     state_->cv.notify_all();
   }
   unregister_interp(state_.get());
+  if (abandoned) logger("isola.interp")->warn("[interp {}] the abandoned {} has ended", state_->id, state_->label());
+  return !abandoned;
 }
 
-void interp_host::task_started(std::uint64_t task_id) noexcept {
-  running_task_ = task_id;
+bool interp_host::end_threads(const std::function<void()>& on_abandon) {
+  using clock = std::chrono::steady_clock;
+  auto log = logger("isola.interp");
+  const auto join_deadline = clock::now() + config_.end_timeout;
+  clock::time_point grace_deadline{};
+  bool waiting_logged = false, interrupted = false, abandoned = false;
+  for (;;) {
+    const auto idents = other_threads(tstate_);
+    if (idents.empty()) return !abandoned;
+    const auto threads = describe_threads(idents);
+    const auto now = clock::now();
+    if (!interrupted) {
+      const bool non_daemon =
+          std::any_of(threads.begin(), threads.end(), [](const auto& t) { return !t.daemon; });
+      if (non_daemon && now < join_deadline) {
+        if (!waiting_logged) {
+          waiting_logged = true;
+          log->warn("[interp {}] ending waits up to {:.1f} s for {} thread(s) its code left "
+                    "running: {}",
+                    state_->id, std::chrono::duration<double>(config_.end_timeout).count(),
+                    threads.size(), join_texts(threads));
+        }
+      } else {
+        log->warn("[interp {}] ending: raising SystemExit in {} thread(s) its code left running: {}",
+                  state_->id, threads.size(), join_texts(threads));
+        for (const auto& t : threads) PyThreadState_SetAsyncExc(t.ident, PyExc_SystemExit);
+        wake_sleeps(*state_);
+        interrupted = true;
+        grace_deadline = now + config_.end_grace;
+      }
+    } else if (!abandoned && now >= grace_deadline) {
+      abandoned = true;
+      abandon_interp(state_, std::to_string(threads.size()) +
+                                 " thread(s) its code left running did not stop on SystemExit "
+                                 "within end_grace: " + join_texts(threads));
+      if (on_abandon) on_abandon();
+    }
+    PyEval_SaveThread();
+    std::this_thread::sleep_for(abandoned ? std::chrono::milliseconds(100)
+                                          : std::chrono::milliseconds(5));
+    PyEval_RestoreThread(tstate_);
+  }
+}
+
+void interp_host::task_started(std::uint64_t token) noexcept {
+  running_task_ = token;
   std::lock_guard lock(sleep_.mu);
   sleep_.interrupted = false;
 }
@@ -141,18 +304,18 @@ void interp_host::task_finished() noexcept {
   PyErr_Clear();
 }
 
-bool interp_host::interrupt(std::string_view type, std::uint64_t task_id) {
-  auto guard = attach(interpreter_handle(state_));
+bool interp_host::interrupt(std::string_view type, std::uint64_t token) {
+  auto guard = attach_internal(interpreter_handle(state_), true);
   if (!guard) return false;
   return with_python_errors([&] {
-    PyObject* builtins = PyEval_GetBuiltins();  // borrowed
-    PyObject* exc = PyDict_GetItemString(builtins, std::string(type).c_str());
-    if (exc == nullptr || !PyExceptionClass_Check(exc)) {
+    PyObject* exc = find_exception_class(type);
+    if (exc == nullptr) {
       throw std::invalid_argument("interrupt: '" + std::string(type) +
-                                  "' is not a builtin exception type");
+                                  "' is not an exception class (a builtin name such as "
+                                  "'KeyboardInterrupt', or 'isola.TaskTimeout')");
     }
     if (running_task_ == 0 || PyThread_get_thread_ident() == ident_) return false;
-    if (task_id != 0 && running_task_ != task_id) return false;
+    if (token != 0 && running_task_ != token) return false;
     if (PyThreadState_SetAsyncExc(ident_, exc) == 0) return false;
     {
       std::lock_guard lock(sleep_.mu);

@@ -29,6 +29,15 @@ interpreter_config interpreter_config::legacy() {
   c.allow_exec = true;
   c.allow_daemon_threads = true;
   c.check_multi_interp_extensions = false;
+  c.allow_os_exit = true;
+  return c;
+}
+
+interpreter_config interpreter_config::shared_gil() {
+  interpreter_config c;
+  c.gil = gil_mode::shared;
+  c.use_main_obmalloc = true;
+  c.check_multi_interp_extensions = false;
   return c;
 }
 
@@ -44,6 +53,9 @@ std::string interpreter_config::validate() const {
   }
   if (allow_daemon_threads && !allow_threads) {
     return "interpreter_config: allow_daemon_threads needs allow_threads=true";
+  }
+  if (end_timeout.count() < 0 || end_grace.count() < 0) {
+    return "interpreter_config: end_timeout and end_grace must not be negative";
   }
   return {};
 }

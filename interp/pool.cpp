@@ -1,10 +1,13 @@
 // isola::pool: N interpreter workers fed by one bounded lock-free queue (Boost.Lockfree).
 // Idle workers park on a futex (C++20 atomic wait) after a short spin; a watchdog thread
-// enforces timeouts, first by raising TimeoutError in the task, then by replacing an
-// interpreter that stays stuck.
+// enforces timeouts, first by raising isola.TaskTimeout in the task, then by replacing an
+// interpreter that stays stuck; it also bounds how long an interpreter may take to end or a
+// replacement to be created, and abandons workers that pass those bounds.
 #include "python.hpp"
 
+#include "guest.hpp"
 #include "host.hpp"
+#include "module.hpp"
 #include "pyexec.hpp"
 #include "value_codec.hpp"
 
@@ -19,6 +22,7 @@
 #include <atomic>
 #include <deque>
 #include <map>
+#include <optional>
 #include <semaphore>
 #include <thread>
 
@@ -45,6 +49,15 @@ struct pool_task {
   std::vector<std::pair<std::string, value>> kwargs;
   std::chrono::milliseconds timeout{0};
   int pinned = -1;
+  /// Names the running task to interrupts: its id, then a fresh one each time the task re-arms
+  /// its deadline (isola._set_deadline), so that an interrupt meant for the old deadline is
+  /// dropped. Written by the worker with the GIL held.
+  std::atomic<std::uint64_t> token{0};
+  /// The runtime's shutdown raised SystemExit in it: it fails with errc::runtime_finalizing.
+  std::atomic<bool> stopped_by_runtime{false};
+  /// The length of the deadline armed last (its own timeout, or _set_deadline's), for the
+  /// TimeoutError message.
+  std::atomic<std::int64_t> armed_ms{0};
 
   /// queued -> running -> finished, or queued -> finished (cancelled or dropped before it
   /// ran), or running -> cancelling -> finished (cancel() of a running task).
@@ -122,8 +135,26 @@ struct pool_worker : std::enable_shared_from_this<pool_worker> {
   std::thread thread;
   std::atomic<bool> abandoned{false};
   std::atomic<bool> exited{false};
+  std::atomic<bool> created{false};  ///< its first interpreter exists
   std::unique_ptr<interp_host> host;
   std::mutex host_mu;  ///< guards `host` replacement (recycling) against interrupters
+  std::mutex current_mu;
+  std::weak_ptr<pool_task> current;  ///< the task it runs, if any (guarded by current_mu)
+};
+
+/// What isola._set_deadline needs: the task running on this thread, in which pool.
+struct run_context {
+  pool_impl* pool = nullptr;
+  pool_worker* worker = nullptr;
+  pool_task* task = nullptr;
+};
+thread_local run_context* current_run = nullptr;
+
+/// How shutdown treats work in progress.
+enum class stop_mode {
+  finish,             ///< queued tasks run, running ones finish (shutdown())
+  cancel_queued,      ///< queued tasks fail with errc::cancelled (shutdown(true))
+  interrupt_running,  ///< as cancel_queued, and SystemExit in running tasks (runtime shutdown)
 };
 
 class pool_impl : public std::enable_shared_from_this<pool_impl> {
@@ -134,7 +165,10 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   void start();
   void enqueue(const std::shared_ptr<pool_task>& t, bool wait_for_room);
   bool cancel(const std::shared_ptr<pool_task>& t);
-  void shutdown(bool cancel_pending);
+  bool interrupt(const std::shared_ptr<pool_task>& t, std::string_view exception_type);
+  void shutdown(stop_mode mode);
+  /// isola._set_deadline: re-arms the running task's deadline (see the function's doc).
+  void set_deadline(run_context& c, std::optional<std::chrono::nanoseconds> in);
   pool_stats stats() const;
   std::size_t size() const noexcept { return slots_.size(); }
   std::uint64_t next_task_id() noexcept { return ++task_ids_; }
@@ -148,10 +182,19 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   void run_task(pool_worker& w, const std::shared_ptr<pool_task>& t);
   void ring(int slot);
   void wake_one();
-  void interrupt_async(const std::shared_ptr<pool_worker>& w, std::uint64_t task_id,
+  void wake_for_tombstone(const pool_task& t);
+  void interrupt_async(const std::shared_ptr<pool_worker>& w, std::uint64_t token,
                        std::string type);
   void watchdog_main();
   void declare_broken(const std::shared_ptr<pool_worker>& w, const std::shared_ptr<pool_task>& t);
+  /// Gives up on a worker whose interpreter did not end or get created in time: it stops
+  /// counting for shutdown, its interpreter is abandoned, and the slot gets a new worker if
+  /// work may still need it. False if it had exited or was abandoned already.
+  bool abandon_worker(const std::shared_ptr<pool_worker>& w, const std::string& why);
+  /// Ends the worker's interpreter (bounded, watched by the watchdog).
+  void end_interpreter(const std::shared_ptr<pool_worker>& w);
+  /// With workers_mu_ held: whether a slot that lost its worker needs a new one.
+  bool slot_needs_worker(int slot) const;
   void worker_exited(pool_worker& w);
   void slot_died(int slot, const std::string& why);
   bool fail_unstarted(const std::shared_ptr<pool_task>& t, errc code, const std::string& msg);
@@ -185,20 +228,30 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   /// instead of running it (else a worker freed just then could start a task shutdown(true)
   /// promised to cancel).
   std::atomic<bool> cancelling_{false};
+  std::atomic<bool> stopped_by_runtime_{false};  ///< set with cancelling_ by the runtime's stop
   /// The error message of a queued task that shutdown(true) cancelled.
   static constexpr const char* cancelled_by_shutdown = "pool shut down before the task ran";
   std::atomic<bool> shut_down_{false};
   std::mutex shutdown_mu_;
   std::atomic<std::uint64_t> submitted_{0}, completed_{0}, not_run_{0};
 
-  // Watchdog: deadlines of running tasks.
+  // Watchdog: deadlines of running tasks, of interpreters ending, of replacements starting.
+  enum class watch {
+    task,      ///< the task's deadline: raise isola.TaskTimeout in it
+    grace,     ///< TaskTimeout (or SystemExit) was raised: declare the interpreter broken
+    ending,    ///< the worker ends its interpreter: abandon it if still ending
+    creating,  ///< a replacement is being created: abandon it if not created yet
+  };
   struct deadline_entry {
     std::weak_ptr<pool_worker> worker;
     std::weak_ptr<pool_task> task;
-    std::uint64_t task_id;
+    const pool_task* task_ptr;  ///< identity only, for finding a task's entries
+    std::uint64_t token;
     int slot;
-    bool grace;  ///< second stage: TimeoutError already raised
+    watch kind;
   };
+  void watch_locked(std::chrono::steady_clock::time_point when, deadline_entry e);
+  void unwatch_task_locked(const pool_task* t);
   std::mutex wd_mu_;
   std::condition_variable wd_cv_;
   std::multimap<std::chrono::steady_clock::time_point, deadline_entry> deadlines_;
@@ -236,7 +289,7 @@ pool_impl::pool_impl(pool_options o)
   workers_.resize(options_.size);
 }
 
-pool_impl::~pool_impl() { shutdown(false); }
+pool_impl::~pool_impl() { shutdown(stop_mode::finish); }
 
 void pool_impl::start() {
   std::vector<std::promise<void>> started(slots_.size());
@@ -265,29 +318,41 @@ void pool_impl::start() {
   }
   watchdog_ = std::thread([this] { watchdog_main(); });
   if (first) {
-    shutdown(true);
+    shutdown(stop_mode::cancel_queued);
     std::rethrow_exception(first);
   }
 }
 
 // With workers_mu_ held. The thread owns a reference to the pool, so a worker left behind
-// (stuck in C code) never touches a freed pool when it returns.
+// (stuck in C code) never touches a freed pool when it returns. A replacement (no `started`)
+// is watched: if the interpreters share a GIL that a stuck one holds, its creation never
+// finishes, and nothing may wait for it.
 void pool_impl::spawn_locked(int slot, std::promise<void>* started) {
   auto w = std::make_shared<pool_worker>();
   w->slot = slot;
   w->host = std::make_unique<interp_host>(config_);
   workers_[slot] = w;
+  if (started == nullptr) {
+    std::lock_guard lock(wd_mu_);
+    watch_locked(std::chrono::steady_clock::now() + options_.grace_period,
+                 deadline_entry{w, {}, nullptr, 0, slot, watch::creating});
+  }
   w->thread = std::thread(
       [self = shared_from_this(), w, started] { self->worker_main(w, started); });
+}
+
+bool pool_impl::slot_needs_worker(int slot) const {
+  return !stopping_.load() || slots_[slot]->pinned_count.load() != 0 || in_shared_.load() != 0;
 }
 
 void pool_impl::init_interpreter(pool_worker& w) {
   w.host->create();
   auto& s = *slots_[w.slot];
   s.interpreter_id = w.host->state()->id;
-  // The runtime ends the whole pool (cancelling queued work) if it is destroyed first.
+  // The runtime ends the whole pool (cancelling queued work, interrupting running tasks) if it
+  // is destroyed first.
   w.host->state()->closer = [weak = weak_from_this()] {
-    if (auto p = weak.lock()) p->shutdown(true);
+    if (auto p = weak.lock()) p->shutdown(stop_mode::interrupt_running);
   };
   if (options_.init_code.empty() && options_.init_call.empty()) return;
   w.host->enter();
@@ -318,6 +383,17 @@ void pool_impl::worker_exited(pool_worker& w) {
   workers_cv_.notify_all();
 }
 
+void pool_impl::end_interpreter(const std::shared_ptr<pool_worker>& w) {
+  {
+    std::lock_guard lock(wd_mu_);
+    watch_locked(std::chrono::steady_clock::now() + w->host->end_budget(),
+                 deadline_entry{w, {}, nullptr, 0, w->slot, watch::ending});
+  }
+  w->host->end([this, w] {
+    abandon_worker(w, "threads its code left running did not stop when it ended");
+  });
+}
+
 void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<void>* started) {
   try {
     init_interpreter(*w);
@@ -339,7 +415,13 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
     worker_exited(*w);
     return;
   }
+  w->created = true;
   if (started != nullptr) started->set_value();
+  if (w->abandoned) {  // created too late: a new worker serves the slot already
+    end_interpreter(w);
+    worker_exited(*w);
+    return;
+  }
 
   std::size_t since_recycle = 0;
   auto& slot = *slots_[w->slot];
@@ -357,7 +439,8 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
       since_recycle = 0;
       auto old_id = w->host->state()->id;
       auto fresh = std::make_unique<interp_host>(config_);
-      w->host->end();
+      end_interpreter(w);
+      if (w->abandoned) break;  // the old one did not end in time; a new worker took over
       {
         std::lock_guard lock(w->host_mu);
         w->host = std::move(fresh);
@@ -377,7 +460,7 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
                   w->host->state()->id);
     }
   }
-  w->host->end();
+  if (w->host->created()) end_interpreter(w);
   worker_exited(*w);
 }
 
@@ -448,7 +531,11 @@ std::shared_ptr<pool_task> pool_impl::try_pop(pool_worker& w) {
     }
     room_.release();
     if (cancelling_.load()) {
-      fail_unstarted(t, errc::cancelled, cancelled_by_shutdown);
+      if (stopped_by_runtime_.load()) {
+        fail_unstarted(t, errc::runtime_finalizing, "the isola runtime shut down before the task ran");
+      } else {
+        fail_unstarted(t, errc::cancelled, cancelled_by_shutdown);
+      }
       continue;
     }
     // Claim it. Whoever moves a task out of `queued` (this CAS, cancel, a shutdown that
@@ -521,28 +608,38 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
   auto timeout = t->timeout.count() > 0 ? t->timeout : options_.default_timeout;
   auto t0 = std::chrono::steady_clock::now();
   t->started = t0;
+  {
+    std::lock_guard lock(w.current_mu);
+    w.current = t;
+  }
   bool has_deadline = timeout.count() > 0;
   if (has_deadline) {
+    t->armed_ms = timeout.count();
     std::lock_guard lock(wd_mu_);
-    auto it = deadlines_.emplace(
-        t0 + timeout, deadline_entry{w.weak_from_this(), t, t->id, w.slot, false});
-    if (it == deadlines_.begin()) wd_cv_.notify_one();
+    watch_locked(t0 + timeout,
+                 deadline_entry{w.weak_from_this(), t, t.get(), t->token.load(), w.slot, watch::task});
   }
 
   std::exception_ptr err;
   value result;
   w.host->enter();
-  w.host->task_started(t->id);
+  w.host->task_started(t->token.load());
+  run_context context{this, &w, t.get()};
+  current_run = &context;
   try {
     result = with_python_errors([&]() -> value {
       // An interrupt that reached us before task_started() found no task to hit; the flags
       // it set first are visible now (both sides hold this interpreter's GIL).
+      if (t->stopped_by_runtime.load()) {
+        PyErr_SetNone(PyExc_SystemExit);
+        throw py::error_already_set();
+      }
       if (t->phase.load() == cancelling) {
         PyErr_SetNone(PyExc_KeyboardInterrupt);
         throw py::error_already_set();
       }
       if (t->timed_out.load()) {
-        PyErr_SetNone(PyExc_TimeoutError);
+        PyErr_SetNone(find_exception_class(task_timeout_exception));
         throw py::error_already_set();
       }
       switch (t->kind) {
@@ -594,18 +691,18 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
   } catch (...) {
     err = std::current_exception();
   }
+  current_run = nullptr;
   w.host->task_finished();
   w.host->leave();
-
-  if (has_deadline) {
+  {
+    std::lock_guard lock(w.current_mu);
+    w.current.reset();
+  }
+  {
+    // The watchdog may have moved the entry to its grace stage, and the task may have re-armed
+    // its deadline (or set one without having had any): erase whatever is ours.
     std::lock_guard lock(wd_mu_);
-    // The watchdog may have moved the entry to its grace stage; erase whatever is ours.
-    for (auto it = deadlines_.begin(); it != deadlines_.end(); ++it) {
-      if (it->second.task_id == t->id) {
-        deadlines_.erase(it);
-        break;
-      }
-    }
+    unwatch_task_locked(t.get());
   }
   // declare_broken() may have delivered errc::timeout already; then it has counted the task
   // (and its busy time up to then).
@@ -618,6 +715,11 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
     ++slot.cancelled;
     ++slot.failed;
     err = make_error(errc::cancelled, "task cancelled while running");
+  } else if (err && t->stopped_by_runtime.load()) {
+    ++slot.failed;
+    err = make_error(errc::runtime_finalizing,
+                     "the isola runtime shut down while the task ran (SystemExit was raised in "
+                     "it)");
   } else if (err) {
     ++slot.failed;
     if (t->timed_out.load()) {
@@ -625,10 +727,12 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
       try {
         std::rethrow_exception(err);
       } catch (const python_error& e) {
-        if (e.type_name() == "TimeoutError" && e.message().empty()) {
+        // The task's TaskTimeout becomes the TimeoutError callers catch, with its traceback.
+        if (e.is(task_timeout_exception)) {
           err = std::make_exception_ptr(python_error(
-              e.type_name(), "task exceeded its timeout of " + std::to_string(timeout.count()) +
-                                 " ms and was interrupted",
+              "TimeoutError",
+              "task exceeded its timeout of " + std::to_string(t->armed_ms.load()) +
+                  " ms and was interrupted" + (e.message().empty() ? "" : " " + e.message()),
               e.traceback()));
         }
       } catch (...) {
@@ -673,6 +777,7 @@ void pool_impl::enqueue(const std::shared_ptr<pool_task>& t, bool wait_for_room)
     throw error(errc::shut_down, "cannot submit: the pool has been shut down");
   }
   t->id = next_task_id();
+  t->token = t->id;
   t->pool = weak_from_this();
   ++submitted_;
   ++queued_;
@@ -695,29 +800,88 @@ void pool_impl::enqueue(const std::shared_ptr<pool_task>& t, bool wait_for_room)
   }
 }
 
+void pool_impl::wake_for_tombstone(const pool_task& t) {
+  // A task failed while queued stays there as a tombstone holding room until a worker drops
+  // it: wake one.
+  if (t.pinned >= 0) {
+    ring(t.pinned);
+  } else {
+    wake_one();
+  }
+}
+
 bool pool_impl::cancel(const std::shared_ptr<pool_task>& t) {
   if (fail_unstarted(t, errc::cancelled, "task cancelled before it ran")) {
-    // It stays queued as a tombstone holding room until a worker drops it: wake one.
-    if (t->pinned >= 0) {
-      ring(t->pinned);
-    } else {
-      wake_one();
-    }
+    wake_for_tombstone(*t);
     return true;
   }
   int expected = running;
   if (!t->phase.compare_exchange_strong(expected, cancelling)) return false;  // finished
-  if (auto w = t->worker.lock()) interrupt_async(w, t->id, "KeyboardInterrupt");
+  if (auto w = t->worker.lock()) interrupt_async(w, t->token.load(), "KeyboardInterrupt");
   return true;
 }
 
-void pool_impl::interrupt_async(const std::shared_ptr<pool_worker>& w, std::uint64_t task_id,
+bool pool_impl::interrupt(const std::shared_ptr<pool_task>& t, std::string_view exception_type) {
+  if (fail_unstarted(t, errc::cancelled, "task interrupted before it ran")) {
+    wake_for_tombstone(*t);
+    return true;
+  }
+  if (t->phase.load() != running) return false;
+  if (auto w = t->worker.lock()) interrupt_async(w, t->token.load(), std::string(exception_type));
+  return true;
+}
+
+void pool_impl::set_deadline(run_context& c, std::optional<std::chrono::nanoseconds> in) {
+  pool_task& t = *c.task;
+  const auto now = std::chrono::steady_clock::now();
+  const auto own = t.timeout.count() > 0 ? t.timeout : options_.default_timeout;
+  std::optional<std::chrono::steady_clock::time_point> when;
+  std::chrono::milliseconds length{0};
+  if (in) {
+    when = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(*in);
+    length = std::chrono::ceil<std::chrono::milliseconds>(*in);
+  }
+  if (own.count() > 0 && (!when || *when > t.started + own)) {  // never past its own
+    when = t.started + own;
+    length = own;
+  }
+  const std::uint64_t token = next_task_id();
+  {
+    std::lock_guard lock(wd_mu_);
+    unwatch_task_locked(&t);
+    t.timed_out = false;
+    t.token = token;
+    t.armed_ms = length.count();
+    if (when) {
+      std::shared_ptr<pool_task> task;
+      {
+        std::lock_guard cur(c.worker->current_mu);
+        task = c.worker->current.lock();
+      }
+      watch_locked(*when, deadline_entry{c.worker->weak_from_this(), task, &t, token,
+                                         c.worker->slot, watch::task});
+    }
+  }
+  // GIL held (we run inside the task): interrupts for the old token are dropped from now on.
+  c.worker->host->retoken(token);
+}
+
+void pool_impl::watch_locked(std::chrono::steady_clock::time_point when, deadline_entry e) {
+  auto it = deadlines_.emplace(when, std::move(e));
+  if (it == deadlines_.begin()) wd_cv_.notify_one();
+}
+
+void pool_impl::unwatch_task_locked(const pool_task* t) {
+  std::erase_if(deadlines_, [t](const auto& kv) { return kv.second.task_ptr == t; });
+}
+
+void pool_impl::interrupt_async(const std::shared_ptr<pool_worker>& w, std::uint64_t token,
                                 std::string type) {
   auto finished = std::make_shared<std::atomic<bool>>(false);
-  std::thread th([w, task_id, type = std::move(type), finished] {
+  std::thread th([w, token, type = std::move(type), finished] {
     try {
       std::lock_guard lock(w->host_mu);
-      w->host->interrupt(type, task_id);
+      w->host->interrupt(type, token);
     } catch (abi::__forced_unwind&) {
       throw;
     } catch (const std::exception& e) {
@@ -765,22 +929,44 @@ void pool_impl::watchdog_main() {
     if (first == deadlines_.end() || first->first > std::chrono::steady_clock::now()) continue;
     deadline_entry e = first->second;
     deadlines_.erase(first);
-    auto t = e.task.lock();
     auto w = e.worker.lock();
-    if (!t || !w || t->phase.load() == finished) continue;
-    if (!e.grace) {
-      t->timed_out = true;
-      deadlines_.emplace(std::chrono::steady_clock::now() + options_.grace_period,
-                         deadline_entry{e.worker, e.task, e.task_id, e.slot, true});
-      lock.unlock();
-      log_->warn("[slot {}] task timed out; raising TimeoutError in it", e.slot);
-      interrupt_async(w, e.task_id, "TimeoutError");
-      reap_helpers(false);
-      lock.lock();
-    } else {
-      lock.unlock();
-      declare_broken(w, t);
-      lock.lock();
+    if (!w) continue;
+    switch (e.kind) {
+      case watch::task: {
+        auto t = e.task.lock();
+        if (!t || t->phase.load() == finished) break;
+        t->timed_out = true;
+        watch_locked(std::chrono::steady_clock::now() + options_.grace_period,
+                     deadline_entry{e.worker, e.task, e.task_ptr, e.token, e.slot, watch::grace});
+        lock.unlock();
+        log_->warn("[slot {}] task timed out; raising {} in it", e.slot, task_timeout_exception);
+        interrupt_async(w, e.token, task_timeout_exception);
+        reap_helpers(false);
+        lock.lock();
+        break;
+      }
+      case watch::grace: {
+        auto t = e.task.lock();
+        if (!t || t->phase.load() == finished) break;
+        lock.unlock();
+        declare_broken(w, t);
+        lock.lock();
+        break;
+      }
+      case watch::ending:
+        if (w->exited.load() || !w->host->created()) break;
+        lock.unlock();
+        abandon_worker(w, "ending it took longer than end_timeout + 2 * end_grace (an atexit "
+                          "handler or __del__ that does not return, or a thread holding its GIL)");
+        lock.lock();
+        break;
+      case watch::creating:
+        if (w->created.load() || w->exited.load()) break;
+        lock.unlock();
+        abandon_worker(w, "a replacement interpreter was not created within grace_period (its "
+                          "creation waits for a GIL that a stuck interpreter holds?)");
+        lock.lock();
+        break;
     }
   }
 }
@@ -790,6 +976,7 @@ void pool_impl::declare_broken(const std::shared_ptr<pool_worker>& w,
   auto& s = *slots_[w->slot];
   std::int64_t stuck_id = s.interpreter_id.load();
   bool replaced = false;
+  const bool by_runtime = t->stopped_by_runtime.load();
   {
     std::lock_guard lock(workers_mu_);
     if (w->abandoned || w->exited || workers_[w->slot] != w) return;
@@ -797,44 +984,113 @@ void pool_impl::declare_broken(const std::shared_ptr<pool_worker>& w,
     w->abandoned = true;
     abandoned_.push_back(w);
     ++s.failed;
-    ++s.timed_out;
+    if (!by_runtime) ++s.timed_out;
     ++s.replaced_broken;
     s.busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
                      std::chrono::steady_clock::now() - t->started)
                      .count();
     ++completed_;
-    // The stuck interpreter must not hold up runtime shutdown.
-    unregister_interp(w->host->state().get());
     // The replacement is in place before anyone can see the task fail, so a shutdown() that
     // follows waits for the replacement, not for the stuck thread.
-    if (!stopping_.load() || s.pinned_count.load() != 0 || in_shared_.load() != 0) {
+    if (slot_needs_worker(w->slot)) {
       spawn_locked(w->slot, nullptr);
       replaced = true;
     }
   }
+  // The stuck interpreter must not hold up runtime shutdown, and the runtime must know that
+  // its thread still runs.
+  abandon_interp(w->host->state(),
+                 "its task did not stop within grace_period after " +
+                     std::string(by_runtime ? "SystemExit (runtime shutdown)"
+                                            : task_timeout_exception) +
+                     " (stuck in C code?)");
   workers_cv_.notify_all();
-  log_->critical("[slot {}] interpreter {} is stuck after a timeout; {} (the stuck one is "
-                 "abandoned and ends if it ever returns)",
-                 w->slot, stuck_id, replaced ? "starting a replacement" : "the pool is stopping");
-  t->deliver(make_error(errc::timeout,
-                        "task did not stop within the grace period after its TimeoutError "
-                        "(stuck in C code?); its interpreter was replaced"));
+  log_->critical("[slot {}] interpreter {} is stuck after {}; {} (the stuck one is abandoned "
+                 "and ends if it ever returns)",
+                 w->slot, stuck_id, by_runtime ? "the runtime's SystemExit" : "a timeout",
+                 replaced ? "starting a replacement" : "the pool is stopping");
+  t->deliver(by_runtime
+                 ? make_error(errc::runtime_finalizing,
+                              "the isola runtime shut down while the task ran, and it did not "
+                              "stop on SystemExit within the grace period (stuck in C code?)")
+                 : make_error(errc::timeout,
+                              "task did not stop within the grace period after its timeout "
+                              "(stuck in C code?); its interpreter was replaced"));
 }
 
-void pool_impl::shutdown(bool cancel_pending) {
+bool pool_impl::abandon_worker(const std::shared_ptr<pool_worker>& w, const std::string& why) {
+  bool replaced = false;
+  {
+    std::lock_guard lock(workers_mu_);
+    if (w->abandoned || w->exited) return false;
+    w->abandoned = true;
+    abandoned_.push_back(w);
+    if (workers_[w->slot] == w && slot_needs_worker(w->slot)) {
+      spawn_locked(w->slot, nullptr);
+      replaced = true;
+    }
+  }
+  std::shared_ptr<interp_state> state;
+  {
+    std::lock_guard lock(w->host_mu);
+    state = w->host->state();
+  }
+  abandon_interp(state, why);
+  ++slots_[w->slot]->replaced_broken;
+  workers_cv_.notify_all();
+  if (replaced) log_->warn("[slot {}] starting a replacement interpreter", w->slot);
+  return true;
+}
+
+void pool_impl::shutdown(stop_mode mode) {
   std::lock_guard serial(shutdown_mu_);
   if (shut_down_) return;
+  const bool cancel_pending = mode != stop_mode::finish;
+  if (mode == stop_mode::interrupt_running) stopped_by_runtime_ = true;
   if (cancel_pending) cancelling_ = true;  // before stopping_: see cancelling_
   stopping_ = true;
   if (cancel_pending) {
-    for (auto& s : slots_) fail_pinned(*s, errc::cancelled, cancelled_by_shutdown);
-    fail_shared_queue(errc::cancelled, cancelled_by_shutdown);
+    const errc code = mode == stop_mode::interrupt_running ? errc::runtime_finalizing : errc::cancelled;
+    const char* why = mode == stop_mode::interrupt_running
+                          ? "the isola runtime shut down before the task ran"
+                          : cancelled_by_shutdown;
+    for (auto& s : slots_) fail_pinned(*s, code, why);
+    fail_shared_queue(code, why);
     // Tasks blocked on a channel would never finish: end those waits (ChannelClosed).
     std::lock_guard lock(workers_mu_);
     for (auto& w : workers_) {
       if (!w) continue;
       std::lock_guard host_lock(w->host_mu);
       if (w->host) stop_waits(*w->host->state());
+    }
+  }
+  if (mode == stop_mode::interrupt_running) {
+    // The runtime is going away: running tasks get SystemExit and grace_period to stop, then
+    // their interpreters are declared broken (abandoned), as after a timeout.
+    std::vector<std::shared_ptr<pool_worker>> current;
+    {
+      std::lock_guard lock(workers_mu_);
+      current = workers_;
+    }
+    for (auto& w : current) {
+      if (!w) continue;
+      std::shared_ptr<pool_task> t;
+      {
+        std::lock_guard lock(w->current_mu);
+        t = w->current.lock();
+      }
+      if (!t || t->phase.load() == finished) continue;
+      t->stopped_by_runtime = true;
+      log_->warn("[slot {}] the runtime is shutting down while a task runs; raising SystemExit "
+                 "in it",
+                 w->slot);
+      {
+        std::lock_guard lock(wd_mu_);
+        unwatch_task_locked(t.get());
+        watch_locked(std::chrono::steady_clock::now() + options_.grace_period,
+                     deadline_entry{w, t, t.get(), t->token.load(), w->slot, watch::grace});
+      }
+      interrupt_async(w, t->token.load(), "SystemExit");
     }
   }
   for (std::size_t i = 0; i < slots_.size(); ++i) ring(static_cast<int>(i));
@@ -845,7 +1101,8 @@ void pool_impl::shutdown(bool cancel_pending) {
     {
       // Wait until every slot's current worker has exited or been abandoned; the watchdog
       // keeps running meanwhile, so a stuck worker is abandoned after its grace period and
-      // its replacement (installed under this lock) is waited for instead.
+      // its replacement (installed under this lock) is waited for instead, and an interpreter
+      // that takes too long to end (or a replacement to be created) is abandoned.
       std::unique_lock lock(workers_mu_);
       workers_cv_.wait(lock, [&] {
         return std::all_of(workers_.begin(), workers_.end(), [](const auto& w) {
@@ -903,6 +1160,44 @@ pool_stats pool_impl::stats() const {
   return out;
 }
 
+// isola._set_deadline(seconds): see its doc string below.
+PyObject* py_set_deadline(PyObject*, PyObject* arg) {
+  run_context* c = current_run;
+  if (c == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "isola._set_deadline: only a task running in an isola pool has a deadline");
+    return nullptr;
+  }
+  std::optional<std::chrono::nanoseconds> in;
+  if (arg != Py_None) {
+    const double secs = PyFloat_AsDouble(arg);
+    if (secs == -1.0 && PyErr_Occurred()) return nullptr;
+    if (!(secs >= 0) || secs > 1e9) {  // NaN fails the first test
+      PyErr_Format(PyExc_ValueError,
+                   "isola._set_deadline: seconds must be a number from 0 to 1e9, or None, not %R",
+                   arg);
+      return nullptr;
+    }
+    in = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(secs));
+  }
+  try {
+    c->pool->set_deadline(*c, in);
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef pool_methods[] = {
+    {"_set_deadline", py_set_deadline, METH_O,
+     "_set_deadline(seconds)\n\nIn a task running in an isola pool: its timeout now ends "
+     "`seconds` from now (isola.TaskTimeout is raised in it then), or, with None, at the "
+     "task's own timeout again. Never later than the task's own timeout. Used by isola map to "
+     "time each input of a chunk."},
+    {nullptr, nullptr, 0, nullptr}};
+
+module_part_registrar pool_part({"pool", pool_methods, nullptr});
+
 }  // namespace detail
 
 // ---- public face -----------------------------------------------------------------------------
@@ -924,12 +1219,19 @@ bool task_future::cancel() {
   return p->cancel(task_);
 }
 
+bool task_future::interrupt(std::string_view exception_type) {
+  if (!task_) return false;
+  auto p = task_->pool.lock();
+  if (!p) return false;
+  return p->interrupt(task_, exception_type);
+}
+
 pool::pool(pool_options options) : impl_(std::make_shared<detail::pool_impl>(std::move(options))) {
   impl_->start();
 }
 
 pool::~pool() {
-  if (impl_) impl_->shutdown(false);
+  if (impl_) impl_->shutdown(detail::stop_mode::finish);
 }
 
 std::size_t pool::size() const noexcept { return impl_->size(); }
@@ -1006,7 +1308,9 @@ std::vector<value> pool::map(std::string function, const std::vector<value>& inp
   return out;
 }
 
-void pool::shutdown(bool cancel_pending) { impl_->shutdown(cancel_pending); }
+void pool::shutdown(bool cancel_pending) {
+  impl_->shutdown(cancel_pending ? detail::stop_mode::cancel_queued : detail::stop_mode::finish);
+}
 
 pool_stats pool::stats() const { return impl_->stats(); }
 

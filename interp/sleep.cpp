@@ -1,6 +1,8 @@
 // isola._sleep: the time.sleep isola installs in its interpreters. Same contract as
 // time.sleep, but a worker's sleep waits on a condition variable that interrupt() signals, so
-// a timeout or cancel() ends `time.sleep(100)` at once instead of after 100 s.
+// a timeout or cancel() ends `time.sleep(100)` at once instead of after 100 s; a sleep on the
+// interpreter's other threads waits on one that ending the interpreter signals when it raises
+// SystemExit in them.
 #include "python.hpp"
 
 #include "host.hpp"
@@ -35,10 +37,18 @@ PyObject* sleep(PyObject*, PyObject* arg) {
   auto length = std::chrono::duration<double>(std::min(secs, 1e9));
   auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(length);
   sleep_slot* slot = current_sleep_slot();
+  std::shared_ptr<interp_state> state;
+  if (slot == nullptr) state = find_interp(PyInterpreterState_GetID(PyInterpreterState_Get()));
   Py_BEGIN_ALLOW_THREADS
   if (slot != nullptr) {
     std::unique_lock lock(slot->mu);
     slot->cv.wait_until(lock, deadline, [&] { return slot->interrupted; });
+  } else if (state != nullptr) {
+    std::unique_lock lock(state->mu);
+    const auto wakeups = state->sleep_wakeups;
+    state->sleep_cv.wait_until(lock, deadline, [&] {
+      return state->sleeps_interrupted || state->sleep_wakeups != wakeups;
+    });
   } else {
     std::this_thread::sleep_until(deadline);
   }

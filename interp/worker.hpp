@@ -19,16 +19,26 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 namespace isola::detail {
 
 /// A unit of work for a worker. run() is called on the worker with the interpreter attached;
-/// fail() instead when the task will never run (the interpreter closed first).
+/// fail() instead when the task will never run (the interpreter closed first), or from
+/// another thread when its interpreter is abandoned while it runs. Its outcome is delivered
+/// once: whichever of the two comes first.
 struct task {
   virtual ~task() = default;
   virtual void run() = 0;
   virtual void fail(std::exception_ptr e) = 0;
+
+ protected:
+  /// True for the first caller only.
+  bool settle() noexcept { return !settled_.exchange(true); }
+
+ private:
+  std::atomic<bool> settled_{false};
 };
 
 /// A task that runs fn (which may throw py::error_already_set) and fulfils a promise.
@@ -38,7 +48,9 @@ struct promise_task final : task {
   F fn;
   std::promise<R> promise;
   void run() override;
-  void fail(std::exception_ptr e) override { promise.set_exception(std::move(e)); }
+  void fail(std::exception_ptr e) override {
+    if (settle()) promise.set_exception(std::move(e));
+  }
 };
 
 /// One interpreter and its thread. Thread-safe; see isola::interpreter for the contract.
@@ -54,7 +66,7 @@ class worker : public std::enable_shared_from_this<worker> {
 
   /// Queues a task. Throws isola::error (interpreter_closing / interpreter_closed) if the
   /// interpreter no longer takes work.
-  void post(std::unique_ptr<task> t);
+  void post(std::shared_ptr<task> t);
 
   /// Runs fn on the worker (or inline if this thread is attached here) and returns its result;
   /// waits with the caller's GIL released.
@@ -66,7 +78,13 @@ class worker : public std::enable_shared_from_this<worker> {
   auto run_async(F fn) -> std::future<decltype(fn())>;
 
   bool interrupt(std::string_view exception_type);
+  /// Lets queued work finish (warning every few seconds while it waits), then ends the
+  /// interpreter (bounded: see interp_host::end and end_budget).
   void close();
+  /// The runtime's closer: queued tasks fail with errc::runtime_finalizing, a running task
+  /// gets SystemExit and config.end_grace to stop, then the interpreter ends as in close().
+  /// Code that does not stop is abandoned; it never waits without bound.
+  void close_now();
   bool closed() const noexcept;
 
   std::size_t queued() const;
@@ -74,6 +92,14 @@ class worker : public std::enable_shared_from_this<worker> {
  private:
   void launch();
   void thread_main(std::promise<void>& created);
+  /// close()'s steps; `now`: close_now().
+  void close_impl(bool now);
+  /// Waits (queue_mu_ held in `lock`) until the worker has left its task loop; logs a warning
+  /// every few seconds. With a deadline, returns false if it passed first.
+  bool wait_for_tasks(std::unique_lock<std::mutex>& lock,
+                      std::optional<std::chrono::steady_clock::time_point> deadline);
+  /// Gives up on the interpreter (abandon_interp) and leaves the thread running.
+  void abandon(const std::string& why);
 
   interpreter_config config_;
   interp_host host_;
@@ -81,8 +107,15 @@ class worker : public std::enable_shared_from_this<worker> {
 
   mutable std::mutex queue_mu_;
   std::condition_variable queue_cv_;
-  std::deque<std::unique_ptr<task>> queue_;
+  std::deque<std::shared_ptr<task>> queue_;
   bool stopping_ = false;
+  std::shared_ptr<task> current_;  ///< the task running, if any (guarded by queue_mu_)
+  // The worker's progress, guarded by queue_mu_ and signalled on status_cv_.
+  std::condition_variable status_cv_;
+  std::optional<std::chrono::steady_clock::time_point> task_since_;  ///< running a task since
+  std::optional<std::chrono::steady_clock::time_point> ending_since_;  ///< ending since
+  bool ended_ = false;      ///< the thread has ended the interpreter
+  bool gave_up_ = false;    ///< end() abandoned the interpreter itself
 
   std::mutex close_mu_;
   std::atomic<bool> closed_{false};
@@ -90,26 +123,30 @@ class worker : public std::enable_shared_from_this<worker> {
 
 template <typename R, typename F>
 void promise_task<R, F>::run() {
+  std::exception_ptr err;
   try {
     if constexpr (std::is_void_v<R>) {
       fn();
-      promise.set_value();
+      if (settle()) promise.set_value();
     } else {
-      promise.set_value(fn());
+      R r = fn();
+      if (settle()) promise.set_value(std::move(r));
     }
+    return;
   } catch (const py::error_already_set&) {
-    promise.set_exception(std::make_exception_ptr(fetch_python_error()));
+    err = std::make_exception_ptr(fetch_python_error());
   } catch (abi::__forced_unwind&) {
     throw;  // CPython ends this thread (runtime finalising); never swallow that
   } catch (...) {
-    promise.set_exception(std::current_exception());
+    err = std::current_exception();
   }
+  if (settle()) promise.set_exception(std::move(err));
 }
 
 template <typename F>
 auto worker::run_async(F fn) -> std::future<decltype(fn())> {
   using R = decltype(fn());
-  auto t = std::make_unique<promise_task<R, F>>(std::move(fn));
+  auto t = std::make_shared<promise_task<R, F>>(std::move(fn));
   auto fut = t->promise.get_future();
   post(std::move(t));
   return fut;

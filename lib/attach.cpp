@@ -41,6 +41,10 @@ void throw_exception_from_error(const attach_error& e, const boost::source_locat
 }
 
 attach_result attach(const interpreter_handle& handle) {
+  return detail::attach_internal(handle, false);
+}
+
+attach_result detail::attach_internal(const interpreter_handle& handle, bool for_interrupt) {
   using namespace detail;
   if (!handle) return attach_error{errc::interpreter_closed, "cannot attach: empty interpreter handle"};
   const auto& s = handle.state();
@@ -57,6 +61,7 @@ attach_result attach(const interpreter_handle& handle) {
   switch (rt.phase.load()) {
     case runtime_phase::running: break;
     case runtime_phase::finalizing:
+      if (for_interrupt) break;
       return fail(errc::runtime_finalizing, *s, "the isola runtime is finalizing");
     default:
       return fail(errc::no_runtime, *s, "no isola runtime is running");
@@ -65,7 +70,8 @@ attach_result attach(const interpreter_handle& handle) {
   PyInterpreterState* interp = nullptr;
   {
     std::lock_guard lock(s->mu);
-    if (s->phase == interp_phase::closing) {
+    if (s->phase == interp_phase::ending ||
+        (s->phase == interp_phase::closing && !for_interrupt)) {
       return fail(errc::interpreter_closing, *s, "it is closing");
     }
     if (s->phase == interp_phase::closed || s->interp == nullptr) {

@@ -121,12 +121,16 @@ runtime::~runtime() {
       s = rt.live.back();
     }
     log->info("[interp {}] ending at runtime shutdown", s->id);
+    // The closer interrupts code that is still running (SystemExit) and abandons the
+    // interpreter if it does not stop; it never waits without bound.
     try {
       if (s->closer) s->closer();
     } catch (const std::exception& e) {
       log->error("[interp {}] could not be ended at shutdown: {}", s->id, e.what());
     }
-    detail::unregister_interp(s.get());
+    // Off the live list, whatever happened (an abandoned one stays on the abandoned list).
+    std::lock_guard lock(rt.mu);
+    std::erase(rt.live, s);
   }
 
   {
@@ -135,6 +139,18 @@ runtime::~runtime() {
       std::lock_guard lock(rt.mu);
       deferred.swap(rt.deferred);
     }
+  }
+
+  // An abandoned interpreter's thread may still be running its code (or hold its GIL):
+  // Py_FinalizeEx would end it under that thread (3.13) or abort (3.12). Leave CPython as it
+  // is; the process should end with std::quick_exit or _Exit (see docs/runtime.md).
+  if (std::size_t n = detail::abandoned_count(); n > 0) {
+    log->critical("{} abandoned interpreter{} still running code; CPython is left initialized "
+                  "(not finalized): end the process with std::quick_exit() or _exit()",
+                  n, n == 1 ? " is" : "s are");
+    rt.phase = detail::runtime_phase::finalized;
+    flush_logs();
+    return;
   }
 
   // Threads attached to the main interpreter must leave before Py_Finalize, and its threads
@@ -179,6 +195,8 @@ std::string runtime::python_version() {
   std::string v = Py_GetVersion();
   return v.substr(0, v.find(' '));
 }
+
+std::size_t runtime::abandoned_interpreters() { return detail::abandoned_count(); }
 
 std::size_t runtime::live_interpreters() const {
   auto& rt = detail::runtime();

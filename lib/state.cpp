@@ -11,7 +11,7 @@
 namespace isola::detail {
 
 std::string interp_state::label() const {
-  std::string l = "interpreter " + std::to_string(id);
+  std::string l = id < 0 ? std::string("an interpreter being created") : "interpreter " + std::to_string(id);
   if (!name.empty()) l += " (" + name + ")";
   return l;
 }
@@ -37,6 +37,32 @@ void unregister_interp(const interp_state* s) {
   auto& rt = runtime();
   std::lock_guard lock(rt.mu);
   std::erase_if(rt.live, [s](const auto& p) { return p.get() == s; });
+  std::erase_if(rt.abandoned, [s](const auto& p) { return p.get() == s; });
+}
+
+bool abandon_interp(const std::shared_ptr<interp_state>& s, const std::string& why) {
+  {
+    std::lock_guard slock(s->mu);
+    if (s->abandoned || s->phase == interp_phase::closed) return false;
+    s->abandoned = true;
+  }
+  {
+    auto& rt = runtime();
+    std::lock_guard lock(rt.mu);
+    std::erase_if(rt.live, [&](const auto& p) { return p == s; });
+    rt.abandoned.push_back(s);
+  }
+  logger("isola.interp")
+      ->critical("[interp {}] abandoning {}: {}; its thread is left running and ends the "
+                 "interpreter if it ever returns; until then CPython cannot be finalized",
+                 s->id, s->label(), why);
+  return true;
+}
+
+std::size_t abandoned_count() {
+  auto& rt = runtime();
+  std::lock_guard lock(rt.mu);
+  return rt.abandoned.size();
 }
 
 bool add_at_end(interp_state& s, std::function<void()> hook) {
@@ -79,11 +105,23 @@ void stop_waits(interp_state& s) noexcept {
   for (auto* w : s.waits) w->request_stop();
 }
 
+void wake_sleeps(interp_state& s) noexcept {
+  {
+    std::lock_guard lock(s.mu);
+    s.sleeps_interrupted = true;
+    ++s.sleep_wakeups;
+  }
+  s.sleep_cv.notify_all();
+}
+
 std::shared_ptr<interp_state> find_interp(std::int64_t id) {
   auto& rt = runtime();
   std::lock_guard lock(rt.mu);
   if (rt.main && rt.main->id == id) return rt.main;
   for (const auto& s : rt.live) {
+    if (s->id == id) return s;
+  }
+  for (const auto& s : rt.abandoned) {  // its threads still run code (channels, sleeps)
     if (s->id == id) return s;
   }
   return nullptr;

@@ -19,12 +19,16 @@ struct _ts;  // PyThreadState
 
 namespace isola::detail {
 
-enum class interp_phase { running, closing, closed };
+/// running: takes work and attaches. closing: refuses new work and new attach guards, but
+/// isola's own interrupts may still attach (see attach_for_interrupt). ending: no thread may
+/// attach any more; the owner is ending it. closed: it has ended.
+enum class interp_phase { running, closing, ending, closed };
 
 /// What a handle, a guard, an interpreter object and the runtime share about one interpreter.
 /// - `interp` is valid while phase != closed; it is only dereferenced by threads holding a
 ///   guard (guards > 0 keeps the interpreter alive) or by the worker that owns it.
-/// - `closer` ends the interpreter (blocking, idempotent); the runtime calls it at shutdown.
+/// - `closer` ends the interpreter (blocking, idempotent, bounded: code that does not stop is
+///   interrupted and then abandoned); the runtime calls it at shutdown.
 struct interp_state {
   std::int64_t id = -1;
   bool is_main = false;
@@ -47,6 +51,13 @@ struct interp_state {
   /// closing it can end them; guarded by `mu`. After stop_waits() new waits are refused.
   std::vector<std::stop_source*> waits;
   bool waits_stopped = false;
+  /// isola's time.sleep on threads other than the worker waits on this (with `mu`), so that
+  /// ending the interpreter can wake the threads it interrupts: wake_sleeps() bumps the count.
+  std::condition_variable sleep_cv;
+  std::uint64_t sleep_wakeups = 0;
+  bool sleeps_interrupted = false;  ///< after wake_sleeps(): sleeps return at once
+  /// Given up on: its code did not stop when interrupted (see abandon_interp).
+  bool abandoned = false;
 
   std::string label() const;  ///< "interpreter 3" or "interpreter 3 (worker-1)"
 };
@@ -66,13 +77,27 @@ struct runtime_state {
   /// Objects that could not be released where their owner ended (an interpreter destroyed
   /// from its own worker); released after the live interpreters have ended.
   std::vector<std::shared_ptr<void>> deferred;
+  /// Interpreters given up on while their code still runs (abandon_interp), until they end.
+  /// While any is here, the runtime does not finalize CPython: it cannot end an interpreter
+  /// under a running thread.
+  std::vector<std::shared_ptr<interp_state>> abandoned;
 };
 
 runtime_state& runtime() noexcept;
 
 /// Adds to / removes from the live list (interp/ calls these around an interpreter's life).
+/// unregister_interp also takes it off the abandoned list: an abandoned interpreter that
+/// ends after all calls it.
 void register_interp(const std::shared_ptr<interp_state>& s);
 void unregister_interp(const interp_state* s);
+
+/// Gives up on an interpreter whose code did not stop when interrupted (stuck in C code, or
+/// threads that ignore SystemExit): it leaves the live list (the runtime no longer waits for
+/// it) and joins the abandoned list, and `why` is logged at critical level. Idempotent;
+/// returns false if it was already abandoned or has ended.
+bool abandon_interp(const std::shared_ptr<interp_state>& s, const std::string& why);
+/// Number of interpreters abandoned and not ended.
+std::size_t abandoned_count();
 
 /// Keeps p alive until the runtime has ended every interpreter.
 void defer_release(std::shared_ptr<void> p);
@@ -94,7 +119,12 @@ void unregister_wait(interp_state& s, std::stop_source* stop) noexcept;
 /// called when the interpreter starts closing.
 void stop_waits(interp_state& s) noexcept;
 
-/// The state of a live interpreter (or the main one) by its id; nullptr if none.
+/// Wakes every isola time.sleep of the interpreter's non-worker threads, and makes later ones
+/// return at once: called when ending the interpreter interrupts the threads it left running.
+void wake_sleeps(interp_state& s) noexcept;
+
+/// The state of a live (or abandoned) interpreter, or the main one, by its id; nullptr if
+/// none.
 std::shared_ptr<interp_state> find_interp(std::int64_t id);
 
 /// True if the calling thread currently has a thread state of this interpreter attached.

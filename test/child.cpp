@@ -13,6 +13,10 @@
 //                        there first; then the runtime ends (nothing may be reported at exit)
 //   first-channel-fence  whether the asymmetric fence was checked before and after the
 //                        process's first channel is made, and whether the channel works
+//   end KIND             what guest code leaves behind when its interpreter ends or the
+//                        runtime is destroyed under it (see end_scenario below); prints the
+//                        outcome of the task, whether the interpreter was abandoned, and
+//                        "returned" once the C++ calls came back
 #include <Python.h>
 
 #include <isola/isola.hpp>
@@ -30,6 +34,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 namespace {
 
@@ -244,6 +250,126 @@ int main_threading() {
   return 0;
 }
 
+// Code for a task that says it started (one byte on a pipe the C++ side reads), then `body`.
+std::string started_then(int fd, const std::string& body) {
+  return "import os\nos.write(" + std::to_string(fd) + ", b's')\n" + body;
+}
+
+// "ok", "python TYPE" or the isola::errc name of what f.get() gave (a std::future or a
+// task_future).
+template <typename Future>
+std::string outcome_of(Future& f) {
+  try {
+    f.get();
+    return "ok";
+  } catch (const isola::python_error& e) {
+    return "python " + e.type_name();
+  } catch (const isola::error& e) {
+    return code_name(e.code());
+  }
+}
+
+// Scenarios where guest code does not stop by itself. Each must end: the ones that cannot
+// be interrupted are abandoned, never waited for without bound, and nothing aborts.
+//   runtime-busy        ~runtime while an interpreter runs `while True: pass`
+//   runtime-stuck       ~runtime while an interpreter is stuck in C code holding its GIL
+//   pool-busy           ~runtime while a pool task (no timeout) runs `while True: pass`
+//   pool-stuck          ~runtime while a pool task (no timeout) is stuck in C code
+//   thread-left         close() with a non-daemon thread still sleeping in a loop
+//   thread-ignores      close() with a non-daemon thread that catches SystemExit
+//   raw-thread          close() with a _thread.start_new_thread thread still running
+//   legacy-daemon       close() of a legacy() interpreter with a daemon thread running
+//   atexit-loop         close() while an atexit handler loops forever
+int end_scenario(const std::string& kind) {
+  int fds[2];
+  if (pipe(fds) != 0) return 3;
+  auto wait_started = [&] {
+    char c = 0;
+    return read(fds[0], &c, 1) == 1;
+  };
+  const std::string loop = "while True:\n    pass\n";
+  const std::string stuck = "sum(range(10**13))\n";
+  const std::string thread_loop =
+      "import threading, time\n"
+      "def work():\n"
+      "    while True:\n"
+      "        time.sleep(0.01)\n"
+      "threading.Thread(target=work, name='left-behind').start()\n";
+  isola::interpreter_config quick;
+  quick.end_timeout = std::chrono::milliseconds(200);
+  quick.end_grace = std::chrono::milliseconds(300);
+
+  auto rt = std::make_unique<isola::runtime>();
+  if (kind == "runtime-busy" || kind == "runtime-stuck") {
+    auto in = std::make_unique<isola::interpreter>(quick);
+    auto f = in->exec_async(started_then(fds[1], kind == "runtime-busy" ? loop : stuck));
+    if (!wait_started()) return 3;
+    rt.reset();
+    say("returned");
+    say("task: " + outcome_of(f));
+    say("abandoned: " + std::to_string(isola::runtime::abandoned_interpreters()));
+    if (kind == "runtime-stuck") std::_Exit(0);  // its thread still runs CPython code
+    in.reset();
+    return 0;
+  }
+  if (kind == "pool-busy" || kind == "pool-stuck") {
+    isola::pool_options o;
+    o.size = 1;
+    o.grace_period = std::chrono::milliseconds(300);
+    o.interpreter = quick;
+    auto p = std::make_unique<isola::pool>(o);
+    auto f = p->submit_code(started_then(fds[1], kind == "pool-busy" ? loop : stuck));
+    auto queued = p->submit_code("1");
+    if (!wait_started()) return 3;
+    rt.reset();
+    say("returned");
+    say("task: " + outcome_of(f));
+    say("queued: " + outcome_of(queued));
+    say("abandoned: " + std::to_string(isola::runtime::abandoned_interpreters()));
+    if (kind == "pool-stuck") std::_Exit(0);
+    p.reset();
+    return 0;
+  }
+  isola::interpreter_config c = kind == "legacy-daemon" ? isola::interpreter_config::legacy() : quick;
+  c.end_timeout = quick.end_timeout;
+  c.end_grace = quick.end_grace;
+  isola::interpreter in(c);
+  if (kind == "thread-left") {
+    in.exec(thread_loop);
+  } else if (kind == "thread-ignores") {
+    in.exec("import threading, time\n"
+            "def work():\n"
+            "    while True:\n"
+            "        try:\n"
+            "            time.sleep(0.01)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "threading.Thread(target=work, name='stubborn').start()\n");
+  } else if (kind == "raw-thread") {
+    in.exec("import _thread, time\n_thread.start_new_thread(time.sleep, (100,))\n");
+  } else if (kind == "legacy-daemon") {
+    in.exec("import threading, time\n"
+            "threading.Thread(target=time.sleep, args=(100,), daemon=True).start()\n");
+  } else if (kind == "atexit-loop") {
+    in.exec("import atexit\n"
+            "def forever():\n"
+            "    while True:\n"
+            "        pass\n"
+            "atexit.register(forever)\n");
+  } else {
+    return 2;
+  }
+  in.close();
+  say("returned");
+  say("abandoned: " + std::to_string(isola::runtime::abandoned_interpreters()));
+  if (isola::runtime::abandoned_interpreters() > 0) {
+    rt.reset();  // must not finalize under the abandoned thread
+    say("runtime ended");
+    std::_Exit(0);
+  }
+  return 0;
+}
+
 int main(int argc, char* argv[]) {
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
@@ -254,6 +380,7 @@ int main(int argc, char* argv[]) {
     if (args.size() == 2 && args[0] == "destroy-attached") return destroy_attached(args[1]);
     if (args.size() == 1 && args[0] == "main-threading") return main_threading();
     if (args.size() == 1 && args[0] == "first-channel-fence") return first_channel_fence();
+    if (args.size() == 2 && args[0] == "end") return end_scenario(args[1]);
     if (args.size() == 4 && args[0] == "teardown") {
       return teardown(args[1], std::stoi(args[2]), args[3]);
     }
@@ -263,6 +390,6 @@ int main(int argc, char* argv[]) {
   }
   say("usage: isola_test_child lifo FILE | second-runtime | no-runtime | finalizing-attach | "
       "teardown creation|reverse N CODE | destroy-attached FILE | main-threading | "
-      "first-channel-fence");
+      "first-channel-fence | end KIND");
   return 2;
 }

@@ -7,12 +7,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 extern char** environ;
 
@@ -31,12 +34,18 @@ std::string child_path() {
 struct exit_status {
   int exit_code = -1;
   int signal = 0;
+  bool hung = false;
 };
 
-/// Starts argv[0] with stdin from in_path (empty: inherited), stdout to out_path and stderr to
-/// err_path (empty: to stdout as well), and waits for it.
-exit_status spawn_and_wait(std::vector<std::string> args, const std::string& in_path,
-                           const std::string& out_path, const std::string& err_path) {
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+/// Starts argv[0] in a process group of its own with stdin from in_path (empty: inherited),
+/// stdout to out_path and stderr to err_path (empty: to stdout as well).
+pid_t spawn(std::vector<std::string> args, const std::string& in_path, const std::string& out_path,
+            const std::string& err_path) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -53,21 +62,45 @@ exit_status spawn_and_wait(std::vector<std::string> args, const std::string& in_
     posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0600);
   }
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);
   pid_t pid = 0;
-  int rc = posix_spawn(&pid, args[0].c_str(), &actions, nullptr, argv.data(), environ);
+  int rc = posix_spawn(&pid, args[0].c_str(), &actions, &attr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
   if (rc != 0) throw std::runtime_error("cannot start " + args[0] + ": " + std::strerror(rc));
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) throw std::runtime_error("waitpid failed");
-  }
+  return pid;
+}
+
+/// Waits for pid; after limit_seconds kills its process group and reports it as hung.
+exit_status reap(pid_t pid, int limit_seconds) {
+  const double deadline = now_seconds() + limit_seconds;
   exit_status r;
+  int status = 0;
+  for (;;) {
+    const pid_t got = waitpid(pid, &status, WNOHANG);
+    if (got == pid) break;
+    if (got < 0 && errno != EINTR) throw std::runtime_error("waitpid failed");
+    if (now_seconds() >= deadline) {
+      r.hung = true;
+      kill(-pid, SIGKILL);
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // Whatever the program left in its group (a forked child, say) goes with it.
+  kill(-pid, SIGKILL);
   if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
   return r;
 }
 
-std::string describe_end(int exit_code, int signal) {
+std::string describe_end(int exit_code, int signal, bool hung) {
+  if (hung) return "hung: still running after the test's limit, killed";
   return signal != 0 ? "killed by signal " + std::to_string(signal) + " (" + strsignal(signal) +
                            ")"
                      : "exit code " + std::to_string(exit_code);
@@ -75,35 +108,78 @@ std::string describe_end(int exit_code, int signal) {
 }  // namespace
 
 std::string child_result::describe() const {
-  return describe_end(exit_code, signal) + "; output:\n" + output;
+  return describe_end(exit_code, signal, hung) + "; output:\n" + output;
 }
 
-child_result run_child(const std::vector<std::string>& args) {
+child_result run_child(const std::vector<std::string>& args, int limit_seconds) {
   temp_dir dir;
   std::vector<std::string> all{child_path()};
   all.insert(all.end(), args.begin(), args.end());
-  const exit_status st = spawn_and_wait(std::move(all), "", dir.file("output"), "");
+  const exit_status st = reap(spawn(std::move(all), "", dir.file("output"), ""), limit_seconds);
   child_result r;
   r.exit_code = st.exit_code;
   r.signal = st.signal;
+  r.hung = st.hung;
   r.output = read_file(dir.file("output"));
   return r;
 }
 
 std::string program_result::describe() const {
-  return describe_end(exit_code, signal) + "\n--- stdout:\n" + out + "--- stderr:\n" + err;
+  return describe_end(exit_code, signal, hung) + "\n--- stdout:\n" + out + "--- stderr:\n" + err;
 }
 
-program_result run_program(const std::vector<std::string>& argv, const std::string& input) {
-  temp_dir dir;
-  write_file(dir.file("stdin"), input);
-  const exit_status st =
-      spawn_and_wait(argv, dir.file("stdin"), dir.file("stdout"), dir.file("stderr"));
+program_result run_program(const std::vector<std::string>& argv, const std::string& input,
+                           int limit_seconds) {
+  background_program p(argv, input);
+  return p.wait(limit_seconds);
+}
+
+background_program::background_program(const std::vector<std::string>& argv,
+                                       const std::string& input) {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "isola-test-XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  dir_ = tmpl;
+  write_file(dir_ + "/stdin", input);
+  pid_ = spawn(argv, dir_ + "/stdin", dir_ + "/stdout", dir_ + "/stderr");
+}
+
+background_program::~background_program() {
+  if (!reaped_ && pid_ > 0) {
+    kill(-pid_, SIGKILL);
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+std::string background_program::out_so_far() const { return read_file(dir_ + "/stdout"); }
+std::string background_program::err_so_far() const { return read_file(dir_ + "/stderr"); }
+
+bool background_program::wait_for_output(const std::string& text, int limit_seconds) const {
+  const double deadline = now_seconds() + limit_seconds;
+  while (now_seconds() < deadline) {
+    if (out_so_far().find(text) != std::string::npos ||
+        err_so_far().find(text) != std::string::npos) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+void background_program::send_signal(int signal) const { kill(pid_, signal); }
+
+program_result background_program::wait(int limit_seconds) {
+  const exit_status st = reap(pid_, limit_seconds);
+  reaped_ = true;
   program_result r;
   r.exit_code = st.exit_code;
   r.signal = st.signal;
-  r.out = read_file(dir.file("stdout"));
-  r.err = read_file(dir.file("stderr"));
+  r.hung = st.hung;
+  r.out = out_so_far();
+  r.err = err_so_far();
   return r;
 }
 

@@ -56,26 +56,57 @@ struct thread_failures {
   }
 };
 
+/// How long run_child and run_program let a program run before they kill it (with its whole
+/// process group) and report it as hung: every wait in the suite is bounded.
+inline constexpr int default_limit_seconds = 120;
+
 /// Runs isola_test_child with args and waits: exit code (or the signal that killed it) and
 /// everything it wrote to stdout and stderr.
 struct child_result {
   int exit_code = -1;  ///< -1 if it did not exit normally
   int signal = 0;      ///< the signal that ended it, else 0
+  bool hung = false;   ///< still running after the limit: killed
   std::string output;
   std::string describe() const;
 };
-child_result run_child(const std::vector<std::string>& args);
+child_result run_child(const std::vector<std::string>& args,
+                       int limit_seconds = default_limit_seconds);
 
 /// Runs a program (argv[0] is its path) with `input` on stdin and waits: what it wrote to
 /// stdout and to stderr, separately.
 struct program_result {
   int exit_code = -1;  ///< -1 if it did not exit normally
   int signal = 0;      ///< the signal that ended it, else 0
+  bool hung = false;   ///< still running after the limit: killed
   std::string out;
   std::string err;
   std::string describe() const;
 };
-program_result run_program(const std::vector<std::string>& argv, const std::string& input = "");
+program_result run_program(const std::vector<std::string>& argv, const std::string& input = "",
+                           int limit_seconds = default_limit_seconds);
+
+/// A program started in the background, in a process group of its own (killed with it if the
+/// test ends first), with `input` on stdin and its output in files.
+class background_program {
+ public:
+  background_program(const std::vector<std::string>& argv, const std::string& input = "");
+  ~background_program();
+  background_program(const background_program&) = delete;
+  background_program& operator=(const background_program&) = delete;
+  /// What it has written to stdout / stderr so far.
+  std::string out_so_far() const;
+  std::string err_so_far() const;
+  /// Waits until stdout or stderr holds `text`, at most limit_seconds; false if it did not.
+  bool wait_for_output(const std::string& text, int limit_seconds = 60) const;
+  void send_signal(int signal) const;
+  /// Waits for it to end (killing it after limit_seconds) and collects what it wrote.
+  program_result wait(int limit_seconds = default_limit_seconds);
+
+ private:
+  std::string dir_;
+  int pid_ = -1;
+  bool reaped_ = false;
+};
 
 /// A temporary directory removed with its contents at scope end.
 class temp_dir {

@@ -210,7 +210,7 @@ std::size_t stamps_inside(const std::vector<std::int64_t>& of,
       std::count_if(of.begin(), of.end(), [&](auto s) { return lo < s && s < hi; }));
 }
 
-// A task stuck in C code that ignores TimeoutError and never holds the GIL: iter(callable,
+// A task stuck in C code that ignores TaskTimeout and never holds the GIL: iter(callable,
 // sentinel) calls os.read from C until end-of-file, so the eval loop (where an async
 // exception is raised) never runs until the test closes the gate.
 std::string stuck_in_c_code(const os_pipe& started, const os_pipe& gate, const os_pipe& done) {
@@ -399,7 +399,8 @@ TEST_CASE("a Python exception fails only its task, with its traceback", "[pool]"
 
 // ---- 4. timeouts -------------------------------------------------------------------------------
 
-TEST_CASE("a timeout raises TimeoutError in the task; the interpreter stays",
+TEST_CASE("a timeout raises isola.TaskTimeout in the task, TimeoutError for the caller; the "
+          "interpreter stays",
           "[pool][concurrent]") {
   isola::pool_options o;
   o.size = 1;
@@ -430,17 +431,70 @@ TEST_CASE("a timeout raises TimeoutError in the task; the interpreter stays",
               .as_int() == 2);
     CHECK(p.stats().interpreters.at(0).tasks_timed_out == 3);
   }
-  SECTION("Python code may catch the TimeoutError and finish") {
+  SECTION("Python code may catch the isola.TaskTimeout and finish") {
     auto f = p.submit_code(
+        "import isola\n"
         "caught = False\n"
         "try:\n"
         "    while True:\n"
         "        pass\n"
-        "except TimeoutError:\n"
+        "except isola.TaskTimeout:\n"
         "    caught = True\n",
         with_timeout(200ms));
     CHECK_NOTHROW(f.get());
     CHECK(p.submit_code("caught").get().as_bool());
+  }
+  SECTION("handlers for Exception, OSError and TimeoutError do not swallow it") {
+    // importlib catches OSError while it looks for modules: a TimeoutError there was taken
+    // for a missing file, and the timeout was lost.
+    auto f = p.submit_code(
+        "import isola, time\n"
+        "swallowed = []\n"
+        "for kind in (Exception, OSError, TimeoutError):\n"
+        "    try:\n"
+        "        while True:\n"
+        "            time.sleep(0.001)\n"
+        "    except kind:\n"
+        "        swallowed.append(kind.__name__)\n",
+        with_timeout(200ms));
+    auto e = python_error_from(f);
+    REQUIRE(e);
+    CHECK(e->type_name() == "TimeoutError");
+    CHECK_THAT(e->traceback(), Catch::Contains("isola.TaskTimeout"));
+    CHECK(p.submit_code("swallowed").get().as_list().items.empty());
+    CHECK(p.submit_code("issubclass(isola.TaskTimeout, BaseException) and not "
+                        "issubclass(isola.TaskTimeout, Exception)")
+              .get()
+              .as_bool());
+  }
+  SECTION("a timeout during an import interrupts the import") {
+    // A finder that looks for the module the way importlib's path finder does: in a loop
+    // whose OSErrors mean "not here". The timeout lands inside its try block.
+    auto f = p.submit_code(
+        "import sys\n"
+        "class SlowFinder:\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name != 'isola_test_slow_module':\n"
+        "            return None\n"
+        "        while True:\n"
+        "            try:\n"
+        "                for i in range(100000):\n"
+        "                    i += 1\n"
+        "                raise FileNotFoundError(name)\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "sys.meta_path.insert(0, SlowFinder())\n"
+        "try:\n"
+        "    import isola_test_slow_module\n"
+        "finally:\n"
+        "    del sys.meta_path[0]\n",
+        with_timeout(200ms));
+    auto e = python_error_from(f);
+    REQUIRE(e);
+    CHECK(e->type_name() == "TimeoutError");
+    CHECK_THAT(e->traceback(), Catch::Contains("find_spec"));
+    CHECK_FALSE(
+        p.submit_code("'isola_test_slow_module' in __import__('sys').modules").get().as_bool());
   }
 }
 
@@ -477,7 +531,7 @@ TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced",
           "[pool][concurrent]") {
   // re.match('(a+)+b', 'a' * 26) backtracks catastrophically inside _sre (C, GIL held, no
   // eval loop) for seconds: far beyond the 100 ms timeout plus 300 ms grace period. The
-  // TimeoutError stays pending, so the watchdog declares the interpreter broken. The regex keeps
+  // TaskTimeout stays pending, so the watchdog declares the interpreter broken. The regex keeps
   // running on the abandoned thread until it finishes; the pool is kept until then so the
   // abandoned thread ends its interpreter while the pool still exists.
   isola::pool_options o;
@@ -515,7 +569,7 @@ TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced",
   auto all = p.stats().submitted;
   CHECK(stats_when_completed(p, all).completed == all);
 
-  // The abandoned thread finishes the regex, gets the TimeoutError, and ends its interpreter.
+  // The abandoned thread finishes the regex, gets the TaskTimeout, and ends its interpreter.
   REQUIRE(done.get());
   CHECK(wait_until_ended(observer, old_id));
   CHECK(whoami(p, 0) == new_id);
@@ -556,7 +610,7 @@ TEST_CASE("a task stuck in C code without the GIL: replaced, and shutdown does n
   REQUIRE(shut);
   CHECK(*shut == isola::errc::shut_down);
 
-  // Let the stuck task return: it raises its TimeoutError and its thread ends the interpreter.
+  // Let the stuck task return: it raises its TaskTimeout and its thread ends the interpreter.
   gate.close_write();
   REQUIRE(done.get());
   CHECK(wait_until_ended(observer, old_id));
@@ -1328,7 +1382,7 @@ TEST_CASE("cancel() of a task that is just finishing must not hit the next task"
 TEST_CASE("a timeout firing as its task ends must not hit the next task", "[pool][concurrent]") {
   // Regression (fixed), the same race through the watchdog: A's deadline passes while A
   // still runs (holding the GIL), the helper waits for the GIL, A ends, B starts, and B gets
-  // A's TimeoutError.
+  // A's TaskTimeout.
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);

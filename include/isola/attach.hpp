@@ -13,9 +13,19 @@
 
 namespace isola {
 
+class attach_guard;
+struct attach_error;
+
+class interpreter_handle;
+
 namespace detail {
 struct interp_state;
 struct attach_frame;
+/// isola's own attach, for interrupting code that runs in the interpreter: like attach(), but
+/// it also succeeds while the interpreter is closing (not once it is ending) and while the
+/// runtime is finalizing, since ending either may wait for the code it interrupts.
+boost::system::result<attach_guard, attach_error> attach_internal(const interpreter_handle&,
+                                                                  bool for_interrupt);
 }  // namespace detail
 
 /// A copyable reference to an interpreter: its id plus shared state. It never touches the
@@ -68,6 +78,8 @@ class attach_guard {
 
  private:
   friend boost::system::result<attach_guard, attach_error> attach(const interpreter_handle&);
+  friend boost::system::result<attach_guard, attach_error> detail::attach_internal(
+      const interpreter_handle&, bool);
   explicit attach_guard(detail::attach_frame* f) noexcept : frame_(f) {}
   detail::attach_frame* frame_;
 };

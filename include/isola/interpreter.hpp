@@ -17,18 +17,36 @@
 
 namespace isola {
 
-/// Every field of CPython's PyInterpreterConfig. The default is the isolated configuration:
-/// own GIL, own object allocator, strict extension checks, threads allowed, no fork/exec,
-/// no daemon threads.
+/// Every field of CPython's PyInterpreterConfig, plus isola's own. The default is the isolated
+/// configuration: own GIL, own object allocator, strict extension checks, threads allowed, no
+/// fork, no daemon threads, no os._exit.
 struct interpreter_config {
   enum class gil_mode { own, shared };
   gil_mode gil = gil_mode::own;
   bool use_main_obmalloc = false;
+  /// os.fork() (and os.forkpty()): refused with a RuntimeError that names this option unless
+  /// true. On CPython 3.12/3.13 a child forked from any interpreter but the main one dies at
+  /// once with a fatal error, so there is little reason to allow it.
   bool allow_fork = false;
   bool allow_exec = false;
   bool allow_threads = true;
   bool allow_daemon_threads = false;
   bool check_multi_interp_extensions = true;
+  /// os._exit() (and os.abort()) end the whole process at once: every interpreter's work is
+  /// lost and nothing is reported. Refused with a RuntimeError that names this option unless
+  /// true.
+  bool allow_os_exit = false;
+
+  /// Ending the interpreter (close(), pool shutdown or recycling, runtime shutdown) waits this
+  /// long for the non-daemon threads its code left running, as CPython waits for them (forever,
+  /// there); then SystemExit is raised in every thread still running in it. Daemon threads
+  /// (and threads started with _thread) get SystemExit at once.
+  std::chrono::milliseconds end_timeout{std::chrono::seconds(30)};
+  /// How long code has to stop after isola interrupts it while ending the interpreter (the
+  /// SystemExit above; atexit handlers and __del__ methods that run while it ends; a task
+  /// interrupted at runtime shutdown). Past it the interpreter is abandoned: its thread is left
+  /// running, logged at critical level, and counted by runtime::abandoned_interpreters().
+  std::chrono::milliseconds end_grace{std::chrono::seconds(2)};
 
   /// Extra sys.path entries for this interpreter, put in front of the runtime's.
   std::vector<std::string> sys_path;
@@ -36,8 +54,12 @@ struct interpreter_config {
   std::string name;
 
   static interpreter_config isolated() { return {}; }
-  /// CPython's legacy settings: shares the main GIL and allocator, loads any extension.
+  /// CPython's legacy settings: shares the main GIL and allocator, loads any extension,
+  /// allows fork, exec, daemon threads and os._exit.
   static interpreter_config legacy();
+  /// The shared-GIL lane: shares the main GIL and allocator and loads any extension (as
+  /// legacy()), but with isolated()'s process safety: no fork, no daemon threads, no os._exit.
+  static interpreter_config shared_gil();
 
   /// Empty if valid, else a message naming the conflicting fields and the fix
   /// (e.g. an own GIL needs its own allocator: use_main_obmalloc=false).
@@ -55,8 +77,11 @@ struct interpreter_config {
 /// - Python exceptions come back as isola::python_error; the interpreter stays usable.
 ///   SystemExit ends the call with a python_error of type "SystemExit", never the process.
 /// - Globals live in the interpreter's __main__ module.
-/// - close() (and the destructor) refuses new work, lets queued work finish, waits for
-///   attached threads, then ends the interpreter on its worker thread and joins it.
+/// - close() (and the destructor) refuses new work, lets queued work finish (logging a
+///   warning every few seconds while it waits), waits for attached threads, then ends the
+///   interpreter on its worker thread (threads its code left running: see
+///   interpreter_config::end_timeout) and joins it. If ending does not finish within
+///   end_timeout + 2 * end_grace, the interpreter is abandoned and close() returns.
 /// - Thread-safe: any thread may call any member concurrently, except destroying the object
 ///   while another thread still uses it.
 class interpreter {
@@ -107,9 +132,10 @@ class interpreter {
   std::future<value> get_global_async(std::string name);
 
   /// Raises exception_type (a builtin exception name such as "KeyboardInterrupt" or
-  /// "TimeoutError") in the worker's running Python code at its next bytecode boundary.
-  /// Returns false if no task was running. Code blocked inside C does not see it until it
-  /// returns to the interpreter loop.
+  /// "SystemExit", or one of isola's such as "isola.TaskTimeout") in the worker's running
+  /// Python code at its next bytecode boundary, and wakes its time.sleep. Returns false if no
+  /// task was running. Code blocked inside C does not see it until it returns to the
+  /// interpreter loop. Works while the interpreter is closing, too.
   bool interrupt(std::string_view exception_type = "KeyboardInterrupt");
 
   /// Ends the interpreter (idempotent; safe from any thread but its own worker and threads

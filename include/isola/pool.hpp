@@ -41,8 +41,10 @@ struct pool_options {
   /// Timeout applied to tasks that do not give their own; zero means none. It counts from
   /// the moment the task starts running.
   std::chrono::milliseconds default_timeout{0};
-  /// How long a timed-out or cancelled task may take to react to its TimeoutError before its
-  /// interpreter is declared broken (stuck in C code) and replaced.
+  /// How long a timed-out task may take to react to its isola.TaskTimeout (or a task to
+  /// SystemExit at runtime shutdown) before its interpreter is declared broken (stuck in C
+  /// code), abandoned and replaced; also how long a replacement may take to be created before
+  /// it is abandoned too (shared-GIL interpreters wait for the GIL a stuck one holds).
   std::chrono::milliseconds grace_period{2000};
   /// Replace an interpreter with a fresh one after this many tasks; 0 means never.
   std::size_t max_tasks_per_interpreter = 0;
@@ -86,11 +88,13 @@ struct pool_task;
 class pool_impl;
 }  // namespace detail
 
-/// The result of a submitted task: a std::future<value> plus cancel().
-/// - get() returns the value or throws: python_error (a Python exception, TimeoutError for a
-///   timeout), isola::error with errc::cancelled, errc::timeout (the task ignored its
-///   TimeoutError and its interpreter was replaced), errc::cancelled (also: pool shut down
-///   with cancel_pending) or errc::creation_failed (no interpreter could be made to run it).
+/// The result of a submitted task: a std::future<value> plus cancel() and interrupt().
+/// - get() returns the value or throws: python_error (a Python exception; TimeoutError for a
+///   timeout, which raised isola.TaskTimeout in the task), isola::error with errc::timeout
+///   (the task did not stop on its TaskTimeout and its interpreter was replaced),
+///   errc::cancelled (also: pool shut down with cancel_pending), errc::runtime_finalizing (the
+///   runtime shut down: SystemExit was raised in it, or it never ran) or
+///   errc::creation_failed (no interpreter could be made to run it).
 class task_future {
  public:
   task_future() = default;
@@ -117,6 +121,11 @@ class task_future {
   /// Returns false if the task had already finished (or was already cancelled); when it
   /// returns true the future fails with errc::cancelled.
   bool cancel();
+  /// Like Ctrl-C for one task: raises exception_type (a builtin exception name, KeyboardInterrupt
+  /// by default) in it if it is running, and the future then gets whatever the task returns
+  /// or raises (code that handles the exception can return a partial result); a task still
+  /// queued is cancelled instead (errc::cancelled). Returns false if it had finished.
+  bool interrupt(std::string_view exception_type = "KeyboardInterrupt");
   std::future<value>& future() noexcept { return future_; }
 
  private:
@@ -130,7 +139,8 @@ class task_future {
 /// - Idle workers sleep on a futex; nothing polls.
 /// - A Python exception fails only its task; the interpreter stays in service.
 /// - The destructor is shutdown() (queued tasks finish) and joins every thread. A runtime
-///   destroyed while a pool is alive shuts the pool down first.
+///   destroyed while a pool is alive shuts the pool down first: queued tasks fail with
+///   errc::runtime_finalizing and SystemExit is raised in running ones.
 class pool {
  public:
   /// Creates the interpreters (in parallel on 3.13) and runs the init code in each. Throws
@@ -199,6 +209,8 @@ class pool {
   /// errc::cancelled); running tasks finish; then the interpreters end and threads are joined.
   /// An interpreter stuck in C code past its timeout and grace period does not hold shutdown
   /// up: its thread is left behind (detached) and ends its interpreter if it ever returns.
+  /// Ending each interpreter is bounded (interpreter_config::end_timeout and end_grace: the
+  /// threads its code left running); one that does not end in time is abandoned the same way.
   /// A task with no timeout that never returns does hold it up.
   void shutdown(bool cancel_pending = false);
 

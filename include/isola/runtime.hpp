@@ -34,8 +34,15 @@ struct runtime_options {
 /// - Construct and destroy it on the same thread (normally main()); it keeps the main
 ///   interpreter's thread state and does not hold the main GIL between calls.
 /// - Destruction refuses new attaches (errc::runtime_finalizing), ends every live interpreter
-///   last-in first-out (each waits for its attached threads), then calls Py_Finalize.
-///   isola::interpreter objects that outlive it are left closed and safe to destroy.
+///   last-in first-out, then calls Py_Finalize. isola::interpreter objects that outlive it are
+///   left closed and safe to destroy. Ending an interpreter here does not wait for its work:
+///   queued tasks fail (errc::runtime_finalizing), SystemExit is raised in a running task and
+///   in threads its code left running (after interpreter_config::end_timeout), each step
+///   logged as a warning; code that still does not stop within interpreter_config::end_grace
+///   is abandoned (see abandoned_interpreters()).
+/// - If any interpreter was abandoned (its code ignored the interrupts: stuck in C code, say),
+///   the destructor logs it and leaves CPython initialized rather than finalize it under a
+///   running thread; the program should then end with std::quick_exit() or _exit().
 class runtime {
  public:
   explicit runtime(runtime_options options = {});
@@ -51,8 +58,14 @@ class runtime {
 
   /// Version of the CPython this process runs, e.g. "3.13.0".
   static std::string python_version();
-  /// Number of interpreters created through isola that have not ended yet.
+  /// Number of interpreters created through isola that have not ended yet (abandoned ones
+  /// excluded).
   std::size_t live_interpreters() const;
+  /// Number of interpreters abandoned because their code did not stop when interrupted (a
+  /// task stuck in C code past its timeout and grace period, threads that ignore SystemExit
+  /// when their interpreter ends) and still running. While it is not 0, destroying the
+  /// runtime leaves CPython initialized. Static: it can be asked after the runtime ended.
+  static std::size_t abandoned_interpreters();
 
   const runtime_options& options() const noexcept { return options_; }
 

@@ -6,6 +6,7 @@
 #include <isola/log.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <thread>
 
@@ -35,6 +36,25 @@ CLI::Option* add_log_level_option(CLI::App& app, std::string& level) {
                   "critical or off (default: $ISOLA_LOG_LEVEL, else warn)")
       ->check(CLI::IsMember(std::vector<std::string>(std::begin(log_levels), std::end(log_levels))))
       ->type_name("LEVEL");
+}
+
+CLI::Option* add_timeout_option(CLI::App& app, double& seconds, const std::string& help) {
+  CLI::Validator finite_seconds(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        std::size_t used = 0;
+        try {
+          v = std::stod(text, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != text.size() || !std::isfinite(v) || v < 0.001 || v > 1e6) {
+          return "SECONDS must be a finite number from 0.001 to 1000000, not '" + text + "'";
+        }
+        return {};
+      },
+      "");
+  return app.add_option("--timeout", seconds, help)->check(finite_seconds)->type_name("SECONDS");
 }
 
 void apply_log_level(const std::string& level) {

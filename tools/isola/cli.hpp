@@ -68,6 +68,10 @@ CLI::Option* add_log_level_option(CLI::App& app, std::string& level);
 /// Applies a --log-level value (empty: keep ISOLA_LOG_LEVEL or the default, warn).
 void apply_log_level(const std::string& level);
 
+/// Adds --timeout SECONDS storing into `seconds`: a finite number from 0.001 to 1e6 (nan, inf,
+/// 0 and negative numbers are refused with a message that says so).
+CLI::Option* add_timeout_option(CLI::App& app, double& seconds, const std::string& help);
+
 /// Logical cores available (std::thread::hardware_concurrency(), at least 1).
 unsigned cores();
 

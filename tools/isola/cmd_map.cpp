@@ -8,13 +8,17 @@
 //   returns the reprs. A failing input is recorded there and the chunk goes on, so one bad
 //   input never stops the others.
 // - At most a window of chunks is in flight; results are printed as soon as the oldest chunk
-//   is back, so output streams while later chunks run.
-// - --timeout S limits each input's call: a chunk stops taking new inputs once it has run S
-//   seconds (the rest are resubmitted as a new chunk), and its task has a pool timeout of 2*S,
-//   so an input is interrupted only after running at least S; an input that finishes after
-//   more than S fails as well. An input is interrupted at most 2*S after its chunk started.
+//   is back (flushed whenever the command would wait, and after every chunk on a terminal),
+//   so output streams while later chunks run.
+// - --timeout S limits each input's call: the helper re-arms its task's deadline to S before
+//   each call (isola._set_deadline), so the pool's watchdog interrupts an input S seconds
+//   after it started (isola.TaskTimeout), and the chunk goes on with the next input.
+// - SIGINT/SIGTERM: nothing more is dispatched, queued chunks are cancelled, running ones get
+//   KeyboardInterrupt and hand back what they finished; every finished result is printed, the
+//   inputs that did not run are named, and the command exits 130/143.
 #include "cli.hpp"
 #include "pool_support.hpp"
+#include "signals.hpp"
 
 #include <isola/error.hpp>
 #include <isola/pool.hpp>
@@ -60,6 +64,7 @@ struct map_options {
   bool no_progress = false;  ///< --no-progress
   bool quiet = false;
   bool stats = false;
+  bool allow_os_exit = false;
   std::string log_level;
 };
 
@@ -67,9 +72,18 @@ struct map_options {
 constexpr const char* helper_source = R"py(
 import ast
 import importlib
+import os
 import sys
 import traceback
 from time import monotonic as _monotonic
+
+import isola
+
+# The input is this process's stdin (or a file); the mapped code gets an empty one.
+sys.stdin = open(os.devnull)
+
+_TaskTimeout = isola.TaskTimeout
+_set_deadline = isola._set_deadline
 
 _literal_eval = ast.literal_eval
 _functions = {}
@@ -174,12 +188,31 @@ def check_target(target):
 def map_chunk(target, lines, limit):
     """Returns (reprs, failures, consumed): reprs[i] is repr(result) or None if input i failed;
     failures are (i, phase, type, message, traceback) with phase 'parse', 'call' or
-    'timeout'; consumed < len(lines) when the chunk stopped early (limit reached)."""
+    'timeout'. consumed < len(lines) when the command stopped the chunk (KeyboardInterrupt):
+    the inputs from consumed on did not finish. With a limit, each input's call (and its
+    repr) has its own deadline of `limit` seconds."""
     fn = _functions.get(target) or _resolve(target)
     out = []
     fails = []
     append = out.append
-    if not limit:
+    try:
+        if not limit:
+            for i, s in enumerate(lines):
+                try:
+                    x = parse(s)
+                except Exception as e:
+                    append(None)
+                    fails.append(_failure(i, 'parse', e, False))
+                    continue
+                try:
+                    append(repr(fn(x)))
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as e:
+                    append(None)
+                    fails.append(_failure(i, 'call', e, not fails))
+            return out, fails, len(lines)
+
         for i, s in enumerate(lines):
             try:
                 x = parse(s)
@@ -187,39 +220,39 @@ def map_chunk(target, lines, limit):
                 append(None)
                 fails.append(_failure(i, 'parse', e, False))
                 continue
+            t1 = _monotonic()
             try:
-                append(repr(fn(x)))
+                _set_deadline(limit)
+                try:
+                    r = repr(fn(x))
+                finally:
+                    _set_deadline(None)
+            except _TaskTimeout:
+                append(None)
+                fails.append((i, 'timeout', 'TimeoutError',
+                              f'interrupted after {_monotonic() - t1:.3g} s', ''))
+                continue
+            except KeyboardInterrupt:
+                raise
             except BaseException as e:
                 append(None)
                 fails.append(_failure(i, 'call', e, not fails))
+                continue
+            took = _monotonic() - t1
+            if took > limit:
+                append(None)
+                fails.append((i, 'timeout', 'TimeoutError', f'took {took:.3g} s (result dropped)', ''))
+            else:
+                append(r)
         return out, fails, len(lines)
-
-    t0 = _monotonic()
-    for i, s in enumerate(lines):
-        if i and _monotonic() - t0 >= limit:
-            return out, fails, i
-        t1 = _monotonic()
-        phase = 'parse'
-        try:
-            x = parse(s)
-            phase = 'call'
-            r = repr(fn(x))
-            took = _monotonic() - t1
-        except BaseException as e:
-            took = _monotonic() - t1
-            append(None)
-            if type(e) is TimeoutError and not e.args and took >= limit:
-                # The pool's interrupt: this input ran past the limit. Hand the rest back.
-                fails.append((i, 'timeout', 'TimeoutError', f'interrupted after {took:.3g} s', ''))
-                return out, fails, i + 1
-            fails.append(_failure(i, phase, e, not fails))
-            continue
-        if took > limit:
-            append(None)
-            fails.append((i, 'timeout', 'TimeoutError', f'took {took:.3g} s (result dropped)', ''))
-        else:
-            append(r)
-    return out, fails, len(lines)
+    except KeyboardInterrupt:
+        # The command is stopping: hand back what finished. An input whose failure was not
+        # recorded yet does not count as finished.
+        n = len(out)
+        if n and out[-1] is None and not (fails and fails[-1][0] == n - 1):
+            n -= 1
+            del out[n:]
+        return out, fails, n
 
 
 def flush():
@@ -441,15 +474,20 @@ class progress_line {
   clock::time_point last_;
 };
 
-/// Writes results to stdout in large blocks, clearing the progress line first (stdout and
-/// stderr may be the same terminal).
+/// Writes results to stdout in blocks, clearing the progress line first (stdout and stderr
+/// may be the same terminal). The mapper flushes it whenever it is about to wait, and after
+/// every chunk when stdout is a terminal, so results appear as they complete.
 class output {
  public:
-  explicit output(progress_line& progress) : progress_(progress) {}
+  explicit output(progress_line& progress) : progress_(progress), tty_(isatty(STDOUT_FILENO)) {}
   void line(std::string_view s) {
     buf_.append(s);
     buf_ += '\n';
     if (buf_.size() >= (1u << 16)) flush();
+  }
+  /// After a chunk's results: on a terminal they show at once.
+  void chunk_done() {
+    if (tty_) flush();
   }
   void flush() {
     if (!buf_.empty()) {
@@ -462,6 +500,7 @@ class output {
 
  private:
   progress_line& progress_;
+  bool tty_;
   std::string buf_;
 };
 
@@ -486,16 +525,25 @@ class mapper {
     const std::size_t total = items_.size();
     const std::size_t window = std::max<std::size_t>(4 * pool_.size(), 8);
     std::size_t next = 0;
-    while (next < total || !inflight_.empty()) {
-      while (next < total && inflight_.size() < window) {
+    while (!inflight_.empty() || (next < total && !stopping())) {
+      while (!stopping() && next < total && inflight_.size() < window) {
         std::size_t count = std::min(chunk_, total - next);
         inflight_.push_back(submit(next, count));
         next += count;
       }
       piece& front = inflight_.front();
-      if (progress_.enabled()) {
-        while (front.fut.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+      if (front.fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        out_.flush();  // what is done is shown before we wait
+        while (front.fut.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
           progress_.update(done_);
+          if (stopping() && clock::now() >= give_up_) break;
+        }
+        if (stopping() && clock::now() >= give_up_ &&
+            front.fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+          stuck_ = true;  // did not stop on its KeyboardInterrupt: leave it and the rest
+          for (const auto& p : inflight_) not_run(p.first, p.count);
+          inflight_.clear();
+          break;
         }
       }
       value result;
@@ -506,7 +554,12 @@ class mapper {
         err = std::current_exception();
       }
       if (err) {
-        chunk_failed(err);
+        if (stopping()) {  // cancelled before it ran, or its interrupt escaped the helper
+          not_run(front.first, front.count);
+          inflight_.pop_front();
+        } else {
+          chunk_failed(err);
+        }
         continue;
       }
       const auto& parts = result.as_tuple().items;
@@ -523,13 +576,29 @@ class mapper {
         }
         ++done_;
       }
-      if (consumed < front.count) {
-        front = submit(front.first + consumed, front.count - consumed);  // stopped at the limit
+      out_.chunk_done();
+      if (consumed < front.count && stopping()) {
+        not_run(front.first + consumed, front.count - consumed);
+        inflight_.pop_front();
+      } else if (consumed < front.count) {
+        // The function itself raised KeyboardInterrupt (the command did not ask for it): that
+        // input failed; the rest of the chunk goes on as a new one.
+        report(items_[front.first + consumed],
+               fmt::format("{}({}) raised KeyboardInterrupt", function_,
+                           shown(items_[front.first + consumed])));
+        ++done_;
+        const std::size_t rest = front.count - consumed - 1;
+        if (rest > 0) {
+          front = submit(front.first + consumed + 1, rest);
+        } else {
+          inflight_.pop_front();
+        }
       } else {
         inflight_.pop_front();
       }
       progress_.update(done_);
     }
+    if (stopping() && next < total) not_run(next, total - next);
     out_.flush();
     progress_.clear();
     return failures_.count;
@@ -537,6 +606,14 @@ class mapper {
 
   const failure_report& failures() const { return failures_; }
   bool progress_printed() const { return progress_.printed(); }
+  /// The signal that stopped the run, or 0.
+  int signal() const { return signal_; }
+  /// Inputs that never ran (or did not finish) because a signal stopped the run.
+  std::size_t not_run_count() const { return not_run_count_; }
+  /// Their line ranges, the first few: "12-40, 97-200".
+  const std::string& not_run_lines() const { return not_run_lines_; }
+  /// An input that did not stop on its KeyboardInterrupt is still running.
+  bool stuck() const { return stuck_; }
 
  private:
   struct piece {
@@ -544,17 +621,43 @@ class mapper {
     task_future fut;
   };
 
+  /// True once a signal asked the run to stop; the first call that sees it interrupts the
+  /// chunks in flight (queued ones are cancelled, running ones get KeyboardInterrupt).
+  bool stopping() {
+    if (signal_ != 0) return true;
+    signal_ = stop_signal();
+    if (signal_ == 0) return false;
+    out_.flush();
+    progress_.clear();
+    fmt::print(stderr, "map: {}: stopping (finished results are kept)\n", signal_name(signal_));
+    for (auto& p : inflight_) p.fut.interrupt();
+    give_up_ = clock::now() + std::chrono::seconds(2);
+    return true;
+  }
+
+  void not_run(std::size_t first, std::size_t count) {
+    if (count == 0) return;
+    not_run_count_ += count;
+    if (not_run_ranges_ < 5) {
+      const std::size_t a = items_[first].line, b = items_[first + count - 1].line;
+      not_run_lines_ += (not_run_lines_.empty() ? "" : ", ") +
+                        (a == b ? std::to_string(a) : std::to_string(a) + "-" + std::to_string(b));
+    } else if (not_run_ranges_ == 5) {
+      not_run_lines_ += ", ...";
+    }
+    ++not_run_ranges_;
+  }
+
   piece submit(std::size_t first, std::size_t count) {
-    task_options opts;
-    if (o_.timeout > 0) opts.timeout = timeout_ms(2 * o_.timeout);
     auto fut = pool_.submit_with(
         "_isola_map:map_chunk",
-        {value(o_.target), value(lines_of(items_, first, count)), value(o_.timeout)}, {}, opts);
+        {value(o_.target), value(lines_of(items_, first, count)), value(o_.timeout)}, {}, {});
     return piece{first, count, std::move(fut)};
   }
 
-  /// The chunk's task failed as a whole (a timeout that hit between inputs, an input stuck in
-  /// C code): run its inputs again one task each, so the failure is pinned on one input.
+  /// The chunk's task failed as a whole (an input stuck in C code past its timeout, a timeout
+  /// that landed between inputs): run its inputs again one task each, so the failure is
+  /// pinned on one input.
   void chunk_failed(const std::exception_ptr& err) {
     piece front = std::move(inflight_.front());
     inflight_.pop_front();
@@ -567,8 +670,9 @@ class mapper {
       std::rethrow_exception(err);
     } catch (const error& e) {
       why = e.code() == errc::timeout
-                ? fmt::format("timed out (limit {:g} s) and did not stop on its TimeoutError (it "
-                              "caught it, or is stuck in C code); its interpreter was replaced",
+                ? fmt::format("timed out (limit {:g} s) and did not stop on its "
+                              "isola.TaskTimeout (it caught it, or is stuck in C code); its "
+                              "interpreter was abandoned",
                               o_.timeout)
                 : e.what();
     } catch (...) {
@@ -616,6 +720,12 @@ class mapper {
   progress_line progress_;
   output out_;  // after progress_, which it refers to
   failure_report failures_;
+  int signal_ = 0;
+  clock::time_point give_up_{};
+  bool stuck_ = false;
+  std::size_t not_run_count_ = 0;
+  std::size_t not_run_ranges_ = 0;
+  std::string not_run_lines_;
 };
 
 std::vector<std::string> sys_path_for(const map_options& o) {
@@ -729,18 +839,30 @@ std::size_t auto_chunk(std::size_t total, std::size_t n) {
   return std::clamp<std::size_t>(c, 1, max_auto_chunk);
 }
 
+/// Before any input ran: a signal ends the command at once (nothing to report).
+void stop_if_signalled() {
+  if (int sig = stop_signal(); sig != 0) {
+    fmt::print(stderr, "map: interrupted by {} before any input ran\n", signal_name(sig));
+    exit_leaving_stuck_interpreters(signal_exit_status(sig));
+  }
+}
+
 int run_map(const map_options& o) {
   check_target_format(o.target);
   auto sys_path = sys_path_for(o);
   auto items = load_inputs(o);
   apply_log_level(o.log_level);
   quiet_timeout_warnings(o.log_level, o.timeout > 0);
+  watch_stop_signals();
 
   const auto t0 = clock::now();
   runtime rt;
   pool_options po;
   po.size = o.interpreters;
   po.interpreter.name = "map";
+  po.interpreter.allow_os_exit = o.allow_os_exit;
+  // Threads a function leaves running get SystemExit when the interpreters end.
+  po.interpreter.end_timeout = std::chrono::milliseconds(0);
   po.sys_path = sys_path;
   po.init_code = helper_module_init("_isola_map", helper_source);
   std::unique_ptr<pool> p;
@@ -751,50 +873,73 @@ int run_map(const map_options& o) {
                                          o.interpreters, o.interpreters == 1 ? "" : "s",
                                          e.what()));
   }
+  stop_if_signalled();
   check_target_everywhere(*p, o);
+  stop_if_signalled();
   check_literals(*p, items);
+  stop_if_signalled();
 
   const std::size_t chunk = o.chunk_size != 0 ? o.chunk_size : auto_chunk(items.size(), p->size());
   mapper m(*p, o, items, chunk);
   const std::size_t failed = m.run();
   const double took = seconds_since(t0);
   const pool_stats stats = p->stats();
+  const int sig = m.signal();
+  const std::size_t finished = items.size() - m.not_run_count();
 
-  // Output the function printed, before isola's summary.
-  std::vector<task_future> flushes;
-  for (std::size_t k = 0; k < p->size(); ++k) {
-    task_options opts;
-    opts.interpreter_index = static_cast<int>(k);
-    flushes.push_back(p->submit_with("_isola_map:flush", {}, {}, opts));
-  }
-  for (auto& f : flushes) {
-    try {
-      f.get();
-    } catch (const std::exception&) {
+  if (!m.stuck()) {
+    // Output the function printed, before isola's summary.
+    std::vector<task_future> flushes;
+    for (std::size_t k = 0; k < p->size(); ++k) {
+      task_options opts;
+      opts.interpreter_index = static_cast<int>(k);
+      flushes.push_back(p->submit_with("_isola_map:flush", {}, {}, opts));
+    }
+    for (auto& f : flushes) {
+      try {
+        f.get();
+      } catch (const std::exception&) {
+      }
     }
   }
   std::fflush(stdout);
 
-  if (!o.quiet && (failed > 0 || o.progress || m.progress_printed())) {
+  // A summary ends a long input (the progress --help promises), a run that showed progress,
+  // had failures or was stopped.
+  if (!o.quiet && (failed > 0 || sig != 0 || o.progress || m.progress_printed() ||
+                   items.size() > progress_threshold)) {
     std::string lines;
     for (auto l : m.failures().lines) lines += (lines.empty() ? "" : ", ") + std::to_string(l);
     if (failed > m.failures().lines.size()) lines += ", ...";
     std::string rate;
-    if (items.size() >= progress_threshold && took > 0) {
+    if (items.size() >= progress_threshold && took > 0 && sig == 0) {
       rate = fmt::format("{:.0f} inputs/s; ", static_cast<double>(items.size()) / took);
     }
-    fmt::print(stderr, "map: {} input{}, {} ok, {} failed{} in {:.2f} s ({}{} interpreter{}, "
-               "chunks of {})\n",
-               items.size(), items.size() == 1 ? "" : "s", items.size() - failed, failed,
+    std::string stopped;
+    if (sig != 0) {
+      stopped = fmt::format("interrupted by {}: {} of ", signal_name(sig), finished);
+    }
+    std::string not_run;
+    if (m.not_run_count() > 0) {
+      not_run = fmt::format(", {} not run (line{} {})", m.not_run_count(),
+                            m.not_run_count() == 1 ? "" : "s", m.not_run_lines());
+    }
+    fmt::print(stderr, "map: {}{} input{}{}, {} ok, {} failed{}{} in {:.2f} s ({}{} "
+               "interpreter{}, chunks of {})\n",
+               stopped, items.size(), items.size() == 1 ? "" : "s", sig != 0 ? " finished" : "",
+               finished - failed, failed,
                failed > 0 ? " (line" + std::string(failed == 1 ? " " : "s ") + lines + ")" : "",
-               took, rate, p->size(), p->size() == 1 ? "" : "s", chunk);
+               not_run, took, rate, p->size(), p->size() == 1 ? "" : "s", chunk);
   }
   if (o.stats) print_pool_stats(stats);
-  p->shutdown();  // joins the workers and the watchdog: the counters are final
-  const bool stuck = has_stuck_interpreters(p->stats());
+  const int status = sig != 0 ? signal_exit_status(sig) : failed > 0 ? exit_failed : exit_ok;
+  if (m.stuck()) {
+    fmt::print(stderr, "map: an input did not stop on its KeyboardInterrupt (stuck in C code?)\n");
+    exit_leaving_stuck_interpreters(status);
+  }
+  p->shutdown();  // bounded: interpreters that do not end in time are abandoned
   p.reset();
-  const int status = failed > 0 ? exit_failed : exit_ok;
-  if (stuck) exit_leaving_stuck_interpreters(status);
+  if (rt.abandoned_interpreters() > 0) exit_leaving_stuck_interpreters(status);
   return status;
 }
 
@@ -822,15 +967,18 @@ void add_map_command(CLI::App& app, dispatch& d) {
                   fmt::format("Inputs per task (default: automatic, at most {})", max_auto_chunk))
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))
       ->type_name("K");
+  // One folder per --path (repeat it for more), so that the target after it stays the target.
   sub->add_option("-p,--path", o->paths,
                   "Folder to put first on sys.path of every interpreter, unless it is there "
-                  "already (repeatable); the current directory always is")
-      ->type_name("DIR");
-  sub->add_option("--timeout", o->timeout,
-                  "Limit for each input's call: an input that runs longer fails with "
-                  "TimeoutError (default: no limit)")
-      ->check(CLI::Range(0.001, 1e6))
-      ->type_name("SECONDS");
+                  "already (repeat --path for more); the current directory always is")
+      ->type_name("DIR")
+      ->allow_extra_args(false);
+  add_timeout_option(*sub, o->timeout,
+                     "Limit for each input's call: isola.TaskTimeout is raised in a call that "
+                     "runs longer, and that input fails with TimeoutError (default: no limit)");
+  sub->add_flag("--allow-os-exit", o->allow_os_exit,
+                "Let os._exit() and os.abort() end the whole process, as in CPython (by default "
+                "they raise RuntimeError: one input must not end the run unreported)");
   sub->add_flag("--progress", o->progress,
                 fmt::format("Show progress from the start, even for {} inputs or fewer",
                             progress_threshold));
@@ -853,10 +1001,17 @@ void add_map_command(CLI::App& app, dispatch& d) {
       "\n"
       "Progress: \"mapped 12000/50000 (24%)\" on stderr once there are more than 1000 inputs or\n"
       "the run has taken 2 s; redrawn in place on a terminal, else a line every 5 s at most.\n"
-      "A summary line ends a run that showed progress or had failures.\n"
+      "A summary line ends a run of more than 1000 inputs, and one that showed progress, had\n"
+      "failures or was stopped.\n"
       "\n"
       "The module is imported in every interpreter from the current directory or a --path\n"
-      "folder; it must support subinterpreters (pure-Python modules do).\n"
+      "folder; it must support subinterpreters (pure-Python modules do). The function sees an\n"
+      "empty stdin (the inputs are this command's), and os._exit(), os.abort() and os.fork()\n"
+      "raise RuntimeError in it.\n"
+      "\n"
+      "SIGINT (Ctrl-C) or SIGTERM stops the run: nothing more starts, the running calls get\n"
+      "KeyboardInterrupt, every finished result is printed, the summary names the inputs that\n"
+      "did not run, and the exit status is 130 or 143; a second signal exits at once.\n"
       "\n"
       "Examples:\n"
       "  seq 1 100000 | isola map mymod:square              one result per line\n"
@@ -864,7 +1019,7 @@ void add_map_command(CLI::App& app, dispatch& d) {
       "\n"
       "Exit status: 0 every input ok, 1 any input failed (or the module raised on import),\n"
       "2 usage error (bad target, missing input file, module or function not found, a line that\n"
-      "is not a Python literal).");
+      "is not a Python literal), 130/143 stopped by SIGINT/SIGTERM.");
   sub->callback([o, &d] { d.chosen = [o] { return run_map(*o); }; });
 }
 

@@ -1,8 +1,11 @@
 // `isola run`: runs one script in N interpreters at once (own GIL each by default), then
 // reports every interpreter's outcome and the wall time on stderr. The interpreters are an
-// isola::pool of N; each runs the script once as a task pinned to it.
+// isola::pool of N; each runs the script once as a task pinned to it. --timeout bounds each
+// interpreter's whole life: the script, the threads it left running, and its end. SIGINT or
+// SIGTERM interrupts the scripts (KeyboardInterrupt) and reports what finished.
 #include "cli.hpp"
 #include "pool_support.hpp"
+#include "signals.hpp"
 
 #include <isola/error.hpp>
 #include <isola/pool.hpp>
@@ -10,14 +13,13 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -34,6 +36,8 @@ constexpr unsigned max_interpreters = 1024;
 struct run_options {
   unsigned interpreters = cores();
   bool shared_gil = false;
+  bool allow_os_exit = false;
+  std::string stdin_mode = "first";  ///< first: interpreter 1 reads the process's stdin; none
   std::string log_level;
   bool quiet = false;
   bool stats = false;
@@ -77,39 +81,123 @@ void check_script(const fs::path& script) {
 
 /// The runner every pool task calls: runs the file as `python script.py` would (runpy with
 /// run_name '__main__': __name__, __file__, sys.argv; the script's folder first on sys.path;
-/// SystemExit with code 0 or None is success), then flushes the interpreter's sys.stdout and
-/// sys.stderr so that the script's output comes before isola's report.
+/// source that is not valid in its encoding refused as the tokenizer refuses it; SystemExit
+/// with code 0 or None is success; then it waits for the non-daemon threads the script left
+/// running, as CPython does at exit), then flushes the interpreter's sys.stdout and
+/// sys.stderr so that the script's output comes before isola's report. The wait for threads
+/// is part of the task, so --timeout bounds it; a timeout there names the threads.
 constexpr const char* runner_source = R"py(
+import io
 import os
 import runpy
 import sys
 
+import isola
 
-def run_script(path, argv):
+
+def _check_source(path):
+    # runpy compiles the file's bytes, which lets bytes that are not valid in the source
+    # encoding through in comments; `python script.py` reads it with the tokenizer, which
+    # refuses them. Do as the tokenizer does.
+    if path.endswith(('.pyc', '.pyo')):
+        return
+    import tokenize
+    with open(path, 'rb') as f:
+        data = f.read()
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b'\n', 0, e.start) + 1
+        if encoding in ('utf-8', 'utf-8-sig'):
+            msg = (f"Non-UTF-8 code starting with '\\x{data[e.start]:02x}' in file "
+                   f"{path} on line {line}, but no encoding declared; see "
+                   "https://peps.python.org/pep-0263/ for details")
+        else:
+            msg = f"{e.reason} for the encoding {encoding!r} in file {path} on line {line}"
+        raise SyntaxError(msg, (path, line, None, None)) from None
+
+
+def _describe(threads):
+    frames = sys._current_frames()
+    out = []
+    for t in threads:
+        text = repr(t.name)
+        f = frames.get(t.ident)
+        where = f
+        while where is not None and where.f_code.co_filename.endswith('threading.py'):
+            where = where.f_back
+        where = where or f
+        if where is not None:
+            text += f' in {where.f_code.co_name} ({where.f_code.co_filename}:{where.f_lineno})'
+        out.append(text)
+    return ', '.join(out)
+
+
+def _join_threads():
+    threading = sys.modules.get('threading')
+    if threading is None:
+        return
+    # On 3.13 threading.main_thread() is the process's main thread, which is not this
+    # interpreter's to wait for; this worker thread is a dummy (daemon) thread then.
+    skip = (threading.current_thread(), threading.main_thread())
+    while True:
+        left = [t for t in threading.enumerate() if t not in skip and not t.daemon]
+        if not left:
+            return
+        try:
+            # Short joins: a timeout or an interrupt is raised between them.
+            left[0].join(0.05)
+        except isola.TaskTimeout:
+            raise isola.TaskTimeout('while waiting for the threads the script left running: '
+                                    + _describe(left)) from None
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def run_script(path, argv, own_stdin):
+    if not own_stdin:
+        sys.stdin = open(os.devnull)
+    _check_source(path)
     sys.argv = [path] + list(argv)
     folder = os.path.dirname(os.path.abspath(path))
     if not sys.path or sys.path[0] != folder:
         sys.path.insert(0, folder)
+    join = True
     try:
-        runpy.run_path(path, run_name='__main__')
-    except SystemExit as e:
-        # sys.exit(0) or sys.exit() is success, as for `python script.py`; the task then
-        # counts as done in the pool's stats too.
-        if e.code is not None and e.code != 0:
+        try:
+            runpy.run_path(path, run_name='__main__')
+        except SystemExit as e:
+            # sys.exit(0) or sys.exit() is success, as for `python script.py`; the task then
+            # counts as done in the pool's stats too.
+            if e.code is not None and e.code != 0:
+                raise
+        except (KeyboardInterrupt, isola.TaskTimeout):
+            join = False  # stopped: the threads get SystemExit when the interpreter ends
             raise
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        try:
+            if join:
+                _join_threads()
+        finally:
+            _flush()
 )py";
 
 pool_options pool_options_for(const run_options& o) {
   pool_options p;
   p.size = o.interpreters;
-  p.interpreter = o.shared_gil ? interpreter_config::legacy() : interpreter_config::isolated();
+  p.interpreter = o.shared_gil ? interpreter_config::shared_gil() : interpreter_config::isolated();
   p.interpreter.name = "run";
+  p.interpreter.allow_os_exit = o.allow_os_exit;
+  // The runner waits for the script's threads inside its task (within --timeout); threads
+  // still there when the interpreter ends get SystemExit at once.
+  p.interpreter.end_timeout = std::chrono::milliseconds(0);
   p.init_code = helper_module_init("_isola_run", runner_source);
   // One task per interpreter: the queue never holds more than N.
   p.queue_capacity = std::max<std::size_t>(o.interpreters, 1);
@@ -130,13 +218,16 @@ std::unique_ptr<pool> create_pool(const run_options& o) {
   }
 }
 
-run_outcome outcome_of(std::int64_t id, std::exception_ptr err, const run_options& o) {
+run_outcome outcome_of(std::int64_t id, std::exception_ptr err, const run_options& o,
+                       int signal) {
   run_outcome r;
   r.interpreter_id = id;
   if (!err) {
     r.ok = true;
     return r;
   }
+  const std::string stopped_by =
+      signal != 0 ? fmt::format("interrupted by {}", signal_name(signal)) : std::string();
   try {
     std::rethrow_exception(err);
   } catch (const python_error& e) {
@@ -146,10 +237,17 @@ run_outcome outcome_of(std::int64_t id, std::exception_ptr err, const run_option
       r.ok = code == "0" || code == "None";
       if (!r.ok) r.summary = "sys.exit(" + code + ")";
     } else {
-      if (e.is("TimeoutError") && o.timeout > 0 &&
-          e.message().starts_with("task exceeded its timeout")) {
-        r.summary = fmt::format("timed out after {:g} s (TimeoutError raised in the script)",
-                                o.timeout);
+      constexpr std::string_view timed_out = "and was interrupted";
+      if (const auto at = e.message().find(timed_out);
+          e.is("TimeoutError") && o.timeout > 0 &&
+          e.message().starts_with("task exceeded its timeout") && at != std::string::npos) {
+        // "... was interrupted while waiting for the threads ...": keep what it was doing.
+        const std::string doing = e.message().substr(at + timed_out.size());
+        r.summary = fmt::format(
+            "timed out after {:g} s{} (TimeoutError: isola.TaskTimeout was raised in the script)",
+            o.timeout, doing);
+      } else if (e.is("KeyboardInterrupt") && signal != 0) {
+        r.summary = stopped_by + " (KeyboardInterrupt raised in the script)";
       } else {
         r.summary = e.type_name() + (e.message().empty() ? "" : ": " + e.message());
       }
@@ -158,9 +256,11 @@ run_outcome outcome_of(std::int64_t id, std::exception_ptr err, const run_option
   } catch (const error& e) {
     if (e.code() == errc::timeout) {
       r.summary = fmt::format(
-          "timed out after {:g} s and did not stop on its TimeoutError (it caught it, or is "
-          "stuck in C code); its interpreter was replaced",
+          "timed out after {:g} s and did not stop on its isola.TaskTimeout (it caught it, or "
+          "is stuck in C code): TimeoutError; its interpreter was abandoned",
           o.timeout);
+    } else if (e.code() == errc::cancelled && signal != 0) {
+      r.summary = stopped_by + " before it started";
     } else {
       r.summary = e.what();
     }
@@ -170,40 +270,74 @@ run_outcome outcome_of(std::int64_t id, std::exception_ptr err, const run_option
   return r;
 }
 
+/// How long scripts have to stop after the KeyboardInterrupt a signal raises in them.
+constexpr auto signal_grace = std::chrono::seconds(2);
+
 /// Starts the script on every interpreter of the pool at once (one task pinned to each) and
-/// waits for all of them. Outcomes come back in interpreter id order, each with its own
-/// finish time, taken when its task completed.
-std::vector<run_outcome> run_everywhere(pool& p, const run_options& o) {
+/// waits for all of them, or, after SIGINT/SIGTERM, for them to stop on the KeyboardInterrupt
+/// it raises in them (at most signal_grace). Outcomes come back in interpreter id order; each
+/// one's time is its task's busy time. `signal` is set to the signal that stopped them.
+std::vector<run_outcome> run_everywhere(pool& p, const run_options& o, int& signal) {
   const std::size_t n = p.size();
   std::vector<std::int64_t> ids;
   for (const auto& s : p.stats().interpreters) ids.push_back(s.interpreter_id);
 
   isola::list argv;
   for (const auto& a : o.args) argv.items.emplace_back(a);
-  std::vector<value> args = {value(o.script.string()), value(argv)};
 
   std::vector<run_outcome> out(n);
-  std::mutex mu;
-  std::condition_variable cv;
-  std::size_t pending = n;
+  std::vector<task_future> futures;
   const auto t0 = clock::now();
   for (std::size_t k = 0; k < n; ++k) {
     task_options opts;
     opts.interpreter_index = static_cast<int>(k);
     opts.timeout = timeout_ms(o.timeout);
-    auto finish = [&, k](std::exception_ptr e, value) {
-      run_outcome r = outcome_of(ids[k], std::move(e), o);
-      r.seconds = seconds_since(t0);
-      std::lock_guard lock(mu);
-      out[k] = std::move(r);
-      if (--pending == 0) cv.notify_one();
-    };
-    // async_submit reports a failure to submit through the handler too.
-    p.async_submit("_isola_run:run_script", args, std::move(finish), opts);
+    const bool own_stdin = o.stdin_mode == "first" && k == 0;
+    futures.push_back(p.submit_with("_isola_run:run_script",
+                                    {value(o.script.string()), value(argv), value(own_stdin)},
+                                    {}, opts));
   }
-  {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return pending == 0; });
+  std::vector<bool> done(n, false);
+  std::optional<clock::time_point> give_up;
+  for (std::size_t left = n; left > 0;) {
+    std::size_t first_pending = n;
+    for (std::size_t k = 0; k < n; ++k) {
+      if (done[k]) continue;
+      if (futures[k].wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        first_pending = std::min(first_pending, k);
+        continue;
+      }
+      std::exception_ptr err;
+      try {
+        futures[k].get();
+      } catch (...) {
+        err = std::current_exception();
+      }
+      out[k] = outcome_of(ids[k], err, o, signal);
+      out[k].seconds = std::chrono::duration<double>(p.stats().interpreters.at(k).busy).count();
+      done[k] = true;
+      --left;
+    }
+    if (left == 0) break;
+    if (signal == 0 && (signal = stop_signal()) != 0) {
+      for (std::size_t k = 0; k < n; ++k) {
+        if (!done[k]) futures[k].interrupt();
+      }
+      give_up = clock::now() + signal_grace;
+    }
+    if (give_up && clock::now() >= *give_up) {
+      for (std::size_t k = 0; k < n; ++k) {
+        if (done[k]) continue;
+        out[k].interpreter_id = ids[k];
+        out[k].seconds = seconds_since(t0);
+        out[k].summary = fmt::format("interrupted by {}, and still running {:g} s later (stuck "
+                                     "in C code?)",
+                                     signal_name(signal),
+                                     std::chrono::duration<double>(signal_grace).count());
+      }
+      break;
+    }
+    futures[first_pending].wait_for(std::chrono::milliseconds(20));
   }
   std::sort(out.begin(), out.end(), [](const run_outcome& a, const run_outcome& b) {
     return a.interpreter_id < b.interpreter_id;
@@ -212,7 +346,7 @@ std::vector<run_outcome> run_everywhere(pool& p, const run_options& o) {
 }
 
 void report(const std::vector<run_outcome>& outcomes, const run_options& o, double wall,
-            double create_s) {
+            double create_s, int signal) {
   std::set<std::string> shown;  // identical tracebacks are printed once
   std::size_t failed = 0;
   for (const auto& r : outcomes) {
@@ -230,11 +364,12 @@ void report(const std::vector<run_outcome>& outcomes, const run_options& o, doub
       fmt::print(stderr, "  (same traceback as above)\n");
     }
   }
-  if (!o.quiet || failed > 0) {
+  if (!o.quiet || failed > 0 || signal != 0) {
     fmt::print(stderr,
-               "{} interpreter{}, {} ok, {} failed, wall {:.2f} s ({}; created in {:.2f} s)\n",
+               "{} interpreter{}, {} ok, {} failed, wall {:.2f} s ({}; created in {:.2f} s){}\n",
                outcomes.size(), outcomes.size() == 1 ? "" : "s", outcomes.size() - failed, failed,
-               wall, o.shared_gil ? "shared GIL" : "own GIL each", create_s);
+               wall, o.shared_gil ? "shared GIL" : "own GIL each", create_s,
+               signal != 0 ? fmt::format("; interrupted by {}", signal_name(signal)) : "");
   }
 }
 
@@ -259,26 +394,32 @@ int run_script(run_options& o, const std::vector<std::string>& rest, bool after_
   check_script(o.script);
   apply_log_level(o.log_level);
   quiet_timeout_warnings(o.log_level, o.timeout > 0);
+  watch_stop_signals();
 
   runtime rt;
   auto t0 = clock::now();
   auto p = create_pool(o);
   const double create_s = seconds_since(t0);
 
-  t0 = clock::now();
-  auto outcomes = run_everywhere(*p, o);
-  const double wall = seconds_since(t0);
-  const pool_stats stats = p->stats();
-
-  std::fflush(stdout);
-  report(outcomes, o, wall, create_s);
-  if (o.stats) print_pool_stats(stats);
-  p->shutdown();  // joins the workers and the watchdog: the counters are final
-  const bool stuck = has_stuck_interpreters(p->stats());
-  p.reset();  // ends the interpreters before the runtime
+  int signal = stop_signal();
+  std::vector<run_outcome> outcomes;
+  double wall = 0;
+  if (signal == 0) {
+    t0 = clock::now();
+    outcomes = run_everywhere(*p, o, signal);
+    wall = seconds_since(t0);
+    std::fflush(stdout);
+    report(outcomes, o, wall, create_s, signal);
+  } else {
+    fmt::print(stderr, "isola: interrupted by {} before the scripts started\n",
+               signal_name(signal));
+  }
+  if (o.stats) print_pool_stats(p->stats());
+  p->shutdown();  // bounded: interpreters that do not end in time are abandoned
+  p.reset();      // ends the interpreters before the runtime
   const bool all_ok = std::all_of(outcomes.begin(), outcomes.end(), [](auto& r) { return r.ok; });
-  const int status = all_ok ? exit_ok : exit_failed;
-  if (stuck) exit_leaving_stuck_interpreters(status);
+  const int status = signal != 0 ? signal_exit_status(signal) : all_ok ? exit_ok : exit_failed;
+  if (rt.abandoned_interpreters() > 0) exit_leaving_stuck_interpreters(status);
   return status;
 }
 
@@ -300,25 +441,42 @@ void add_run_command(CLI::App& app, dispatch& d) {
       ->check(CLI::Range(1u, max_interpreters))
       ->type_name("N");
   sub->add_flag("--shared-gil", opts->shared_gil,
-                "Use CPython's legacy configuration (all interpreters share the main GIL and "
-                "allocator) for comparison: the runs then take turns instead of running in "
-                "parallel");
+                "Run in interpreters that share the main GIL and allocator and load any "
+                "extension module (isola's shared-GIL lane): the runs then take turns instead of "
+                "running in parallel");
+  sub->add_flag("--allow-os-exit", opts->allow_os_exit,
+                "Let os._exit() and os.abort() end the whole process, as in CPython (by "
+                "default they raise RuntimeError in the script: one script must not end the "
+                "others' work unreported)");
+  sub->add_option("--stdin", opts->stdin_mode,
+                  "Who reads this process's stdin: 'first' (the default: the first interpreter; "
+                  "the others see an empty stdin) or 'none' (every interpreter sees an empty "
+                  "stdin)")
+      ->check(CLI::IsMember({"first", "none"}))
+      ->type_name("first|none");
   add_log_level_option(*sub, opts->log_level);
   sub->add_flag("-q,--quiet", opts->quiet,
                 "Report only failures (no per-interpreter ok lines, no summary)");
   sub->add_flag("--stats", opts->stats,
                 "After the run, print the pool's counters on stderr: per interpreter its id, "
                 "tasks done/failed/timed out, busy time, recycling; the queue depth");
-  sub->add_option("--timeout", opts->timeout,
-                  "Stop a script that runs longer than this: TimeoutError is raised in it and "
-                  "that interpreter counts as failed (default: no limit)")
-      ->check(CLI::Range(0.001, 1e6))
-      ->type_name("SECONDS");
+  add_timeout_option(*sub, opts->timeout,
+                     "Limit for each interpreter's whole life, from the script's start to the "
+                     "end of the threads it left running: isola.TaskTimeout is raised in the "
+                     "script (threads still running then get SystemExit) and that interpreter "
+                     "counts as failed; code that ignores it is abandoned after 2 s more "
+                     "(default: no limit)");
   sub->footer(
       "Runs script.py once in each of N interpreters, all at the same time (a pool of N\n"
       "interpreters, one task pinned to each), then reports each interpreter's outcome (ok, or\n"
       "the exception and its traceback) and the wall time.\n"
       "The script's output goes to stdout/stderr as usual; isola's report goes to stderr.\n"
+      "As under `python script.py`, an interpreter's run ends when the script has ended and\n"
+      "the non-daemon threads it started have finished. os._exit(), os.abort() and os.fork()\n"
+      "raise RuntimeError (a script cannot end or fork the whole process); daemon threads are\n"
+      "refused, as CPython refuses them in isolated interpreters.\n"
+      "SIGINT (Ctrl-C) or SIGTERM raises KeyboardInterrupt in the scripts, reports how each\n"
+      "one ended and exits 130 or 143; a second signal exits at once.\n"
       "\n"
       "Arguments:\n"
       "  script.py       the Python file to run, as `python script.py` would (__name__ is\n"
@@ -334,7 +492,8 @@ void add_run_command(CLI::App& app, dispatch& d) {
       "                                                       pool's counters\n"
       "\n"
       "Exit status: 0 all interpreters ok (sys.exit(0) counts as ok), 1 any failed (or timed\n"
-      "out) or could not be created, 2 usage error (bad option, missing or unreadable script).");
+      "out) or could not be created, 2 usage error (bad option, missing or unreadable script),\n"
+      "130/143 stopped by SIGINT/SIGTERM.");
   sub->callback([opts, sub, &app, &d] {
     auto rest = sub->remaining();
     bool after_dashes = false;

@@ -96,17 +96,10 @@ void quiet_timeout_warnings(const std::string& log_level_option, bool has_timeou
   logger("isola.pool")->set_level(spdlog::level::err);
 }
 
-bool has_stuck_interpreters(const pool_stats& s) {
-  for (const auto& i : s.interpreters) {
-    if (i.replaced_broken > 0) return true;
-  }
-  return false;
-}
-
 void exit_leaving_stuck_interpreters(int status) {
   fmt::print(stderr,
-             "isola: an interpreter that ignored its TimeoutError is still running; exiting "
-             "without finalizing Python\n");
+             "isola: an interpreter whose code did not stop when interrupted is still running "
+             "(see the log above); exiting without finalizing Python\n");
   std::fflush(stdout);
   std::fflush(stderr);
   flush_logs();

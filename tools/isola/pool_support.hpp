@@ -33,13 +33,9 @@ void print_pool_stats(const pool_stats& s, std::FILE* out = stderr);
 /// "task timed out" warnings are left out: the command reports each timeout itself.
 void quiet_timeout_warnings(const std::string& log_level_option, bool has_timeout);
 
-/// True if the pool had to abandon an interpreter that did not stop after a timeout. Its
-/// thread may still be running Python code, and CPython cannot be finalized under it.
-bool has_stuck_interpreters(const pool_stats& s);
-
-/// Ends the process with `status` without finalizing CPython (the runtime's destructor would
-/// end the abandoned interpreters under their running threads and abort). Flushes stdout,
-/// stderr and isola's logs first. Call it after the pool is destroyed.
+/// Ends the process with `status` without finalizing CPython or running static destructors:
+/// for when runtime::abandoned_interpreters() is not 0, whose threads may still run Python
+/// code. Flushes stdout, stderr and isola's logs first. Call it after the pool is destroyed.
 [[noreturn]] void exit_leaving_stuck_interpreters(int status);
 
 /// Seconds as a std::chrono::milliseconds timeout (0 stays 0: no timeout).
