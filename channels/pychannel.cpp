@@ -293,6 +293,48 @@ inline bool small_int(PyObject* obj, std::int64_t& out) noexcept {
   return true;
 }
 
+// Finds the first object inside obj (depth first) that is not a plain value and says where:
+// `where` becomes "[0]", "['key'][2]" ... (empty for obj itself) and `type` its type's name.
+// False if everything in it is plain (conversion failed for another reason: depth, a cycle).
+bool find_not_plain(PyObject* obj, std::string& where, std::string& type, int depth = 0) {
+  if (obj == Py_None || PyBool_Check(obj) || PyLong_CheckExact(obj) || PyFloat_CheckExact(obj) ||
+      PyUnicode_CheckExact(obj) || PyBytes_CheckExact(obj)) {
+    return false;
+  }
+  if (depth > value::max_depth) return false;
+  if (PyTuple_CheckExact(obj) || PyList_CheckExact(obj)) {
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
+    for (Py_ssize_t i = 0; i < n && i < PySequence_Fast_GET_SIZE(obj); ++i) {
+      std::string inner;
+      if (find_not_plain(PySequence_Fast_ITEMS(obj)[i], inner, type, depth + 1)) {
+        where = "[" + std::to_string(i) + "]" + inner;
+        return true;
+      }
+    }
+    return false;
+  }
+  if (PyDict_CheckExact(obj)) {
+    Py_ssize_t pos = 0;
+    PyObject *k = nullptr, *v = nullptr;
+    while (PyDict_Next(obj, &pos, &k, &v)) {
+      std::string inner;
+      if (find_not_plain(k, inner, type, depth + 1)) {
+        where = " key " + py::to_string(py::steal(PyObject_Repr(k)).get());
+        return true;
+      }
+      if (find_not_plain(v, inner, type, depth + 1)) {
+        py::object r = py::steal(PyObject_Repr(k));
+        where = "[" + (r ? py::to_string(r.get()) : std::string("?")) + "]" + inner;
+        return true;
+      }
+    }
+    return false;
+  }
+  where.clear();
+  type = py::type_name(Py_TYPE(obj));
+  return true;
+}
+
 // Converts obj for sending through ch. Returns false with a Python exception set.
 bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, message& out) {
   if (std::int64_t v = 0; PyLong_CheckExact(obj) && small_int(obj, v)) {
@@ -337,10 +379,24 @@ bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, me
   if (!pickle_to(obj, p)) {
     // pickle's own exception (PicklingError, AttributeError, TypeError: callers may catch
     // those), with a note that says why pickle was involved at all.
-    add_note_to_current(std::string("isola: an object of type '") + Py_TYPE(obj)->tp_name +
-                        "' is not a plain value (None, bool, int, float, str, bytes, tuple, "
-                        "list, dict), a buffer or a channel, so the channel pickles it, and "
-                        "pickling failed; send a picklable object or plain values instead");
+    std::string where, type;
+    const bool inside = find_not_plain(obj, where, type) && !where.empty();
+    std::string why;
+    if (inside) {
+      why = std::string("a ") + Py_TYPE(obj)->tp_name + " is sent as a plain value only if " +
+            "everything in it is one, and item" + where + " is an object of type '" + type +
+            "'" +
+            (type.find("Channel") != std::string::npos
+                 ? " (a channel can be sent on its own, not inside a tuple, list or dict)"
+                 : "");
+    } else {
+      why = std::string("an object of type '") + Py_TYPE(obj)->tp_name +
+            "' is not a plain value (None, bool, int, float, str, bytes, tuple, list, dict), "
+            "a buffer or a channel";
+    }
+    add_note_to_current("isola: " + why +
+                        ", so the channel pickles it, and pickling failed; send a picklable "
+                        "object or plain values instead");
     return false;
   }
   out = message(std::move(p));
@@ -1023,6 +1079,9 @@ PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
     channel ch(maxsize == 0 ? default_maxsize : static_cast<std::size_t>(maxsize));
     set_channel_pickle(ch, pickle != 0);
     return wrap_channel(type, std::move(ch));
+  } catch (const std::length_error& e) {  // a ring that cannot be allocated
+    PyErr_Format(PyExc_MemoryError, "Channel(maxsize=%zd): %s", maxsize, e.what());
+    return nullptr;
   } catch (const std::exception& e) {
     PyErr_Format(PyExc_ValueError, "Channel: %s", e.what());
     return nullptr;
@@ -1157,6 +1216,9 @@ PyObject* open_named(PyObject* module, PyObject* args, PyObject* kwds) {
     auto ch = channel::open(std::string_view(name, static_cast<std::size_t>(size)),
                             maxsize == 0 ? default_maxsize : static_cast<std::size_t>(maxsize));
     return wrap_channel(type, std::move(ch));
+  } catch (const std::length_error& e) {  // a ring that cannot be allocated
+    PyErr_Format(PyExc_MemoryError, "isola.channel(maxsize=%zd): %s", maxsize, e.what());
+    return nullptr;
   } catch (const std::exception& e) {
     PyErr_Format(PyExc_ValueError, "isola.channel: %s", e.what());
     return nullptr;

@@ -8,6 +8,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <new>
 #include <string>
@@ -22,6 +23,7 @@
 
 #if defined(__GLIBC__)
 #include <pthread.h>
+#include <unistd.h>
 #endif
 
 #include "park.hpp"
@@ -176,8 +178,30 @@ class ring {
       throw std::invalid_argument("channel capacity must be between 1 and 2^40, not " +
                                   std::to_string(capacity));
     }
-    slots_ = static_cast<slot*>(
-        ::operator new(sizeof(slot) * cap_, std::align_val_t{alignof(slot)}));
+    // The whole ring is allocated (and its stamps written) up front: refuse, with a message
+    // that says so, a capacity whose ring cannot fit in this machine's memory.
+    const double bytes = static_cast<double>(sizeof(slot)) * static_cast<double>(cap_);
+    const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) *
+                       static_cast<double>(::sysconf(_SC_PAGESIZE));
+    auto too_big = [&](const char* why) {
+      char text[256];
+      std::snprintf(text, sizeof text,
+                    "a bounded channel allocates room for its whole capacity up front: %zu "
+                    "items need %.1f GB, %s; use a smaller capacity (maxsize)",
+                    cap_, bytes / 1e9, why);
+      return std::length_error(text);
+    };
+    if (ram > 0 && bytes > ram) {
+      char why[96];
+      std::snprintf(why, sizeof why, "more than this machine's %.1f GB of memory", ram / 1e9);
+      throw too_big(why);
+    }
+    try {
+      slots_ = static_cast<slot*>(
+          ::operator new(sizeof(slot) * cap_, std::align_val_t{alignof(slot)}));
+    } catch (const std::bad_alloc&) {
+      throw too_big("which could not be allocated");
+    }
     for (std::size_t i = 0; i < cap_; ++i) {
       new (&slots_[i].stamp) std::atomic<std::uint64_t>(i);
     }

@@ -2,6 +2,8 @@
 // throw; the level comes from ISOLA_LOG_LEVEL or set_log_level().
 #include <isola/log.hpp>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <mutex>
 #include <optional>
@@ -10,6 +12,7 @@
 #include <unordered_map>
 
 #include <spdlog/async.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -24,12 +27,45 @@ std::optional<spdlog::level::level_enum> parse_level(std::string_view name) {
   return lvl;
 }
 
+/// A sink that only counts the flushes it has been asked for: the loggers share one
+/// background thread that handles their queue in order, so once it has flushed this sink,
+/// every line queued before has been written.
+class barrier_sink final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::uint64_t passed() {
+    std::lock_guard lock(count_mu_);
+    return count_;
+  }
+  /// Waits until more than `seen` flushes have passed; false if `limit` passed first.
+  bool wait_past(std::uint64_t seen, std::chrono::milliseconds limit) {
+    std::unique_lock lock(count_mu_);
+    return cv_.wait_for(lock, limit, [&] { return count_ > seen; });
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg&) override {}
+  void flush_() override {
+    {
+      std::lock_guard lock(count_mu_);
+      ++count_;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex count_mu_;
+  std::condition_variable cv_;
+  std::uint64_t count_ = 0;
+};
+
 struct log_registry {
   std::mutex mu;
   std::shared_ptr<spdlog::details::thread_pool> pool;
   spdlog::sink_ptr sink;
   std::unordered_map<std::string, std::shared_ptr<spdlog::logger>> loggers;
   spdlog::level::level_enum level = spdlog::level::warn;
+  std::shared_ptr<barrier_sink> barrier;
+  std::shared_ptr<spdlog::async_logger> barrier_logger;  ///< not registered with spdlog
 
   log_registry() {
     if (const char* env = std::getenv("ISOLA_LOG_LEVEL")) {
@@ -46,6 +82,9 @@ struct log_registry {
     // than blocking the logging thread (which may hold a GIL).
     pool = std::make_shared<spdlog::details::thread_pool>(8192, 1);
     sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+    barrier = std::make_shared<barrier_sink>();
+    barrier_logger = std::make_shared<spdlog::async_logger>(
+        "isola.log-barrier", barrier, pool, spdlog::async_overflow_policy::block);
   }
   ~log_registry() {
     for (auto& [name, l] : loggers) {
@@ -104,7 +143,13 @@ void flush_logs() {
     std::lock_guard lock(r.mu);
     for (auto& [name, l] : r.loggers) all.push_back(l);
   }
+  // An async logger's flush() only queues the request; the barrier's flush, queued after
+  // them, passes once the background thread has written everything before it. Bounded, so
+  // a wedged sink (a full pipe nobody reads) cannot hang the caller.
+  const auto seen = r.barrier->passed();
   for (auto& l : all) l->flush();
+  r.barrier_logger->flush();
+  r.barrier->wait_past(seen, std::chrono::seconds(2));
 }
 
 }  // namespace isola

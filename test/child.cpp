@@ -283,9 +283,15 @@ std::string outcome_of(Future& f) {
 int end_scenario(const std::string& kind) {
   int fds[2];
   if (pipe(fds) != 0) return 3;
+  // The byte comes from os.write, which releases the GIL: an interrupt could still land in
+  // the bytecode right after it. Code that is meant to be stuck is given time to be inside its
+  // C call (which never checks for interrupts) before the test goes on.
+  const bool stuck_kind = kind.ends_with("-stuck");
   auto wait_started = [&] {
     char c = 0;
-    return read(fds[0], &c, 1) == 1;
+    const bool ok = read(fds[0], &c, 1) == 1;
+    if (stuck_kind) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    return ok;
   };
   const std::string loop = "while True:\n    pass\n";
   const std::string stuck = "sum(range(10**13))\n";
@@ -308,6 +314,7 @@ int end_scenario(const std::string& kind) {
     say("returned");
     say("task: " + outcome_of(f));
     say("abandoned: " + std::to_string(isola::runtime::abandoned_interpreters()));
+    isola::flush_logs();
     if (kind == "runtime-stuck") std::_Exit(0);  // its thread still runs CPython code
     in.reset();
     return 0;
@@ -326,6 +333,7 @@ int end_scenario(const std::string& kind) {
     say("task: " + outcome_of(f));
     say("queued: " + outcome_of(queued));
     say("abandoned: " + std::to_string(isola::runtime::abandoned_interpreters()));
+    isola::flush_logs();
     if (kind == "pool-stuck") std::_Exit(0);
     p.reset();
     return 0;
@@ -365,6 +373,7 @@ int end_scenario(const std::string& kind) {
   if (isola::runtime::abandoned_interpreters() > 0) {
     rt.reset();  // must not finalize under the abandoned thread
     say("runtime ended");
+    isola::flush_logs();
     std::_Exit(0);
   }
   return 0;

@@ -45,7 +45,7 @@ double now_seconds() {
 /// Starts argv[0] in a process group of its own with stdin from in_path (empty: inherited),
 /// stdout to out_path and stderr to err_path (empty: to stdout as well).
 pid_t spawn(std::vector<std::string> args, const std::string& in_path, const std::string& out_path,
-            const std::string& err_path) {
+            const std::string& err_path, const std::string& cwd = "") {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -62,6 +62,7 @@ pid_t spawn(std::vector<std::string> args, const std::string& in_path, const std
     posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0600);
   }
+  if (!cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, cwd.c_str());
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
@@ -129,18 +130,18 @@ std::string program_result::describe() const {
 }
 
 program_result run_program(const std::vector<std::string>& argv, const std::string& input,
-                           int limit_seconds) {
-  background_program p(argv, input);
+                           int limit_seconds, const std::string& cwd) {
+  background_program p(argv, input, cwd);
   return p.wait(limit_seconds);
 }
 
 background_program::background_program(const std::vector<std::string>& argv,
-                                       const std::string& input) {
+                                       const std::string& input, const std::string& cwd) {
   std::string tmpl = (std::filesystem::temp_directory_path() / "isola-test-XXXXXX").string();
   if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   dir_ = tmpl;
   write_file(dir_ + "/stdin", input);
-  pid_ = spawn(argv, dir_ + "/stdin", dir_ + "/stdout", dir_ + "/stderr");
+  pid_ = spawn(argv, dir_ + "/stdin", dir_ + "/stdout", dir_ + "/stderr", cwd);
 }
 
 background_program::~background_program() {

@@ -83,13 +83,15 @@ struct program_result {
   std::string describe() const;
 };
 program_result run_program(const std::vector<std::string>& argv, const std::string& input = "",
-                           int limit_seconds = default_limit_seconds);
+                           int limit_seconds = default_limit_seconds, const std::string& cwd = "");
 
 /// A program started in the background, in a process group of its own (killed with it if the
 /// test ends first), with `input` on stdin and its output in files.
 class background_program {
  public:
-  background_program(const std::vector<std::string>& argv, const std::string& input = "");
+  /// Runs in `cwd` if given, else in this process's working directory.
+  background_program(const std::vector<std::string>& argv, const std::string& input = "",
+                     const std::string& cwd = "");
   ~background_program();
   background_program(const background_program&) = delete;
   background_program& operator=(const background_program&) = delete;

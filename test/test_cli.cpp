@@ -4,9 +4,12 @@
 
 #include "support.hpp"
 
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,12 +24,13 @@ std::string isola_path() {
   return ISOLA_TEST_CLI;
 }
 
-/// Runs `isola args...` with `input` on stdin and waits for it.
+/// Runs `isola args...` with `input` on stdin and waits for it (at most limit_seconds).
 isola_test::program_result run_isola(const std::vector<std::string>& args,
-                                     const std::string& input = "") {
+                                     const std::string& input = "",
+                                     int limit_seconds = isola_test::default_limit_seconds) {
   std::vector<std::string> argv{isola_path()};
   argv.insert(argv.end(), args.begin(), args.end());
-  return isola_test::run_program(argv, input);
+  return isola_test::run_program(argv, input, limit_seconds);
 }
 
 bool contains(const std::string& text, const std::string& part) {
@@ -250,4 +254,381 @@ TEST_CASE("isola bench pool --quick --json prints the figures and the peers'", "
   CHECK(in.get_global("bad").as_list().items.empty());
   CHECK(in.get_global("ratio_ok").as_bool());
   CHECK(in.get_global("suite").as_str() == "pool");
+}
+
+// ---- what a hostile script does to `isola run` and `isola map` ---------------------------------
+// Each runs the command as a child process with a bounded wait: a hang shows as `hung`.
+
+namespace {
+
+/// Runs `isola args...` in the background.
+std::unique_ptr<isola_test::background_program> start_isola(const std::vector<std::string>& args,
+                                                             const std::string& input = "") {
+  std::vector<std::string> argv{isola_path()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return std::make_unique<isola_test::background_program>(argv, input);
+}
+
+/// A script in a fresh folder.
+struct script {
+  temp_dir dir;
+  std::string path;
+  explicit script(const std::string& text, const std::string& name = "script.py")
+      : path(dir.file(name)) {
+    write_file(path, text);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("isola run --timeout bounds a script's non-daemon threads and names them", "[cli]") {
+  // Py_EndInterpreter waits for such a thread: the process used to print its report and never
+  // exit. The runner now waits for the threads inside the task (as `python script.py` does),
+  // so the timeout covers them; the thread then gets SystemExit when the interpreter ends.
+  script s("import threading, time\n"
+           "threading.Thread(target=time.sleep, args=(100,), name='sleeper').start()\n"
+           "print('started', flush=True)\n");
+  auto r = run_isola({"run", "-n", "1", "--timeout", "1", s.path}, "", 60);
+  INFO(r.describe());
+  REQUIRE_FALSE(r.hung);
+  CHECK(r.exit_code == 1);
+  CHECK(r.out == "started\n");
+  CHECK(contains(r.err, "timed out after 1 s while waiting for the threads the script left "
+                        "running: 'sleeper'"));
+  CHECK(contains(r.err, "raising SystemExit in 1 thread(s) its code left running: 'sleeper'"));
+}
+
+TEST_CASE("isola run waits for a script's non-daemon threads, as python does", "[cli]") {
+  script s("import threading, time\n"
+           "def late():\n"
+           "    time.sleep(0.2)\n"
+           "    print('thread done', flush=True)\n"
+           "threading.Thread(target=late).start()\n"
+           "print('main done', flush=True)\n");
+  auto r = run_isola({"run", "-n", "2", s.path}, "", 60);
+  INFO(r.describe());
+  REQUIRE_FALSE(r.hung);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out == "main done\nmain done\nthread done\nthread done\n");
+}
+
+TEST_CASE("isola run --shared-gil gives the same guarantees as own-GIL interpreters", "[cli]") {
+  SECTION("stuck in C code holding the shared GIL: the process still exits") {
+    // The stuck interpreter holds the main GIL: its replacement cannot even be created, and
+    // shutdown used to wait for it for ever.
+    for (const char* code : {"sum(range(10**13))\n",
+                             "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')\n"}) {
+      script s(code);
+      for (const char* gil : {"--shared-gil", "--quiet"}) {
+        auto r = run_isola({"run", gil, "-n", "1", "--timeout", "0.5", s.path}, "", 60);
+        INFO(code << " " << gil << "\n" << r.describe());
+        REQUIRE_FALSE(r.hung);
+        CHECK(r.exit_code == 1);
+        CHECK(contains(r.err, "did not stop on its isola.TaskTimeout"));
+        CHECK(contains(r.err, "exiting without finalizing Python"));
+      }
+    }
+  }
+  SECTION("a daemon thread is refused, not an abort at the end") {
+    script s("import threading, time\n"
+             "threading.Thread(target=time.sleep, args=(100,), daemon=True).start()\n");
+    auto r = run_isola({"run", "--shared-gil", "-n", "1", s.path}, "", 60);
+    INFO(r.describe());
+    REQUIRE_FALSE(r.hung);
+    CHECK(r.signal == 0);
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.err, "daemon threads are disabled"));
+    CHECK_FALSE(contains(r.err, "Fatal Python error"));
+  }
+  SECTION("a thread started with _thread gets SystemExit at the end, not an abort") {
+    script s("import _thread, time\n_thread.start_new_thread(time.sleep, (100,))\n");
+    for (const char* gil : {"--shared-gil", "--quiet"}) {
+      auto r = run_isola({"run", gil, "-n", "1", s.path}, "", 60);
+      INFO(gil << "\n" << r.describe());
+      REQUIRE_FALSE(r.hung);
+      CHECK(r.signal == 0);
+      CHECK(r.exit_code == 0);
+      CHECK_FALSE(contains(r.err, "Fatal Python error"));
+      CHECK(contains(r.err, "raising SystemExit in 1 thread(s)"));
+    }
+  }
+}
+
+TEST_CASE("os.fork, os._exit and os.abort raise in a guest instead of ending the process",
+          "[cli]") {
+  SECTION("os.fork in either lane names the option") {
+    script s("import os\nos.fork()\nprint('forked')\n");
+    for (const char* gil : {"--shared-gil", "--quiet"}) {
+      auto r = run_isola({"run", gil, "-n", "1", s.path}, "", 60);
+      INFO(gil << "\n" << r.describe());
+      REQUIRE_FALSE(r.hung);
+      CHECK(r.exit_code == 1);
+      CHECK(r.out.empty());
+      CHECK(contains(r.err, "RuntimeError: os.fork() is refused"));
+      CHECK(contains(r.err, "allow_fork"));
+      CHECK_FALSE(contains(r.err, "Fatal Python error"));
+    }
+  }
+  SECTION("os._exit(0) in run: reported, and the other interpreters' work is kept") {
+    script s("import isola, os, sys\n"
+             "if isola.interpreter_id() % 2:\n"
+             "    os._exit(0)\n"
+             "print('kept', flush=True)\n");
+    auto r = run_isola({"run", "-n", "2", s.path}, "", 60);
+    INFO(r.describe());
+    REQUIRE_FALSE(r.hung);
+    CHECK(r.exit_code == 1);
+    CHECK(r.out == "kept\n");
+    CHECK(contains(r.err, "RuntimeError: os._exit(0) is refused"));
+    CHECK(contains(r.err, "--allow-os-exit"));
+    CHECK(contains(r.err, "2 interpreters, 1 ok, 1 failed"));
+  }
+  SECTION("os._exit(0) in map: no silent success") {
+    script s("import os\ndef f(x):\n    if x == 2:\n        os._exit(0)\n    return x\n",
+             "exits.py");
+    auto r = run_isola({"map", "-n", "2", "--path", s.dir.path(), "exits:f"}, "1\n2\n3\n", 60);
+    INFO(r.describe());
+    REQUIRE_FALSE(r.hung);
+    CHECK(r.exit_code == 1);
+    CHECK(r.out == "1\n3\n");
+    CHECK(contains(r.err, "map: line 2: f(2) raised RuntimeError: os._exit(0) is refused"));
+  }
+  SECTION("os.abort is refused too") {
+    script s("import os\nos.abort()\n");
+    auto r = run_isola({"run", "-n", "1", s.path}, "", 60);
+    INFO(r.describe());
+    REQUIRE_FALSE(r.hung);
+    CHECK(r.signal == 0);
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.err, "RuntimeError: os.abort() is refused"));
+  }
+  SECTION("--allow-os-exit restores CPython's behaviour") {
+    script s("import os\nos._exit(7)\n");
+    auto r = run_isola({"run", "--allow-os-exit", "-n", "1", s.path}, "", 60);
+    INFO(r.describe());
+    REQUIRE_FALSE(r.hung);
+    CHECK(r.exit_code == 7);
+  }
+}
+
+TEST_CASE("a timeout during an import is reported as a timeout, never as a missing module",
+          "[cli]") {
+  // The interrupt used to be a TimeoutError (an OSError), which importlib's finders catch:
+  // now and then the run reported ModuleNotFoundError for a stdlib module instead.
+  script s("import json, collections, keyword, reprlib, string, textwrap\nprint('ok')\n");
+  int timed_out = 0, ok = 0;
+  for (int i = 0; i < 12; ++i) {
+    auto r = run_isola({"run", "-n", "1", "--timeout", "0.001", s.path}, "", 60);
+    INFO(r.describe());
+    REQUIRE_FALSE(r.hung);
+    CHECK_FALSE(contains(r.err, "ModuleNotFoundError"));
+    CHECK_FALSE(contains(r.err, "ImportError"));
+    if (r.exit_code == 0) {
+      ++ok;
+    } else {
+      CHECK(contains(r.err, "timed out after 0.001 s"));
+      ++timed_out;
+    }
+  }
+  CHECK(timed_out + ok == 12);
+}
+
+TEST_CASE("isola run refuses source that is not valid UTF-8, as python does", "[cli]") {
+  script s("x = 1  # caf\xe9\nprint(x)\n");
+  auto r = run_isola({"run", "-n", "1", s.path}, "", 60);
+  INFO(r.describe());
+  CHECK(r.exit_code == 1);
+  CHECK(r.out.empty());
+  CHECK(contains(r.err, "SyntaxError: Non-UTF-8 code starting with '\\xe9'"));
+  CHECK(contains(r.err, "on line 1, but no encoding declared"));
+  // With an encoding declared, the same byte is fine.
+  script latin("# -*- coding: latin-1 -*-\nx = 'caf\xe9'\nprint(len(x))\n");
+  auto ok = run_isola({"run", "-n", "1", latin.path}, "", 60);
+  INFO(ok.describe());
+  CHECK(ok.exit_code == 0);
+  CHECK(ok.out == "4\n");
+}
+
+TEST_CASE("isola run gives the first interpreter the process's stdin, the others an empty one",
+          "[cli]") {
+  script s("import isola, sys\nprint(isola.interpreter_id(), len(sys.stdin.read().split()), "
+           "flush=True)\n");
+  auto r = run_isola({"run", "-n", "2", s.path}, "a\nb\nc\n", 60);
+  INFO(r.describe());
+  CHECK(r.exit_code == 0);
+  CHECK(contains(r.out, "1 3\n"));
+  CHECK(contains(r.out, "2 0\n"));
+  auto none = run_isola({"run", "-n", "2", "--stdin", "none", s.path}, "a\nb\nc\n", 60);
+  INFO(none.describe());
+  CHECK(none.exit_code == 0);
+  CHECK(contains(none.out, "1 0\n"));
+  CHECK(contains(none.out, "2 0\n"));
+  auto bad = run_isola({"run", "--stdin", "all", s.path});
+  CHECK(bad.exit_code == 2);
+}
+
+TEST_CASE("--timeout refuses nan, inf, 0 and negative numbers", "[cli]") {
+  script s("pass\n");
+  map_module m;
+  for (const char* value : {"nan", "inf", "-inf", "0", "-1", "1e9", "x", "1s"}) {
+    auto run = run_isola({"run", "--timeout", value, s.path});
+    INFO("run --timeout " << value << "\n" << run.describe());
+    CHECK(run.exit_code == 2);
+    CHECK(contains(run.err, "SECONDS must be a finite number"));
+    auto map = run_isola(m.args("cli_mod:twice", {"--timeout", value}), "1\n");
+    INFO("map --timeout " << value << "\n" << map.describe());
+    CHECK(map.exit_code == 2);
+    CHECK(contains(map.err, "SECONDS must be a finite number"));
+  }
+}
+
+TEST_CASE("isola map --path takes one folder, so the target may follow it", "[cli]") {
+  map_module m;
+  write_file(m.dir.file("in.txt"), "1\n2\n");
+  auto r = run_isola({"map", "--path", m.dir.path(), "cli_mod:twice", "--input",
+                      m.dir.file("in.txt")});
+  INFO(r.describe());
+  CHECK(r.exit_code == 0);
+  CHECK(r.out == "2\n4\n");
+  // Repeated, each adds a folder.
+  temp_dir other;
+  write_file(other.file("other_mod.py"), "def f(x):\n    return -x\n");
+  auto two = run_isola({"map", "-p", m.dir.path(), "--path", other.path(), "other_mod:f"}, "3\n");
+  INFO(two.describe());
+  CHECK(two.exit_code == 0);
+  CHECK(two.out == "-3\n");
+}
+
+TEST_CASE("isola map --timeout S interrupts an input S seconds after it started", "[cli]") {
+  // The input sleeps 0.35 s with a limit of 0.2 s: interrupted at 0.2 s. (With the chunk's
+  // deadline at 2*S it finished at 0.35 s and was dropped afterwards.)
+  map_module m;
+  write_file(m.dir.file("slow_mod.py"),
+             "import time\ndef f(x):\n    time.sleep(x)\n    return x\n");
+  auto r = run_isola(m.args("slow_mod:f", {"-n", "1", "--timeout", "0.2"}), "0\n0.35\n0.01\n",
+                     60);
+  INFO(r.describe());
+  CHECK(r.exit_code == 1);
+  CHECK(r.out == "0\n0.01\n");
+  CHECK(contains(r.err, "map: line 2: f(0.35) timed out: interrupted after"));
+  CHECK_FALSE(contains(r.err, "result dropped"));
+}
+
+TEST_CASE("isola map shows a summary after a long input, however fast", "[cli]") {
+  map_module m;
+  std::string input;
+  for (int i = 0; i < 2000; ++i) input += std::to_string(i) + "\n";
+  auto r = run_isola(m.args("cli_mod:twice", {"-n", "2"}), input, 60);
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(contains(r.err, "map: 2000 inputs, 2000 ok, 0 failed"));
+}
+
+TEST_CASE("isola map writes results as they complete, not at the end", "[cli]") {
+  // The last input waits for a file the test writes only once the first results are on
+  // stdout (a pipe here): they used to wait in a 64 KiB buffer until the end.
+  map_module m;
+  write_file(m.dir.file("gate_mod.py"),
+             "import os, time\n"
+             "def f(x):\n"
+             "    if x == 'wait':\n"
+             "        gate = os.path.join(os.path.dirname(__file__), 'gate')\n"
+             "        while not os.path.exists(gate):\n"
+             "            time.sleep(0.01)\n"
+             "    return x\n");
+  auto p = start_isola(m.args("gate_mod:f", {"-n", "2", "--chunk-size", "1"}),
+                       "'a'\n'b'\n'wait'\n");
+  const bool early = p->wait_for_output("'b'\n", 30);
+  write_file(m.dir.file("gate"), "");
+  auto r = p->wait(60);
+  INFO(r.describe());
+  CHECK(early);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out == "'a'\n'b'\n'wait'\n");
+}
+
+TEST_CASE("SIGINT and SIGTERM stop isola map and keep every finished result", "[cli]") {
+  map_module m;
+  write_file(m.dir.file("slow_mod.py"),
+             "import time\ndef f(x):\n    if x >= 5:\n        time.sleep(30)\n    return x\n");
+  std::string input;
+  for (int i = 0; i < 40; ++i) input += std::to_string(i) + "\n";
+  for (int sig : {SIGINT, SIGTERM}) {
+    auto p = start_isola(m.args("slow_mod:f", {"-n", "2", "--chunk-size", "1"}), input);
+    REQUIRE(p->wait_for_output("4\n", 30));
+    p->send_signal(sig);
+    auto r = p->wait(60);
+    INFO("signal " << sig << "\n" << r.describe());
+    REQUIRE_FALSE(r.hung);
+    CHECK(r.signal == 0);
+    CHECK(r.exit_code == 128 + sig);
+    CHECK(r.out == "0\n1\n2\n3\n4\n");
+    CHECK(contains(r.err, sig == SIGINT ? "interrupted by SIGINT" : "interrupted by SIGTERM"));
+    CHECK(contains(r.err, "5 of 40 inputs finished"));
+    CHECK(contains(r.err, "35 not run (lines 6-40)"));
+  }
+}
+
+TEST_CASE("SIGINT stops isola run and reports how each script ended", "[cli]") {
+  script s("import isola, time\n"
+           "print('started', isola.interpreter_id(), flush=True)\n"
+           "time.sleep(30)\n");
+  auto p = start_isola({"run", "-n", "2", s.path});
+  REQUIRE(p->wait_for_output("started 2", 30));
+  REQUIRE(p->wait_for_output("started 1", 30));
+  p->send_signal(SIGINT);
+  auto r = p->wait(60);
+  INFO(r.describe());
+  REQUIRE_FALSE(r.hung);
+  CHECK(r.exit_code == 130);
+  CHECK(contains(r.err, "interrupted by SIGINT (KeyboardInterrupt raised in the script)"));
+  CHECK(contains(r.err, "2 interpreters, 0 ok, 2 failed"));
+  CHECK(contains(r.err, "; interrupted by SIGINT"));
+}
+
+TEST_CASE("the examples every --help prints run as shown", "[cli]") {
+  // Files the examples name, in a folder that stands for the user's working directory.
+  temp_dir d;
+  std::filesystem::create_directories(d.file("tools/demo"));
+  std::filesystem::copy_file(isola_test::py_dir() + "/../../tools/demo/cpu_bound.py",
+                             d.file("tools/demo/cpu_bound.py"));
+  write_file(d.file("script.py"), "import sys\nprint(sys.argv[1:])\n");
+  write_file(d.file("mymod.py"), "def square(x):\n    return x * x\n");
+  std::filesystem::create_directories(d.file("lib"));
+  write_file(d.file("lib/tasks.py"), "def score(x):\n    return x + 1\n");
+  write_file(d.file("items.txt"), "1\n2\n3\n");
+  std::string numbers;  // what `seq 1 100000` prints
+  for (int i = 1; i <= 100000; ++i) numbers += std::to_string(i) + "\n";
+
+  int examples = 0;
+  for (const char* command : {"run", "map", "bench"}) {
+    auto help = run_isola({command, "--help"});
+    REQUIRE(help.exit_code == 0);
+    auto at = help.out.find("Examples:\n");
+    REQUIRE(at != std::string::npos);
+    std::istringstream lines(help.out.substr(at + 10));
+    std::string line;
+    while (std::getline(lines, line) && !line.empty()) {
+      // "  [seq 1 100000 | ]isola ARGS...   what it shows"; continuation lines are indented
+      // further and hold no command.
+      if (!line.starts_with("  isola ") && !line.starts_with("  seq ")) continue;
+      std::string cmd = line.substr(2, line.find("  ", 2) - 2);
+      std::string input;
+      if (cmd.starts_with("seq 1 100000 | ")) {
+        input = numbers;
+        cmd = cmd.substr(15);
+      }
+      std::istringstream words(cmd);
+      std::vector<std::string> argv;
+      for (std::string w; words >> w;) argv.push_back(w);
+      REQUIRE(argv.front() == "isola");
+      argv.front() = isola_path();
+      auto r = isola_test::run_program(argv, input, 300, d.path());
+      INFO(cmd << "\n" << r.describe());
+      CHECK(r.exit_code == 0);
+      CHECK_FALSE(r.out.empty());
+      ++examples;
+    }
+  }
+  CHECK(examples == 8);
 }

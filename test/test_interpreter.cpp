@@ -330,9 +330,19 @@ TEST_CASE("interrupt() raises in running code", "[interpreter]") {
     REQUIRE(e);
     CHECK(e->type_name() == "KeyboardInterrupt");
   }
-  SECTION("only builtin exception types") {
+  SECTION("one of isola's exception types") {
+    auto f = in.eval_async("sum(1 for _ in iter(int, 1))");
+    stop_endless<value> stop{in, f};
+    while (!in.interrupt("isola.TaskTimeout")) std::this_thread::yield();
+    auto e = python_error_of([&] { f.get(); });
+    REQUIRE(e);
+    CHECK(e->type_name() == "isola.TaskTimeout");
+  }
+  SECTION("only exception classes") {
     CHECK_THROWS_AS(in.interrupt("NoSuchError"), std::invalid_argument);
     CHECK_THROWS_AS(in.interrupt("len"), std::invalid_argument);
+    CHECK_THROWS_AS(in.interrupt("isola.interpreter_id"), std::invalid_argument);
+    CHECK_THROWS_AS(in.interrupt("no_such_module.Error"), std::invalid_argument);
   }
 
   // Usable afterwards, and nothing left pending for the next task.
@@ -467,6 +477,13 @@ TEST_CASE("moving an interpreter", "[interpreter]") {
   CHECK(c.get_global("tag").as_str() == "a");
 }
 
+TEST_CASE("interpreter_config::validate refuses negative end bounds", "[interpreter]") {
+  auto c = isola::interpreter_config::isolated();
+  c.end_grace = std::chrono::milliseconds(-1);
+  CHECK_THAT(c.validate(), Catch::Contains("end_grace"));
+  CHECK_THROWS_AS(isola::interpreter(c), std::invalid_argument);
+}
+
 TEST_CASE("interpreter_config::validate names the conflict", "[interpreter]") {
   CHECK(isola::interpreter_config{}.validate().empty());
   CHECK(isola::interpreter_config::isolated().validate().empty());
@@ -561,4 +578,81 @@ TEST_CASE("the config reaches CPython", "[interpreter]") {
     CHECK(in.eval("__import__('sys').path.index('/isola/test/second') < "
                   "__import__('sys').path.index('" + py_dir() + "')").as_bool());
   }
+}
+
+TEST_CASE("guest code cannot end or fork the whole process unless the config allows it",
+          "[interpreter]") {
+  // Each call raises instead of ending the test process: os._exit(0) used to end every
+  // interpreter's work at once, unreported, with a successful exit status.
+  auto refused = [](isola::interpreter& in, const std::string& call, const std::string& option) {
+    auto e = python_error_of([&] { in.exec("import os, posix\n" + call); });
+    INFO(call);
+    REQUIRE(e);
+    CHECK(e->type_name() == "RuntimeError");
+    CHECK_THAT(e->message(), Catch::Contains("is refused in isola's interpreter"));
+    CHECK_THAT(e->message(), Catch::Contains(option));
+  };
+  SECTION("isolated (own GIL)") {
+    isola::interpreter in;
+    refused(in, "os._exit(0)", "allow_os_exit");
+    refused(in, "posix._exit(3)", "allow_os_exit");
+    refused(in, "os.abort()", "allow_os_exit");
+    refused(in, "os.fork()", "allow_fork");
+    refused(in, "os.forkpty()", "allow_fork");
+    CHECK(in.eval("1 + 1").as_int() == 2);  // and it goes on
+  }
+  SECTION("the shared-GIL lane") {
+    isola::interpreter in(isola::interpreter_config::shared_gil());
+    refused(in, "os._exit(0)", "allow_os_exit");
+    refused(in, "os.fork()", "allow_fork");
+    auto daemon = python_error_of([&] {
+      in.exec("import threading\nthreading.Thread(target=int, daemon=True).start()\n");
+    });
+    REQUIRE(daemon);
+    CHECK_THAT(daemon->message(), Catch::Contains("daemon threads are disabled"));
+  }
+  SECTION("allowed: CPython's own functions stay in place") {
+    auto c = isola::interpreter_config::isolated();
+    c.allow_os_exit = true;
+    c.allow_fork = true;
+    isola::interpreter in(c);
+    in.exec("import os\n"
+            "ours = [f.__name__ for f in (os._exit, os.abort, os.fork)\n"
+            "        if 'isola' in (f.__doc__ or '')]\n");
+    CHECK(in.get_global("ours").as_list().items.empty());
+    isola::interpreter legacy(isola::interpreter_config::legacy());
+    legacy.exec("import os\nours = 'isola' in (os._exit.__doc__ or '')\n");
+    CHECK_FALSE(legacy.get_global("ours").as_bool());
+  }
+}
+
+TEST_CASE("ending an interpreter ends the threads its code left running", "[interpreter]") {
+  // A non-daemon thread (Py_EndInterpreter would wait for it for ever) and a daemon thread of
+  // a legacy interpreter (Py_EndInterpreter would abort: "not the last thread") both get
+  // SystemExit, which wakes their time.sleep; their finally blocks show it.
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  for (bool legacy : {false, true}) {
+    auto c = legacy ? isola::interpreter_config::legacy() : isola::interpreter_config::isolated();
+    c.end_timeout = std::chrono::milliseconds(legacy ? 60000 : 100);  // daemons: not waited for
+    isola::interpreter in(c);
+    in.exec("import os, threading, time\n"
+            "def work():\n"
+            "    try:\n"
+            "        while True:\n"
+            "            time.sleep(0.01)\n"
+            "    except SystemExit:\n"
+            "        os.write(" + std::to_string(fds[1]) + ", b'x')\n"
+            "        raise\n"
+            "threading.Thread(target=work, daemon=" + (legacy ? "True" : "False") + ").start()\n");
+    in.close();
+    INFO("legacy: " << legacy);
+    CHECK(in.closed());
+    char byte = 0;
+    CHECK(read(fds[0], &byte, 1) == 1);
+    CHECK(byte == 'x');
+    CHECK(isola::runtime::abandoned_interpreters() == 0);
+  }
+  close(fds[0]);
+  close(fds[1]);
 }

@@ -1404,3 +1404,123 @@ TEST_CASE("a timeout firing as its task ends must not hit the next task", "[pool
   INFO("first wrong failure: " << first_wrong);
   CHECK(wrong == 0);
 }
+
+// ---- interrupting without cancelling; deadlines a task re-arms; bounded ends ----------------
+
+TEST_CASE("task_future::interrupt raises in a running task and keeps what it returns",
+          "[pool][concurrent]") {
+  isola::pool_options o;
+  o.size = 1;
+  isola::pool p(o);
+  os_pipe started;
+  auto running = p.submit_code(
+      "import os, time\n"
+      "done = 0\n"
+      "try:\n"
+      "    os.write(" + std::to_string(started.w) + ", b's')\n"
+      "    while True:\n"
+      "        time.sleep(0.001)\n"
+      "        done += 1\n"
+      "except KeyboardInterrupt:\n"
+      "    result = 'partial'\n");
+  auto queued = p.submit_code("'never'");
+  REQUIRE(started.get());
+  CHECK(queued.interrupt());   // still queued: cancelled
+  CHECK(running.interrupt());  // running: KeyboardInterrupt, its outcome kept
+  CHECK_NOTHROW(running.get());
+  CHECK(p.submit_code("result").get().as_str() == "partial");
+  auto code = code_of(queued);
+  REQUIRE(code);
+  CHECK(*code == isola::errc::cancelled);
+  CHECK_FALSE(running.interrupt());  // finished
+  // Another exception type, and an uncaught one: the future gets it.
+  auto f = p.submit_code(
+      "import os, time\n"
+      "os.write(" + std::to_string(started.w) + ", b's')\n"
+      "time.sleep(60)\n");
+  REQUIRE(started.get());
+  CHECK(f.interrupt("SystemExit"));
+  auto e = python_error_from(f);
+  REQUIRE(e);
+  CHECK(e->type_name() == "SystemExit");
+}
+
+TEST_CASE("isola._set_deadline re-arms a task's deadline", "[pool][concurrent]") {
+  isola::pool_options o;
+  o.size = 1;
+  isola::pool p(o);
+  SECTION("a task without a timeout can give itself one") {
+    auto f = p.submit_code("import isola, time\nisola._set_deadline(0.1)\ntime.sleep(60)\n");
+    auto e = python_error_from(f);
+    REQUIRE(e);
+    CHECK(e->type_name() == "TimeoutError");
+    CHECK_THAT(e->message(), Catch::Contains("timeout of 100 ms"));
+  }
+  SECTION("each step of a task gets its own deadline; None lifts it") {
+    auto f = p.submit_code(
+        "import isola, time\n"
+        "results = []\n"
+        "for step in (0, 0.02, 5, 0):\n"
+        "    isola._set_deadline(0.3)\n"
+        "    try:\n"
+        "        time.sleep(step)\n"
+        "        results.append('ok')\n"
+        "    except isola.TaskTimeout:\n"
+        "        results.append('timed out')\n"
+        "    finally:\n"
+        "        isola._set_deadline(None)\n"
+        "time.sleep(0.4)\n"  // no deadline now: not interrupted
+        "results\n");
+    CHECK_NOTHROW(f.get());
+    auto r = p.submit_code("results").get();
+    std::vector<std::string> got;
+    for (const auto& v : r.as_list().items) got.push_back(v.as_str());
+    CHECK(got == std::vector<std::string>{"ok", "ok", "timed out", "ok"});
+    CHECK(p.stats().interpreters.at(0).tasks_timed_out == 0);  // the task itself ended well
+  }
+  SECTION("never later than the task's own timeout") {
+    auto f = p.submit_code("import isola, time\nisola._set_deadline(3600)\ntime.sleep(60)\n",
+                           with_timeout(200ms));
+    auto e = python_error_from(f);
+    REQUIRE(e);
+    CHECK(e->type_name() == "TimeoutError");
+    CHECK_THAT(e->message(), Catch::Contains("timeout of 200 ms"));
+  }
+  SECTION("only inside a pool task, with a number of seconds") {
+    isola::interpreter in;
+    auto e = python_error_of([&] { in.exec("import isola\nisola._set_deadline(1)\n"); });
+    REQUIRE(e);
+    CHECK(e->type_name() == "RuntimeError");
+    for (const char* bad : {"-1", "float('nan')", "'1'"}) {
+      auto f = p.submit_code(std::string("import isola\nisola._set_deadline(") + bad + ")\n");
+      auto b = python_error_from(f);
+      INFO(bad);
+      REQUIRE(b);
+      CHECK((b->type_name() == "ValueError" || b->type_name() == "TypeError"));
+    }
+  }
+}
+
+TEST_CASE("pool shutdown ends the threads tasks left running, within end_timeout",
+          "[pool][concurrent]") {
+  // Py_EndInterpreter waits for non-daemon threads: shutdown used to hang on such a thread.
+  isola::pool_options o;
+  o.size = 1;
+  o.interpreter.end_timeout = 100ms;
+  os_pipe ended;
+  {
+    isola::pool p(o);
+    p.submit_code("import os, threading, time\n"
+                  "def work():\n"
+                  "    try:\n"
+                  "        while True:\n"
+                  "            time.sleep(0.01)\n"
+                  "    finally:\n"
+                  "        os.write(" + std::to_string(ended.w) + ", b'e')\n"
+                  "threading.Thread(target=work).start()\n")
+        .get();
+    p.shutdown();
+  }
+  CHECK(ended.ready_now());  // SystemExit ended it before shutdown returned
+  CHECK(isola::runtime::abandoned_interpreters() == 0);
+}

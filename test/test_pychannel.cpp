@@ -720,6 +720,36 @@ TEST_CASE("pickling failures keep pickle's exception and say why pickle was invo
   CHECK(r[1].as_str().find("could not be unpickled in this one") != std::string::npos);
   CHECK(r[1].as_str().find("__main__") != std::string::npos);
   CHECK(b.eval("ch.recv()").as_str() == "next");  // the channel goes on
+  // A container holding something that is not plain: the note says what and where (it used to
+  // call the tuple itself "not a plain value").
+  r = a.eval("failure(lambda: ch.send((1, isola.Channel())))").as_list().items;
+  CHECK(r[1].as_str().find("item[1] is an object of type 'isola.Channel'") != std::string::npos);
+  CHECK(r[1].as_str().find("a channel can be sent on its own") != std::string::npos);
+  CHECK(r[1].as_str().find("type 'tuple' is not a plain value") == std::string::npos);
+  r = a.eval("failure(lambda: ch.send({'k': [0, lambda: 1]}))").as_list().items;
+  CHECK(r[1].as_str().find("item['k'][1] is an object of type 'function'") != std::string::npos);
+}
+
+TEST_CASE("a bound whose ring cannot be allocated is a clear MemoryError", "[pychannel]") {
+  // The ring is allocated whole: Channel(maxsize=10**12) asked for 64 TB and said only
+  // "ValueError: Channel: std::bad_alloc".
+  isola::interpreter in;
+  in.exec("import isola\n"
+          "def failure(make):\n"
+          "    try:\n"
+          "        make()\n"
+          "    except Exception as e:\n"
+          "        return [type(e).__name__, str(e)]\n"
+          "    return ['no error', '']\n");
+  for (const char* call : {"isola.Channel(maxsize=10**12)", "isola.channel('t-huge', 10**12)"}) {
+    auto r = in.eval(std::string("failure(lambda: ") + call + ")").as_list().items;
+    INFO(call << ": " << r[1].as_str());
+    CHECK(r[0].as_str() == "MemoryError");
+    CHECK(r[1].as_str().find("maxsize=1000000000000") != std::string::npos);
+    CHECK(r[1].as_str().find("whole capacity up front") != std::string::npos);
+    CHECK(r[1].as_str().find("use a smaller capacity") != std::string::npos);
+  }
+  CHECK(in.eval("isola.Channel(maxsize=1000).maxsize").as_int() == 1000);
 }
 
 TEST_CASE("channels can be weakly referenced", "[pychannel]") {

@@ -225,3 +225,62 @@ TEST_CASE("set_log_level accepts spdlog's names and refuses others", "[runtime]"
   CHECK(isola::logger("isola.test")->name() == "isola.test");
   isola::set_log_level(spdlog::level::warn);
 }
+
+// ---- what guest code leaves behind when its interpreter ends -----------------------------------
+// Each scenario runs in isola_test_child (see end_scenario there), with a bounded wait: the
+// ones that used to hang show as `hung`, the ones that used to abort as a signal.
+
+namespace {
+
+struct end_expectation {
+  const char* kind;
+  const char* task;        ///< the task's outcome, or nullptr if the scenario has no task
+  int abandoned;           ///< interpreters abandoned when the C++ call returned
+  const char* log;         ///< a line the scenario must log, or nullptr
+};
+
+}  // namespace
+
+TEST_CASE("ending an interpreter never hangs or aborts on what its code left running",
+          "[runtime]") {
+  const end_expectation cases[] = {
+      // ~runtime with a task running: SystemExit ends it, its future fails with
+      // runtime_finalizing.
+      {"runtime-busy", "runtime_finalizing", 0, "raising SystemExit in it"},
+      // ... and a task stuck in C code is abandoned; CPython is not finalized under it.
+      {"runtime-stuck", "runtime_finalizing", 1, "CPython is left initialized"},
+      {"pool-busy", "runtime_finalizing", 0, "raising SystemExit in it"},
+      {"pool-stuck", "runtime_finalizing", 1, "CPython is left initialized"},
+      // close() with threads left running: SystemExit after end_timeout, they end.
+      {"thread-left", nullptr, 0, "raising SystemExit in 1 thread(s) its code left running: "
+                                  "'left-behind' in work"},
+      // ... a thread that ignores it: abandoned after end_grace, named.
+      {"thread-ignores", nullptr, 1, "did not stop on SystemExit within end_grace: 'stubborn'"},
+      // Threads Py_EndInterpreter does not wait for made it abort ("not the last thread").
+      {"raw-thread", nullptr, 0, "(not a threading.Thread)"},
+      {"legacy-daemon", nullptr, 0, "(daemon)"},
+      // An atexit handler that never returns: abandoned by close()'s own bound.
+      {"atexit-loop", nullptr, 1, "an atexit handler or __del__ that does not return"},
+  };
+  for (const auto& c : cases) {
+    auto r = run_child({"end", c.kind}, 60);
+    INFO(c.kind << ": " << r.describe());
+    REQUIRE_FALSE(r.hung);
+    CHECK(r.signal == 0);
+    CHECK(r.exit_code == 0);
+    CHECK(r.output.find("returned\n") != std::string::npos);
+    if (c.task != nullptr) {
+      CHECK(r.output.find(std::string("task: ") + c.task + "\n") != std::string::npos);
+    }
+    CHECK(r.output.find("abandoned: " + std::to_string(c.abandoned) + "\n") != std::string::npos);
+    if (c.log != nullptr) CHECK(r.output.find(c.log) != std::string::npos);
+    CHECK(r.output.find("Fatal Python error") == std::string::npos);
+  }
+}
+
+TEST_CASE("a pool's queued tasks fail with runtime_finalizing when the runtime ends", "[runtime]") {
+  auto r = run_child({"end", "pool-busy"}, 60);
+  INFO(r.describe());
+  REQUIRE_FALSE(r.hung);
+  CHECK(r.output.find("queued: runtime_finalizing\n") != std::string::npos);
+}

@@ -160,7 +160,9 @@ class channel {
   /// An empty handle (no channel).
   channel() noexcept = default;
   /// A new anonymous channel holding up to capacity items (1 .. max_capacity; else throws
-  /// std::invalid_argument).
+  /// std::invalid_argument). Its ring is allocated whole (a cache line per item): a capacity
+  /// whose ring is larger than the machine's memory, or cannot be allocated, throws
+  /// std::length_error saying so.
   explicit channel(std::size_t capacity);
   /// The channel a channel_ref refers to (empty if the ref is).
   channel(channel_ref ref) noexcept : core_(std::move(ref.core)) {}

@@ -20,7 +20,8 @@ std::shared_ptr<spdlog::logger> logger(std::string_view part);
 void set_log_level(std::string_view level);
 void set_log_level(spdlog::level::level_enum level);
 
-/// Asks every isola logger to write out its queued lines (tools call it before they exit).
+/// Writes out every isola logger's queued lines and waits until they are written (at most 2
+/// s): call it before ending the process with _exit() or std::quick_exit().
 void flush_logs();
 
 }  // namespace isola

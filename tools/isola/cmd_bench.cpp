@@ -258,8 +258,14 @@ void add_bench_command(CLI::App& app, dispatch& d) {
   }
   bench->footer(
       "Each suite measures isola and its peers in the same run, prints medians and ratios as a\n"
-      "table, or with --json as one JSON object on stdout; progress goes to stderr. Every suite\n"
-      "has its own --help. Examples: isola bench startup --json, isola bench pool --json\n"
+      "table, or with --json as one JSON object on stdout; progress goes to stderr. A full run\n"
+      "takes from seconds (startup) to minutes; pool and channels have --quick for a smoke run.\n"
+      "Every suite has its own --help.\n"
+      "\n"
+      "Examples:\n"
+      "  isola bench pool --quick                  a smoke run: a few seconds, rough figures\n"
+      "  isola bench channels --quick --json       the same, as one JSON object on stdout\n"
+      "\n"
       "Exit status: 0 measured, 1 a measurement failed, 2 usage error.");
 
   // Runs after the chosen suite's callback (CLI11 calls subcommands' callbacks first).

@@ -611,7 +611,17 @@ class mapper {
   /// Inputs that never ran (or did not finish) because a signal stopped the run.
   std::size_t not_run_count() const { return not_run_count_; }
   /// Their line ranges, the first few: "12-40, 97-200".
-  const std::string& not_run_lines() const { return not_run_lines_; }
+  std::string not_run_lines() const {
+    std::string out;
+    for (std::size_t k = 0; k < not_run_.size(); ++k) {
+      if (k == 5) return out + ", ...";
+      const std::size_t a = items_[not_run_[k].first].line;
+      const std::size_t b = items_[not_run_[k].second - 1].line;
+      out += (out.empty() ? "" : ", ") +
+             (a == b ? std::to_string(a) : std::to_string(a) + "-" + std::to_string(b));
+    }
+    return out;
+  }
   /// An input that did not stop on its KeyboardInterrupt is still running.
   bool stuck() const { return stuck_; }
 
@@ -638,14 +648,11 @@ class mapper {
   void not_run(std::size_t first, std::size_t count) {
     if (count == 0) return;
     not_run_count_ += count;
-    if (not_run_ranges_ < 5) {
-      const std::size_t a = items_[first].line, b = items_[first + count - 1].line;
-      not_run_lines_ += (not_run_lines_.empty() ? "" : ", ") +
-                        (a == b ? std::to_string(a) : std::to_string(a) + "-" + std::to_string(b));
-    } else if (not_run_ranges_ == 5) {
-      not_run_lines_ += ", ...";
+    if (!not_run_.empty() && not_run_.back().second == first) {
+      not_run_.back().second = first + count;  // adjoins the last range
+    } else {
+      not_run_.emplace_back(first, first + count);
     }
-    ++not_run_ranges_;
   }
 
   piece submit(std::size_t first, std::size_t count) {
@@ -724,8 +731,7 @@ class mapper {
   clock::time_point give_up_{};
   bool stuck_ = false;
   std::size_t not_run_count_ = 0;
-  std::size_t not_run_ranges_ = 0;
-  std::string not_run_lines_;
+  std::vector<std::pair<std::size_t, std::size_t>> not_run_;  ///< input index ranges [a, b)
 };
 
 std::vector<std::string> sys_path_for(const map_options& o) {

@@ -104,7 +104,18 @@ def _check_source(path):
     import tokenize
     with open(path, 'rb') as f:
         data = f.read()
-    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError:
+        # A first line that is not UTF-8 looks like a bad cookie to detect_encoding; an
+        # unknown encoding really is one.
+        encoding = 'utf-8'
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+        else:
+            raise
     try:
         data.decode(encoding)
     except UnicodeDecodeError as e:
