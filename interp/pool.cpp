@@ -135,9 +135,17 @@ struct pool_worker : std::enable_shared_from_this<pool_worker> {
   std::thread thread;
   std::atomic<bool> abandoned{false};
   std::atomic<bool> exited{false};
-  std::atomic<bool> created{false};  ///< its first interpreter exists
-  std::unique_ptr<interp_host> host;
-  std::mutex host_mu;  ///< guards `host` replacement (recycling) against interrupters
+  std::atomic<bool> created{false};  ///< its current interpreter exists (not being created)
+  bool watch_creation = false;  ///< a replacement: its first creation is watched too
+  /// The worker thread's interpreter; replaced (recycling) under host_mu. The worker thread
+  /// reads it freely; other threads take a reference with current_host(), never holding
+  /// host_mu while they use it (an interrupt may wait for a stuck GIL for ever).
+  std::shared_ptr<interp_host> host;
+  std::mutex host_mu;
+  std::shared_ptr<interp_host> current_host() {
+    std::lock_guard lock(host_mu);
+    return host;
+  }
   std::mutex current_mu;
   std::weak_ptr<pool_task> current;  ///< the task it runs, if any (guarded by current_mu)
 };
@@ -190,7 +198,11 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   /// Gives up on a worker whose interpreter did not end or get created in time: it stops
   /// counting for shutdown, its interpreter is abandoned, and the slot gets a new worker if
   /// work may still need it. False if it had exited or was abandoned already.
-  bool abandon_worker(const std::shared_ptr<pool_worker>& w, const std::string& why);
+  bool abandon_worker(const std::shared_ptr<pool_worker>& w,
+                      const std::shared_ptr<interp_state>& state, const std::string& why);
+  /// Creates the worker's interpreter (init_interpreter), watched: a creation that waits
+  /// longer than grace_period for a GIL is abandoned.
+  void create_watched(const std::shared_ptr<pool_worker>& w);
   /// Ends the worker's interpreter (bounded, watched by the watchdog).
   void end_interpreter(const std::shared_ptr<pool_worker>& w);
   /// With workers_mu_ held: whether a slot that lost its worker needs a new one.
@@ -249,6 +261,7 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
     std::uint64_t token;
     int slot;
     watch kind;
+    std::weak_ptr<interp_host> host = {};  ///< ending: the interpreter being ended
   };
   void watch_locked(std::chrono::steady_clock::time_point when, deadline_entry e);
   void unwatch_task_locked(const pool_task* t);
@@ -324,19 +337,15 @@ void pool_impl::start() {
 }
 
 // With workers_mu_ held. The thread owns a reference to the pool, so a worker left behind
-// (stuck in C code) never touches a freed pool when it returns. A replacement (no `started`)
-// is watched: if the interpreters share a GIL that a stuck one holds, its creation never
+// (stuck in C code) never touches a freed pool when it returns. A replacement's creation (no
+// `started`) is watched: if the interpreters share a GIL that a stuck one holds, it never
 // finishes, and nothing may wait for it.
 void pool_impl::spawn_locked(int slot, std::promise<void>* started) {
   auto w = std::make_shared<pool_worker>();
   w->slot = slot;
-  w->host = std::make_unique<interp_host>(config_);
+  w->host = std::make_shared<interp_host>(config_);
   workers_[slot] = w;
-  if (started == nullptr) {
-    std::lock_guard lock(wd_mu_);
-    watch_locked(std::chrono::steady_clock::now() + options_.grace_period,
-                 deadline_entry{w, {}, nullptr, 0, slot, watch::creating});
-  }
+  w->watch_creation = started == nullptr;
   w->thread = std::thread(
       [self = shared_from_this(), w, started] { self->worker_main(w, started); });
 }
@@ -384,19 +393,31 @@ void pool_impl::worker_exited(pool_worker& w) {
 }
 
 void pool_impl::end_interpreter(const std::shared_ptr<pool_worker>& w) {
+  const std::shared_ptr<interp_host> host = w->host;
   {
     std::lock_guard lock(wd_mu_);
-    watch_locked(std::chrono::steady_clock::now() + w->host->end_budget(),
-                 deadline_entry{w, {}, nullptr, 0, w->slot, watch::ending});
+    watch_locked(std::chrono::steady_clock::now() + host->end_budget(),
+                 deadline_entry{w, {}, nullptr, 0, w->slot, watch::ending, host});
   }
-  w->host->end([this, w] {
-    abandon_worker(w, "threads its code left running did not stop when it ended");
+  host->end([this, w, host] {
+    abandon_worker(w, host->state(), "threads its code left running did not stop when it ended");
   });
+}
+
+void pool_impl::create_watched(const std::shared_ptr<pool_worker>& w) {
+  w->created = false;
+  if (w->watch_creation) {
+    std::lock_guard lock(wd_mu_);
+    watch_locked(std::chrono::steady_clock::now() + options_.grace_period,
+                 deadline_entry{w, {}, nullptr, 0, w->slot, watch::creating, w->host});
+  }
+  init_interpreter(*w);
+  w->created = true;
 }
 
 void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<void>* started) {
   try {
-    init_interpreter(*w);
+    create_watched(w);
   } catch (abi::__forced_unwind&) {
     throw;  // CPython ends this thread (runtime finalising)
   } catch (...) {
@@ -415,8 +436,8 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
     worker_exited(*w);
     return;
   }
-  w->created = true;
   if (started != nullptr) started->set_value();
+  w->watch_creation = true;  // recycled ones are watched too
   if (w->abandoned) {  // created too late: a new worker serves the slot already
     end_interpreter(w);
     worker_exited(*w);
@@ -438,7 +459,7 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
         ++since_recycle >= options_.max_tasks_per_interpreter && !stopping_.load()) {
       since_recycle = 0;
       auto old_id = w->host->state()->id;
-      auto fresh = std::make_unique<interp_host>(config_);
+      auto fresh = std::make_shared<interp_host>(config_);
       end_interpreter(w);
       if (w->abandoned) break;  // the old one did not end in time; a new worker took over
       {
@@ -446,7 +467,7 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
         w->host = std::move(fresh);
       }
       try {
-        init_interpreter(*w);
+        create_watched(w);
       } catch (abi::__forced_unwind&) {
         throw;
       } catch (const std::exception& e) {
@@ -880,8 +901,7 @@ void pool_impl::interrupt_async(const std::shared_ptr<pool_worker>& w, std::uint
   auto finished = std::make_shared<std::atomic<bool>>(false);
   std::thread th([w, token, type = std::move(type), finished] {
     try {
-      std::lock_guard lock(w->host_mu);
-      w->host->interrupt(type, token);
+      w->current_host()->interrupt(type, token);
     } catch (abi::__forced_unwind&) {
       throw;
     } catch (const std::exception& e) {
@@ -953,20 +973,30 @@ void pool_impl::watchdog_main() {
         lock.lock();
         break;
       }
-      case watch::ending:
-        if (w->exited.load() || !w->host->created()) break;
+      case watch::ending: {
+        auto host = e.host.lock();
+        if (!host || w->exited.load()) break;
+        {
+          std::lock_guard state_lock(host->state()->mu);
+          if (host->state()->phase == interp_phase::closed) break;  // it ended in time
+        }
         lock.unlock();
-        abandon_worker(w, "ending it took longer than end_timeout + 2 * end_grace (an atexit "
-                          "handler or __del__ that does not return, or a thread holding its GIL)");
+        abandon_worker(w, host->state(),
+                       "ending it took longer than end_timeout + 2 * end_grace (an atexit "
+                       "handler or __del__ that does not return, or a thread holding its GIL)");
         lock.lock();
         break;
-      case watch::creating:
-        if (w->created.load() || w->exited.load()) break;
+      }
+      case watch::creating: {
+        auto host = e.host.lock();
+        if (!host || w->created.load() || w->exited.load() || w->current_host() != host) break;
         lock.unlock();
-        abandon_worker(w, "a replacement interpreter was not created within grace_period (its "
-                          "creation waits for a GIL that a stuck interpreter holds?)");
+        abandon_worker(w, host->state(),
+                       "a new interpreter was not created within grace_period (its creation "
+                       "waits for a GIL that a stuck interpreter holds?)");
         lock.lock();
         break;
+      }
     }
   }
 }
@@ -999,7 +1029,7 @@ void pool_impl::declare_broken(const std::shared_ptr<pool_worker>& w,
   }
   // The stuck interpreter must not hold up runtime shutdown, and the runtime must know that
   // its thread still runs.
-  abandon_interp(w->host->state(),
+  abandon_interp(w->current_host()->state(),
                  "its task did not stop within grace_period after " +
                      std::string(by_runtime ? "SystemExit (runtime shutdown)"
                                             : task_timeout_exception) +
@@ -1018,7 +1048,8 @@ void pool_impl::declare_broken(const std::shared_ptr<pool_worker>& w,
                               "(stuck in C code?); its interpreter was replaced"));
 }
 
-bool pool_impl::abandon_worker(const std::shared_ptr<pool_worker>& w, const std::string& why) {
+bool pool_impl::abandon_worker(const std::shared_ptr<pool_worker>& w,
+                               const std::shared_ptr<interp_state>& state, const std::string& why) {
   bool replaced = false;
   {
     std::lock_guard lock(workers_mu_);
@@ -1029,11 +1060,6 @@ bool pool_impl::abandon_worker(const std::shared_ptr<pool_worker>& w, const std:
       spawn_locked(w->slot, nullptr);
       replaced = true;
     }
-  }
-  std::shared_ptr<interp_state> state;
-  {
-    std::lock_guard lock(w->host_mu);
-    state = w->host->state();
   }
   abandon_interp(state, why);
   ++slots_[w->slot]->replaced_broken;
@@ -1060,8 +1086,7 @@ void pool_impl::shutdown(stop_mode mode) {
     std::lock_guard lock(workers_mu_);
     for (auto& w : workers_) {
       if (!w) continue;
-      std::lock_guard host_lock(w->host_mu);
-      if (w->host) stop_waits(*w->host->state());
+      if (auto host = w->current_host()) stop_waits(*host->state());
     }
   }
   if (mode == stop_mode::interrupt_running) {
