@@ -86,20 +86,33 @@ def describe(idents):
     return out
 )py";
 
-std::vector<left_thread> describe_threads(const std::vector<unsigned long>& idents) {
-  std::vector<left_thread> out;
+// describe() above, made once per end (GIL held); empty if guest code broke what it needs.
+py::object make_describer() {
   try {
-    with_python_errors([&] {
+    return with_python_errors([] {
       auto g = py::check(PyDict_New());
       py::check_zero(PyDict_SetItemString(g.get(), "__builtins__", PyEval_GetBuiltins()));
       run_source(describe_threads_source, "<isola>", Py_file_input, g.get());
+      PyObject* fn = PyDict_GetItemString(g.get(), "describe");  // borrowed
+      if (fn == nullptr) py::raise(PyExc_RuntimeError, "describe() missing");
+      return py::borrow(fn);
+    });
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+std::vector<left_thread> describe_threads(const py::object& describer,
+                                          const std::vector<unsigned long>& idents) {
+  std::vector<left_thread> out;
+  try {
+    if (!describer) throw std::runtime_error("no describer");
+    with_python_errors([&] {
       auto ids = py::check(PyList_New(0));
       for (auto id : idents) {
         py::check_zero(PyList_Append(ids.get(), py::check(PyLong_FromUnsignedLong(id)).get()));
       }
-      PyObject* fn = PyDict_GetItemString(g.get(), "describe");  // borrowed
-      if (fn == nullptr) py::raise(PyExc_RuntimeError, "describe() missing");
-      auto r = py::check(PyObject_CallOneArg(fn, ids.get()));
+      auto r = py::check(PyObject_CallOneArg(describer.get(), ids.get()));
       for (Py_ssize_t i = 0; i < PyList_GET_SIZE(r.get()); ++i) {
         PyObject* t = PyList_GET_ITEM(r.get(), i);
         left_thread lt;
@@ -109,7 +122,7 @@ std::vector<left_thread> describe_threads(const std::vector<unsigned long>& iden
         out.push_back(std::move(lt));
       }
     });
-  } catch (const std::exception& e) {
+  } catch (const std::exception&) {
     // Guest code can break what describe() relies on (threading._active, say): the threads
     // are still ended, just described by ident.
     out.clear();
@@ -253,10 +266,12 @@ bool interp_host::end_threads(const std::function<void()>& on_abandon) {
   const auto join_deadline = clock::now() + config_.end_timeout;
   clock::time_point grace_deadline{};
   bool waiting_logged = false, interrupted = false, abandoned = false;
+  py::object describer;
   for (;;) {
     const auto idents = other_threads(tstate_);
     if (idents.empty()) return !abandoned;
-    const auto threads = describe_threads(idents);
+    if (!describer) describer = make_describer();
+    const auto threads = describe_threads(describer, idents);
     const auto now = clock::now();
     if (!interrupted) {
       const bool non_daemon =

@@ -3,7 +3,6 @@
 // for it within bounds and leaves the thread behind if its code does not stop.
 #include "worker.hpp"
 
-#include "guest.hpp"
 
 #include <isola/log.hpp>
 

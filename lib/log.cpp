@@ -11,6 +11,8 @@
 #include <string>
 #include <unordered_map>
 
+#include <unistd.h>
+
 #include <spdlog/async.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -87,11 +89,19 @@ struct log_registry {
         "isola.log-barrier", barrier, pool, spdlog::async_overflow_policy::block);
   }
   ~log_registry() {
+    if (::getpid() != owner_pid) {
+      // A forked child (CPython ends one forked from a subinterpreter with exit(), which runs
+      // this): the background thread does not exist here, and destroying the pool would wait
+      // for it for ever. Leave it to the exiting process.
+      new std::shared_ptr<spdlog::details::thread_pool>(pool);
+      return;
+    }
     for (auto& [name, l] : loggers) {
       l->flush();
       spdlog::drop(name);
     }
   }
+  const pid_t owner_pid = ::getpid();
 };
 
 log_registry& registry() {

@@ -35,7 +35,10 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
 
 namespace {
 
@@ -280,6 +283,8 @@ std::string outcome_of(Future& f) {
 //   raw-thread          close() with a _thread.start_new_thread thread still running
 //   legacy-daemon       close() of a legacy() interpreter with a daemon thread running
 //   atexit-loop         close() while an atexit handler loops forever
+//   fork-allowed        a legacy() interpreter forks (allowed there): CPython ends the child
+//                       with a fatal error and exit(), which must not hang in isola's teardown
 int end_scenario(const std::string& kind) {
   int fds[2];
   if (pipe(fds) != 0) return 3;
@@ -336,6 +341,23 @@ int end_scenario(const std::string& kind) {
     isola::flush_logs();
     if (kind == "pool-stuck") std::_Exit(0);
     p.reset();
+    return 0;
+  }
+  if (kind == "fork-allowed") {
+    isola::interpreter in(isola::interpreter_config::legacy());
+    in.exec("import os\npid = os.fork()\n");  // the child never comes back here
+    const auto pid = static_cast<pid_t>(in.get_global("pid").as_int());
+    say("returned");
+    int status = 0;
+    for (int i = 0; i < 1000; ++i) {  // 10 s at most
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        say("forked child exited: " + std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1));
+        return 0;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    kill(pid, SIGKILL);
+    say("forked child: hung");
     return 0;
   }
   isola::interpreter_config c = kind == "legacy-daemon" ? isola::interpreter_config::legacy() : quick;

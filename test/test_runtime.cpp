@@ -278,6 +278,17 @@ TEST_CASE("ending an interpreter never hangs or aborts on what its code left run
   }
 }
 
+TEST_CASE("a child forked where fork is allowed exits instead of hanging in isola's teardown",
+          "[runtime]") {
+  // CPython ends a child forked from a subinterpreter with a fatal error and exit(1); its exit
+  // handlers used to wait for ever on the log thread pool, which does not exist in the child.
+  auto r = run_child({"end", "fork-allowed"}, 60);
+  INFO(r.describe());
+  REQUIRE_FALSE(r.hung);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output.find("forked child exited: 1\n") != std::string::npos);
+}
+
 TEST_CASE("a pool's queued tasks fail with runtime_finalizing when the runtime ends", "[runtime]") {
   auto r = run_child({"end", "pool-busy"}, 60);
   INFO(r.describe());
