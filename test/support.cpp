@@ -158,13 +158,10 @@ background_program::~background_program() {
 std::string background_program::out_so_far() const { return read_file(dir_ + "/stdout"); }
 std::string background_program::err_so_far() const { return read_file(dir_ + "/stderr"); }
 
-bool background_program::wait_for_output(const std::string& text, int limit_seconds) const {
+bool background_program::wait_for_stdout(const std::string& text, int limit_seconds) const {
   const double deadline = now_seconds() + limit_seconds;
   while (now_seconds() < deadline) {
-    if (out_so_far().find(text) != std::string::npos ||
-        err_so_far().find(text) != std::string::npos) {
-      return true;
-    }
+    if (out_so_far().find(text) != std::string::npos) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return false;

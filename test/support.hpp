@@ -98,8 +98,8 @@ class background_program {
   /// What it has written to stdout / stderr so far.
   std::string out_so_far() const;
   std::string err_so_far() const;
-  /// Waits until stdout or stderr holds `text`, at most limit_seconds; false if it did not.
-  bool wait_for_output(const std::string& text, int limit_seconds = 60) const;
+  /// Waits until its stdout holds `text`, at most limit_seconds; false if it did not.
+  bool wait_for_stdout(const std::string& text, int limit_seconds = 60) const;
   void send_signal(int signal) const;
   /// Waits for it to end (killing it after limit_seconds) and collects what it wrote.
   program_result wait(int limit_seconds = default_limit_seconds);

@@ -538,7 +538,7 @@ TEST_CASE("isola map writes results as they complete, not at the end", "[cli]") 
              "    return x\n");
   auto p = start_isola(m.args("gate_mod:f", {"-n", "2", "--chunk-size", "1"}),
                        "'a'\n'b'\n'wait'\n");
-  const bool early = p->wait_for_output("'b'\n", 30);
+  const bool early = p->wait_for_stdout("'b'\n", 30);
   write_file(m.dir.file("gate"), "");
   auto r = p->wait(60);
   INFO(r.describe());
@@ -555,7 +555,7 @@ TEST_CASE("SIGINT and SIGTERM stop isola map and keep every finished result", "[
   for (int i = 0; i < 40; ++i) input += std::to_string(i) + "\n";
   for (int sig : {SIGINT, SIGTERM}) {
     auto p = start_isola(m.args("slow_mod:f", {"-n", "2", "--chunk-size", "1"}), input);
-    REQUIRE(p->wait_for_output("4\n", 30));
+    REQUIRE(p->wait_for_stdout("0\n1\n2\n3\n4\n", 30));
     p->send_signal(sig);
     auto r = p->wait(60);
     INFO("signal " << sig << "\n" << r.describe());
@@ -574,8 +574,8 @@ TEST_CASE("SIGINT stops isola run and reports how each script ended", "[cli]") {
            "print('started', isola.interpreter_id(), flush=True)\n"
            "time.sleep(30)\n");
   auto p = start_isola({"run", "-n", "2", s.path});
-  REQUIRE(p->wait_for_output("started 2", 30));
-  REQUIRE(p->wait_for_output("started 1", 30));
+  REQUIRE(p->wait_for_stdout("started 2", 30));
+  REQUIRE(p->wait_for_stdout("started 1", 30));
   p->send_signal(SIGINT);
   auto r = p->wait(60);
   INFO(r.describe());
@@ -584,6 +584,19 @@ TEST_CASE("SIGINT stops isola run and reports how each script ended", "[cli]") {
   CHECK(contains(r.err, "interrupted by SIGINT (KeyboardInterrupt raised in the script)"));
   CHECK(contains(r.err, "2 interpreters, 0 ok, 2 failed"));
   CHECK(contains(r.err, "; interrupted by SIGINT"));
+
+  // A script stuck in C code does not see the KeyboardInterrupt: reported, and the process
+  // still exits.
+  script stuck("import sys\nprint('started', flush=True)\nsum(range(10**13))\n");
+  auto q = start_isola({"run", "-n", "1", stuck.path});
+  REQUIRE(q->wait_for_stdout("started", 30));
+  q->send_signal(SIGINT);
+  auto rq = q->wait(60);
+  INFO(rq.describe());
+  REQUIRE_FALSE(rq.hung);
+  CHECK(rq.exit_code == 130);
+  CHECK(contains(rq.err, "interrupted by SIGINT, and still running"));
+  CHECK(contains(rq.err, "exiting without finalizing Python"));
 }
 
 TEST_CASE("the examples every --help prints run as shown", "[cli]") {

@@ -845,14 +845,6 @@ std::size_t auto_chunk(std::size_t total, std::size_t n) {
   return std::clamp<std::size_t>(c, 1, max_auto_chunk);
 }
 
-/// Before any input ran: a signal ends the command at once (nothing to report).
-void stop_if_signalled() {
-  if (int sig = stop_signal(); sig != 0) {
-    fmt::print(stderr, "map: interrupted by {} before any input ran\n", signal_name(sig));
-    exit_leaving_stuck_interpreters(signal_exit_status(sig));
-  }
-}
-
 int run_map(const map_options& o) {
   check_target_format(o.target);
   auto sys_path = sys_path_for(o);
@@ -879,11 +871,19 @@ int run_map(const map_options& o) {
                                          o.interpreters, o.interpreters == 1 ? "" : "s",
                                          e.what()));
   }
-  stop_if_signalled();
+  // Before any input ran, a signal ends the command after the step it arrived in.
+  auto signalled = [&]() -> int {
+    const int sig = stop_signal();
+    if (sig != 0) {
+      fmt::print(stderr, "map: interrupted by {} before any input ran\n", signal_name(sig));
+    }
+    return sig;
+  };
+  if (int sig = signalled()) return signal_exit_status(sig);
   check_target_everywhere(*p, o);
-  stop_if_signalled();
+  if (int sig = signalled()) return signal_exit_status(sig);
   check_literals(*p, items);
-  stop_if_signalled();
+  if (int sig = signalled()) return signal_exit_status(sig);
 
   const std::size_t chunk = o.chunk_size != 0 ? o.chunk_size : auto_chunk(items.size(), p->size());
   mapper m(*p, o, items, chunk);

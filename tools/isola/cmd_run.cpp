@@ -287,8 +287,9 @@ constexpr auto signal_grace = std::chrono::seconds(2);
 /// Starts the script on every interpreter of the pool at once (one task pinned to each) and
 /// waits for all of them, or, after SIGINT/SIGTERM, for them to stop on the KeyboardInterrupt
 /// it raises in them (at most signal_grace). Outcomes come back in interpreter id order; each
-/// one's time is its task's busy time. `signal` is set to the signal that stopped them.
-std::vector<run_outcome> run_everywhere(pool& p, const run_options& o, int& signal) {
+/// one's time is its task's busy time. `signal` is set to the signal that stopped them, and
+/// `stuck` when a script did not stop on it (its task still runs).
+std::vector<run_outcome> run_everywhere(pool& p, const run_options& o, int& signal, bool& stuck) {
   const std::size_t n = p.size();
   std::vector<std::int64_t> ids;
   for (const auto& s : p.stats().interpreters) ids.push_back(s.interpreter_id);
@@ -337,6 +338,7 @@ std::vector<run_outcome> run_everywhere(pool& p, const run_options& o, int& sign
       give_up = clock::now() + signal_grace;
     }
     if (give_up && clock::now() >= *give_up) {
+      stuck = true;
       for (std::size_t k = 0; k < n; ++k) {
         if (done[k]) continue;
         out[k].interpreter_id = ids[k];
@@ -413,11 +415,12 @@ int run_script(run_options& o, const std::vector<std::string>& rest, bool after_
   const double create_s = seconds_since(t0);
 
   int signal = stop_signal();
+  bool stuck = false;
   std::vector<run_outcome> outcomes;
   double wall = 0;
   if (signal == 0) {
     t0 = clock::now();
-    outcomes = run_everywhere(*p, o, signal);
+    outcomes = run_everywhere(*p, o, signal, stuck);
     wall = seconds_since(t0);
     std::fflush(stdout);
     report(outcomes, o, wall, create_s, signal);
@@ -426,10 +429,13 @@ int run_script(run_options& o, const std::vector<std::string>& rest, bool after_
                signal_name(signal));
   }
   if (o.stats) print_pool_stats(p->stats());
-  p->shutdown();  // bounded: interpreters that do not end in time are abandoned
-  p.reset();      // ends the interpreters before the runtime
   const bool all_ok = std::all_of(outcomes.begin(), outcomes.end(), [](auto& r) { return r.ok; });
   const int status = signal != 0 ? signal_exit_status(signal) : all_ok ? exit_ok : exit_failed;
+  // A script that did not stop on its KeyboardInterrupt has no timeout: shutdown would wait
+  // for it.
+  if (stuck) exit_leaving_stuck_interpreters(status);
+  p->shutdown();  // bounded: interpreters that do not end in time are abandoned
+  p.reset();      // ends the interpreters before the runtime
   if (rt.abandoned_interpreters() > 0) exit_leaving_stuck_interpreters(status);
   return status;
 }
