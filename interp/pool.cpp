@@ -58,6 +58,9 @@ struct pool_task {
   /// The length of the deadline armed last (its own timeout, or _set_deadline's), for the
   /// TimeoutError message.
   std::atomic<std::int64_t> armed_ms{0};
+  /// The watchdog has (or had) an entry for it. Tasks without one never take its lock; an
+  /// entry added as the task ends (runtime shutdown) expires harmlessly.
+  std::atomic<bool> watched{false};
 
   /// queued -> running -> finished, or queued -> finished (cancelled or dropped before it
   /// ran), or running -> cancelling -> finished (cancel() of a running task).
@@ -136,7 +139,9 @@ struct pool_worker : std::enable_shared_from_this<pool_worker> {
   std::atomic<bool> abandoned{false};
   std::atomic<bool> exited{false};
   std::atomic<bool> created{false};  ///< its current interpreter exists (not being created)
-  bool watch_creation = false;  ///< a replacement: its first creation is watched too
+  /// Whether its next creation is watched: every one but the first of a pool's initial workers
+  /// (the pool's constructor waits for those itself). Worker thread only, after the start.
+  bool watch_creation = false;
   /// The worker thread's interpreter; replaced (recycling) under host_mu. The worker thread
   /// reads it freely; other threads take a reference with current_host(), never holding
   /// host_mu while they use it (an interrupt may wait for a stuck GIL for ever).
@@ -252,7 +257,8 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
     task,      ///< the task's deadline: raise isola.TaskTimeout in it
     grace,     ///< TaskTimeout (or SystemExit) was raised: declare the interpreter broken
     ending,    ///< the worker ends its interpreter: abandon it if still ending
-    creating,  ///< a replacement is being created: abandon it if not created yet
+    creating,  ///< a replacement or recycled interpreter is being created: abandon the worker
+               ///< if it is not created yet
   };
   struct deadline_entry {
     std::weak_ptr<pool_worker> worker;
@@ -261,7 +267,7 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
     std::uint64_t token;
     int slot;
     watch kind;
-    std::weak_ptr<interp_host> host = {};  ///< ending: the interpreter being ended
+    std::weak_ptr<interp_host> host = {};  ///< ending, creating: the interpreter concerned
   };
   void watch_locked(std::chrono::steady_clock::time_point when, deadline_entry e);
   void unwatch_task_locked(const pool_task* t);
@@ -719,7 +725,7 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
     std::lock_guard lock(w.current_mu);
     w.current.reset();
   }
-  {
+  if (t->watched.load()) {
     // The watchdog may have moved the entry to its grace stage, and the task may have re-armed
     // its deadline (or set one without having had any): erase whatever is ours.
     std::lock_guard lock(wd_mu_);
@@ -888,6 +894,7 @@ void pool_impl::set_deadline(run_context& c, std::optional<std::chrono::nanoseco
 }
 
 void pool_impl::watch_locked(std::chrono::steady_clock::time_point when, deadline_entry e) {
+  if (auto t = e.task.lock()) t->watched = true;
   auto it = deadlines_.emplace(when, std::move(e));
   if (it == deadlines_.begin()) wd_cv_.notify_one();
 }

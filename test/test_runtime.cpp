@@ -286,7 +286,9 @@ TEST_CASE("a child forked where fork is allowed exits instead of hanging in isol
   INFO(r.describe());
   REQUIRE_FALSE(r.hung);
   CHECK(r.exit_code == 0);
-  CHECK(r.output.find("forked child exited: 1\n") != std::string::npos);
+  // exit(1), or LeakSanitizer's status in a sanitizer build (the child's exit runs it).
+  CHECK(r.output.find("forked child exited: ") != std::string::npos);
+  CHECK(r.output.find("forked child: hung") == std::string::npos);
 }
 
 TEST_CASE("a pool's queued tasks fail with runtime_finalizing when the runtime ends", "[runtime]") {
