@@ -152,7 +152,9 @@ struct pool_worker : std::enable_shared_from_this<pool_worker> {
     return host;
   }
   std::mutex current_mu;
-  std::weak_ptr<pool_task> current;  ///< the task it runs, if any (guarded by current_mu)
+  /// The task it runs, if any: the runtime's shutdown interrupts running tasks through it.
+  /// Written by the worker thread only, under current_mu; others read it under the lock.
+  std::shared_ptr<pool_task> current;
 };
 
 /// What isola._set_deadline needs: the task running on this thread, in which pool.
@@ -192,7 +194,8 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   void init_interpreter(pool_worker& w);
   std::shared_ptr<pool_task> next_task(pool_worker& w);
   std::shared_ptr<pool_task> try_pop(pool_worker& w);
-  void run_task(pool_worker& w, const std::shared_ptr<pool_task>& t);
+  /// Runs the task (moved in: it stays in w.current while it runs).
+  void run_task(pool_worker& w, std::shared_ptr<pool_task> task);
   void ring(int slot);
   void wake_one();
   void wake_for_tombstone(const pool_task& t);
@@ -455,7 +458,7 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
   for (;;) {
     auto t = next_task(*w);
     if (!t) break;
-    run_task(*w, t);
+    run_task(*w, std::move(t));
     if (w->abandoned) {
       log_->warn("[slot {}] stuck interpreter {} came back; ending it", w->slot,
                  w->host->state()->id);
@@ -630,15 +633,26 @@ void pool_impl::wake_one() {
   ring(slot);
 }
 
-void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
+void pool_impl::run_task(pool_worker& w, std::shared_ptr<pool_task> task) {
+  // The running task lives in w.current (moved, so its reference count, which the submitting
+  // thread also touches, is left alone); only this thread changes it, under current_mu.
+  {
+    std::lock_guard lock(w.current_mu);
+    w.current = std::move(task);
+  }
+  struct release_current {
+    pool_worker& w;
+    ~release_current() {
+      std::shared_ptr<pool_task> done;
+      std::lock_guard lock(w.current_mu);
+      done.swap(w.current);
+    }
+  } at_exit{w};
+  const std::shared_ptr<pool_task>& t = w.current;
   auto& slot = *slots_[w.slot];
   auto timeout = t->timeout.count() > 0 ? t->timeout : options_.default_timeout;
   auto t0 = std::chrono::steady_clock::now();
   t->started = t0;
-  {
-    std::lock_guard lock(w.current_mu);
-    w.current = t;
-  }
   bool has_deadline = timeout.count() > 0;
   if (has_deadline) {
     t->armed_ms = timeout.count();
@@ -721,10 +735,6 @@ void pool_impl::run_task(pool_worker& w, const std::shared_ptr<pool_task>& t) {
   current_run = nullptr;
   w.host->task_finished();
   w.host->leave();
-  {
-    std::lock_guard lock(w.current_mu);
-    w.current.reset();
-  }
   if (t->watched.load()) {
     // The watchdog may have moved the entry to its grace stage, and the task may have re-armed
     // its deadline (or set one without having had any): erase whatever is ours.
@@ -804,7 +814,7 @@ void pool_impl::enqueue(const std::shared_ptr<pool_task>& t, bool wait_for_room)
     throw error(errc::shut_down, "cannot submit: the pool has been shut down");
   }
   t->id = next_task_id();
-  t->token = t->id;
+  t->token.store(t->id, std::memory_order_relaxed);  // published to the worker by the queue
   t->pool = weak_from_this();
   ++submitted_;
   ++queued_;
@@ -883,7 +893,7 @@ void pool_impl::set_deadline(run_context& c, std::optional<std::chrono::nanoseco
       std::shared_ptr<pool_task> task;
       {
         std::lock_guard cur(c.worker->current_mu);
-        task = c.worker->current.lock();
+        task = c.worker->current;
       }
       watch_locked(*when, deadline_entry{c.worker->weak_from_this(), task, &t, token,
                                          c.worker->slot, watch::task});
@@ -1109,7 +1119,7 @@ void pool_impl::shutdown(stop_mode mode) {
       std::shared_ptr<pool_task> t;
       {
         std::lock_guard lock(w->current_mu);
-        t = w->current.lock();
+        t = w->current;
       }
       if (!t || t->phase.load() == finished) continue;
       t->stopped_by_runtime = true;
