@@ -282,9 +282,9 @@ struct script {
 }  // namespace
 
 TEST_CASE("isola run --timeout bounds a script's non-daemon threads and names them", "[cli]") {
-  // Py_EndInterpreter waits for such a thread: the process used to print its report and never
-  // exit. The runner now waits for the threads inside the task (as `python script.py` does),
-  // so the timeout covers them; the thread then gets SystemExit when the interpreter ends.
+  // Py_EndInterpreter waits for such a thread for ever, after the report is printed. The runner
+  // waits for the threads inside the task (as `python script.py` does), so the timeout covers
+  // them; the thread then gets SystemExit when the interpreter ends.
   script s("import threading, time\n"
            "threading.Thread(target=time.sleep, args=(100,), name='sleeper').start()\n"
            "print('started', flush=True)\n");
@@ -315,7 +315,7 @@ TEST_CASE("isola run waits for a script's non-daemon threads, as python does", "
 TEST_CASE("isola run --shared-gil gives the same guarantees as own-GIL interpreters", "[cli]") {
   SECTION("stuck in C code holding the shared GIL: the process still exits") {
     // The stuck interpreter holds the main GIL: its replacement cannot even be created, and
-    // shutdown used to wait for it for ever.
+    // nothing may wait for that creation.
     for (const char* code : {"sum(range(10**13))\n",
                              "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')\n"}) {
       script s(code);
@@ -413,8 +413,8 @@ TEST_CASE("os.fork, os._exit and os.abort raise in a guest instead of ending the
 
 TEST_CASE("a timeout during an import is reported as a timeout, never as a missing module",
           "[cli]") {
-  // The interrupt used to be a TimeoutError (an OSError), which importlib's finders catch:
-  // now and then the run reported ModuleNotFoundError for a stdlib module instead.
+  // A TimeoutError (an OSError) raised inside importlib's finders would be caught there and
+  // reported as ModuleNotFoundError for a stdlib module; isola.TaskTimeout is not.
   script s("import json, collections, keyword, reprlib, string, textwrap\nprint('ok')\n");
   int timed_out = 0, ok = 0;
   for (int i = 0; i < 12; ++i) {
@@ -500,8 +500,8 @@ TEST_CASE("isola map --path takes one folder, so the target may follow it", "[cl
 }
 
 TEST_CASE("isola map --timeout S interrupts an input S seconds after it started", "[cli]") {
-  // The input sleeps 0.35 s with a limit of 0.2 s: interrupted at 0.2 s. (With the chunk's
-  // deadline at 2*S it finished at 0.35 s and was dropped afterwards.)
+  // The input sleeps 0.35 s with a limit of 0.2 s: interrupted at 0.2 s, not let finish and
+  // dropped afterwards (which a deadline of 2*S per chunk would do).
   map_module m;
   write_file(m.dir.file("slow_mod.py"),
              "import time\ndef f(x):\n    time.sleep(x)\n    return x\n");
@@ -526,7 +526,7 @@ TEST_CASE("isola map shows a summary after a long input, however fast", "[cli]")
 
 TEST_CASE("isola map writes results as they complete, not at the end", "[cli]") {
   // The last input waits for a file the test writes only once the first results are on
-  // stdout (a pipe here): they used to wait in a 64 KiB buffer until the end.
+  // stdout (a pipe here): results kept in a buffer until the end never let it finish.
   map_module m;
   write_file(m.dir.file("gate_mod.py"),
              "import os, time\n"

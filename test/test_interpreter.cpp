@@ -582,7 +582,7 @@ TEST_CASE("the config reaches CPython", "[interpreter]") {
 
 TEST_CASE("guest code cannot end or fork the whole process unless the config allows it",
           "[interpreter]") {
-  // Each call raises instead of ending the test process: os._exit(0) used to end every
+  // Each call raises instead of ending the test process: CPython's os._exit(0) ends every
   // interpreter's work at once, unreported, with a successful exit status.
   auto refused = [](isola::interpreter& in, const std::string& call, const std::string& option) {
     auto e = python_error_of([&] { in.exec("import os, posix\n" + call); });

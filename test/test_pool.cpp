@@ -1503,7 +1503,7 @@ TEST_CASE("isola._set_deadline re-arms a task's deadline", "[pool][concurrent]")
 
 TEST_CASE("pool shutdown ends the threads tasks left running, within end_timeout",
           "[pool][concurrent]") {
-  // Py_EndInterpreter waits for non-daemon threads: shutdown used to hang on such a thread.
+  // Py_EndInterpreter waits for non-daemon threads for ever; shutdown must not.
   isola::pool_options o;
   o.size = 1;
   o.interpreter.end_timeout = 100ms;

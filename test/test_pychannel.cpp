@@ -720,8 +720,8 @@ TEST_CASE("pickling failures keep pickle's exception and say why pickle was invo
   CHECK(r[1].as_str().find("could not be unpickled in this one") != std::string::npos);
   CHECK(r[1].as_str().find("__main__") != std::string::npos);
   CHECK(b.eval("ch.recv()").as_str() == "next");  // the channel goes on
-  // A container holding something that is not plain: the note says what and where (it used to
-  // call the tuple itself "not a plain value").
+  // A container holding something that is not plain: the note says what and where, rather
+  // than calling the tuple itself "not a plain value".
   r = a.eval("failure(lambda: ch.send((1, isola.Channel())))").as_list().items;
   CHECK(r[1].as_str().find("item[1] is an object of type 'isola.Channel'") != std::string::npos);
   CHECK(r[1].as_str().find("a channel can be sent on its own") != std::string::npos);
@@ -731,8 +731,8 @@ TEST_CASE("pickling failures keep pickle's exception and say why pickle was invo
 }
 
 TEST_CASE("a bound whose ring cannot be allocated is a clear MemoryError", "[pychannel]") {
-  // The ring is allocated whole: Channel(maxsize=10**12) asked for 64 TB and said only
-  // "ValueError: Channel: std::bad_alloc".
+  // The ring is allocated whole: Channel(maxsize=10**12) would need 64 TB; the error says so
+  // rather than "std::bad_alloc".
   isola::interpreter in;
   in.exec("import isola\n"
           "def failure(make):\n"

@@ -227,8 +227,8 @@ TEST_CASE("set_log_level accepts spdlog's names and refuses others", "[runtime]"
 }
 
 // ---- what guest code leaves behind when its interpreter ends -----------------------------------
-// Each scenario runs in isola_test_child (see end_scenario there), with a bounded wait: the
-// ones that used to hang show as `hung`, the ones that used to abort as a signal.
+// Each scenario runs in isola_test_child (see end_scenario there), with a bounded wait: a
+// hang shows as `hung`, an abort as a signal.
 
 namespace {
 
@@ -256,7 +256,7 @@ TEST_CASE("ending an interpreter never hangs or aborts on what its code left run
                                   "'left-behind' in work"},
       // ... a thread that ignores it: abandoned after end_grace, named.
       {"thread-ignores", nullptr, 1, "did not stop on SystemExit within end_grace: 'stubborn'"},
-      // Threads Py_EndInterpreter does not wait for made it abort ("not the last thread").
+      // Threads Py_EndInterpreter does not wait for make it abort ("not the last thread").
       {"raw-thread", nullptr, 0, "(not a threading.Thread)"},
       {"legacy-daemon", nullptr, 0, "(daemon)"},
       // An atexit handler that never returns: abandoned by close()'s own bound.
@@ -281,7 +281,7 @@ TEST_CASE("ending an interpreter never hangs or aborts on what its code left run
 TEST_CASE("a child forked where fork is allowed exits instead of hanging in isola's teardown",
           "[runtime]") {
   // CPython ends a child forked from a subinterpreter with a fatal error and exit(1); its exit
-  // handlers used to wait for ever on the log thread pool, which does not exist in the child.
+  // handlers must not wait on the log thread pool, which does not exist in the child.
   auto r = run_child({"end", "fork-allowed"}, 60);
   INFO(r.describe());
   REQUIRE_FALSE(r.hung);
