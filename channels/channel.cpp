@@ -2,9 +2,9 @@
 // blocking protocol (spin, then park on a futex), and the process-wide registry of names.
 #include <isola/channel.hpp>
 
-#include "channel_ext.hpp"
-#include "park.hpp"
-#include "ring.hpp"
+#include "channels/channel_ext.hpp"
+#include "lib/sync.hpp"
+#include "channels/ring.hpp"
 
 #include <algorithm>
 #include <climits>

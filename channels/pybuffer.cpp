@@ -1,8 +1,8 @@
 // Zero-copy buffers and pickles for the channels' Python face (see pybuffer.hpp).
-#include "pybuffer.hpp"
+#include "channels/pybuffer.hpp"
 
-#include "py.hpp"
-#include "state.hpp"
+#include "lib/py.hpp"
+#include "lib/state.hpp"
 
 #include <isola/attach.hpp>
 #include <isola/log.hpp>
@@ -92,12 +92,17 @@ class py_buffer_source final : public buffer_source {
   bool exact_bytes_;
 };
 
+// Where an interpreter's export registry is kept (lib/state.hpp's extension slots).
+const extension_key exports_key{"channels.exports"};
+
 std::shared_ptr<export_registry> registry_for(const std::shared_ptr<interp_state>& owner) {
   static std::mutex creation;
   std::lock_guard serial(creation);
   {
     std::lock_guard lock(owner->mu);
-    if (owner->exports) return std::static_pointer_cast<export_registry>(owner->exports);
+    if (auto found = extension(*owner, exports_key)) {
+      return std::static_pointer_cast<export_registry>(found);
+    }
   }
   auto reg = std::make_shared<export_registry>();
   bool added = add_at_end(*owner, [reg] {
@@ -111,7 +116,7 @@ std::shared_ptr<export_registry> registry_for(const std::shared_ptr<interp_state
   });
   if (!added) return nullptr;  // the interpreter is ending: copy instead
   std::lock_guard lock(owner->mu);
-  owner->exports = reg;
+  set_extension(*owner, exports_key, reg);
   return reg;
 }
 

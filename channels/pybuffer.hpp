@@ -8,9 +8,9 @@
 // Everything here needs the GIL of the current interpreter.
 #pragma once
 
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "channel_ext.hpp"
+#include "channels/channel_ext.hpp"
 
 #include <isola/channel.hpp>
 #include <isola/message.hpp>

@@ -2,14 +2,15 @@
 // exceptions, and the conversion between Python objects and isola::message (plain values are
 // copied, large bytes and memoryviews are shared without copying, other objects are pickled
 // with protocol 5 and out-of-band buffers). See docs/channels.md.
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "host.hpp"
-#include "module.hpp"
-#include "py.hpp"
-#include "pybuffer.hpp"
-#include "state.hpp"
-#include "value_codec.hpp"
+#include "channels/pybuffer.hpp"
+#include "lib/interrupt.hpp"
+#include "lib/module.hpp"
+#include "lib/py.hpp"
+#include "lib/pyexec.hpp"
+#include "lib/state.hpp"
+#include "lib/value_codec.hpp"
 
 #include <isola/channel.hpp>
 #include <isola/log.hpp>
@@ -195,7 +196,7 @@ bool parse_timeout(PyObject* o, channel_timeout& out) {
 // op's result (which may be an error such as timeout).
 template <typename Result, typename Op>
 bool wait_released(PyObject* module, Op&& op, channel_timeout timeout, Result& result) {
-  sleep_slot* slot = current_sleep_slot();
+  interrupt_slot* slot = current_interrupt_slot();
   auto interp = find_interp(PyInterpreterState_GetID(PyInterpreterState_Get()));
   std::stop_source stop;
   auto raise_interrupt = [&]() {

@@ -26,7 +26,7 @@
 #include <unistd.h>
 #endif
 
-#include "park.hpp"
+#include "lib/sync.hpp"
 
 #if defined(__GNUC__)
 #define ISOLA_RING_INLINE [[gnu::always_inline]] inline
@@ -35,19 +35,6 @@
 #endif
 
 namespace isola::detail {
-
-inline constexpr std::size_t cache_line = 64;
-
-/// One pause instruction: tells the core (and its hyper-thread sibling) that we are spinning.
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#else
-  std::this_thread::yield();
-#endif
-}
 
 /// Exponential backoff for the short windows where another thread has claimed a slot and not
 /// yet finished with it: a few pauses, then yields (crossbeam's Backoff).

@@ -1,9 +1,9 @@
 // See guest.hpp. The replacements are C functions made per interpreter from static method
 // definitions; they keep CPython's names (os._exit.__name__ is still '_exit').
-#include "guest.hpp"
+#include "interp/guest.hpp"
 
-#include "module.hpp"
-#include "py.hpp"
+#include "lib/module.hpp"
+#include "lib/py.hpp"
 
 #include <string>
 

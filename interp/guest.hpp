@@ -3,7 +3,7 @@
 // isola.TaskTimeout, the exception a pool timeout raises.
 #pragma once
 
-#include "python.hpp"
+#include "lib/python.hpp"
 
 #include <isola/interpreter.hpp>
 

@@ -1,9 +1,9 @@
 // interp_host: create, enter, interrupt and end one interpreter on its worker thread.
-#include "host.hpp"
+#include "interp/host.hpp"
 
-#include "guest.hpp"
-#include "pyexec.hpp"
-#include "workarounds.hpp"
+#include "interp/guest.hpp"
+#include "lib/pyexec.hpp"
+#include "lib/workarounds.hpp"
 
 #include <isola/log.hpp>
 
@@ -21,7 +21,6 @@ std::mutex& lifecycle_mutex() {
 }
 constexpr bool serialise_lifecycle = PY_VERSION_HEX < 0x030D0000;
 
-thread_local sleep_slot* this_thread_sleep_slot = nullptr;
 
 PyInterpreterConfig to_cpython(const interpreter_config& c) {
   PyInterpreterConfig p{};
@@ -150,25 +149,6 @@ std::vector<unsigned long> other_threads(PyThreadState* ts) {
 
 }  // namespace
 
-sleep_slot* current_sleep_slot() noexcept { return this_thread_sleep_slot; }
-
-PyObject* find_exception_class(std::string_view name) noexcept {
-  PyObject* found = nullptr;  // borrowed
-  if (auto dot = name.rfind('.'); dot == std::string_view::npos) {
-    found = PyDict_GetItemString(PyEval_GetBuiltins(), std::string(name).c_str());
-  } else {
-    py::object mod_name = py::steal(
-        PyUnicode_FromStringAndSize(name.data(), static_cast<Py_ssize_t>(dot)));
-    py::object mod = mod_name ? py::steal(PyImport_GetModule(mod_name.get())) : py::object{};
-    if (mod) {
-      py::object cls = py::steal(PyObject_GetAttrString(mod.get(), std::string(name.substr(dot + 1)).c_str()));
-      found = cls.get();  // kept alive by the module
-    }
-  }
-  if (PyErr_Occurred()) PyErr_Clear();
-  return found != nullptr && PyExceptionClass_Check(found) ? found : nullptr;
-}
-
 interp_host::interp_host(const interpreter_config& config) : config_(config) {
   state_ = std::make_shared<interp_state>();
   state_->name = config_.name;
@@ -207,7 +187,7 @@ void interp_host::create() {
   PyEval_RestoreThread(ts);
   tstate_ = ts;
   ident_ = PyThread_get_thread_ident();
-  this_thread_sleep_slot = &sleep_;
+  set_current_interrupt_slot(&sleep_);
   PyInterpreterState* interp = PyThreadState_GetInterpreter(ts);
   {
     std::lock_guard lock(state_->mu);
@@ -246,7 +226,7 @@ bool interp_host::end(const std::function<void()>& on_abandon) {
   }
   Py_EndInterpreter(tstate_);  // needs the GIL; leaves no thread state current
   tstate_ = nullptr;
-  this_thread_sleep_slot = nullptr;
+  set_current_interrupt_slot(nullptr);
   bool abandoned = false;
   {
     std::lock_guard lock(state_->mu);

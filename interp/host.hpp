@@ -4,9 +4,10 @@
 // running. Shared by interpreter and pool workers.
 #pragma once
 
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "state.hpp"
+#include "lib/interrupt.hpp"
+#include "lib/state.hpp"
 
 #include <isola/interpreter.hpp>
 
@@ -21,25 +22,6 @@
 #include <string_view>
 
 namespace isola::detail {
-
-/// Lets an interrupt wake `time.sleep` in the worker: isola replaces time.sleep in its
-/// interpreters with a version that waits here (GIL released) instead of in the kernel.
-/// A blocking channel wait registers its stop source here the same way.
-struct sleep_slot {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool interrupted = false;
-  std::stop_source* wait_stop = nullptr;  ///< a channel wait in progress on this thread
-  std::string interrupt_type;  ///< the exception of the last interrupt
-};
-
-/// The sleep slot of the calling worker thread, or nullptr on other threads.
-sleep_slot* current_sleep_slot() noexcept;
-
-/// The exception class `name` names in the current interpreter: a builtin ("SystemExit") or
-/// "module.Name" of a module already imported ("isola.TaskTimeout"). Borrowed; nullptr (no
-/// exception set) if there is none.
-PyObject* find_exception_class(std::string_view name) noexcept;
 
 class interp_host {
  public:
@@ -89,7 +71,8 @@ class interp_host {
   /// now on (a pool task that re-arms its deadline).
   void retoken(std::uint64_t token) noexcept { running_task_ = token; }
 
-  /// From any other thread: raises the exception `type` (see find_exception_class) in the
+  /// From any other thread: raises the exception `type` (see find_exception_class in
+  /// lib/pyexec.hpp) in the
   /// running task and wakes an isola sleep. With a non-zero `token`, only if that is the
   /// running task's (an interrupt that waited for the GIL while its task ended must not hit
   /// the next task). Works while the interpreter is closing. Returns false if nothing (or
@@ -108,7 +91,7 @@ class interp_host {
   PyThreadState* tstate_ = nullptr;
   unsigned long ident_ = 0;  ///< PyThread_get_thread_ident() of the worker thread
   std::uint64_t running_task_ = 0;  ///< token of the running task, 0 if none; GIL held
-  sleep_slot sleep_;
+  interrupt_slot sleep_;
 };
 
 }  // namespace isola::detail

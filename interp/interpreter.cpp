@@ -1,10 +1,10 @@
 // isola::interpreter: the public face of a worker. Each operation is a small lambda run with
 // the interpreter attached; values cross through the codec, exceptions through pyexec.
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "pyexec.hpp"
-#include "value_codec.hpp"
-#include "worker.hpp"
+#include "lib/pyexec.hpp"
+#include "lib/value_codec.hpp"
+#include "interp/worker.hpp"
 
 #include <isola/interpreter.hpp>
 #include <isola/log.hpp>

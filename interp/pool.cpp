@@ -1,15 +1,16 @@
 // isola::pool: N interpreter workers fed by one bounded lock-free queue (Boost.Lockfree).
-// Idle workers park on a futex (C++20 atomic wait) after a short spin; a watchdog thread
+// Idle workers park on a futex (lib/sync.hpp) after a short spin; a watchdog thread
 // enforces timeouts, first by raising isola.TaskTimeout in the task, then by replacing an
 // interpreter that stays stuck; it also bounds how long an interpreter may take to end or a
 // replacement to be created, and abandons workers that pass those bounds.
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "guest.hpp"
-#include "host.hpp"
-#include "module.hpp"
-#include "pyexec.hpp"
-#include "value_codec.hpp"
+#include "interp/guest.hpp"
+#include "interp/host.hpp"
+#include "lib/module.hpp"
+#include "lib/pyexec.hpp"
+#include "lib/sync.hpp"
+#include "lib/value_codec.hpp"
 
 #include <isola/log.hpp>
 #include <isola/pool.hpp>
@@ -26,12 +27,6 @@
 #include <semaphore>
 #include <thread>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define ISOLA_CPU_RELAX() _mm_pause()
-#else
-#define ISOLA_CPU_RELAX() std::this_thread::yield()
-#endif
 
 namespace isola {
 namespace detail {
@@ -587,7 +582,7 @@ std::shared_ptr<pool_task> pool_impl::next_task(pool_worker& w) {
     if (auto t = try_pop(w)) return t;
     if (stopping_.load()) return nullptr;  // stopping and nothing left for us
     if (spin < spin_rounds) {
-      ISOLA_CPU_RELAX();
+      cpu_relax();
       continue;
     }
     // Park. Register as idle, then look once more, so a submit between our last look and
@@ -601,7 +596,7 @@ std::shared_ptr<pool_task> pool_impl::next_task(pool_worker& w) {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     bool work = in_shared_.load() != 0 || slot.pinned_count.load() != 0 || stopping_.load() ||
                 w.abandoned.load();
-    if (!work) slot.bell.wait(bell);
+    if (!work) park(slot.bell, bell, std::nullopt);  // returns early too: we look again
     {
       std::lock_guard lock(idle_mu_);
       auto it = std::find(idle_.begin(), idle_.end(), w.slot);
@@ -616,7 +611,7 @@ std::shared_ptr<pool_task> pool_impl::next_task(pool_worker& w) {
 
 void pool_impl::ring(int slot) {
   slots_[slot]->bell.fetch_add(1);
-  slots_[slot]->bell.notify_one();
+  unpark(slots_[slot]->bell, 1);
 }
 
 void pool_impl::wake_one() {
@@ -1250,7 +1245,7 @@ void task_future::spin_briefly() const noexcept {
   for (int i = 0;; ++i) {
     if (future_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) return;
     if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return;
-    ISOLA_CPU_RELAX();
+    detail::cpu_relax();
   }
 }
 

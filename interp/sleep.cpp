@@ -3,10 +3,11 @@
 // a timeout or cancel() ends `time.sleep(100)` at once instead of after 100 s; a sleep on the
 // interpreter's other threads waits on one that ending the interpreter signals when it raises
 // SystemExit in them.
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "host.hpp"
-#include "module.hpp"
+#include "lib/interrupt.hpp"
+#include "lib/state.hpp"
+#include "lib/module.hpp"
 
 #include <chrono>
 #include <cmath>
@@ -36,7 +37,7 @@ PyObject* sleep(PyObject*, PyObject* arg) {
   // Clamp absurd lengths so the deadline cannot overflow (about 31 years).
   auto length = std::chrono::duration<double>(std::min(secs, 1e9));
   auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(length);
-  sleep_slot* slot = current_sleep_slot();
+  interrupt_slot* slot = current_interrupt_slot();
   std::shared_ptr<interp_state> state;
   if (slot == nullptr) state = find_interp(PyInterpreterState_GetID(PyInterpreterState_Get()));
   Py_BEGIN_ALLOW_THREADS

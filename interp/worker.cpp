@@ -1,7 +1,7 @@
 // The worker thread: creation (Py_NewInterpreterFromConfig on this thread), the task loop,
 // and ending the interpreter on the same thread (which CPython 3.12 requires). Closing waits
 // for it within bounds and leaves the thread behind if its code does not stop.
-#include "worker.hpp"
+#include "interp/worker.hpp"
 
 
 #include <isola/log.hpp>

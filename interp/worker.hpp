@@ -4,11 +4,11 @@
 
 #include <cxxabi.h>
 
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "host.hpp"
-#include "pyexec.hpp"
-#include "state.hpp"
+#include "interp/host.hpp"
+#include "lib/pyexec.hpp"
+#include "lib/state.hpp"
 
 #include <isola/interpreter.hpp>
 

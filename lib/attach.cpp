@@ -1,8 +1,8 @@
 // Safe thread attach (PEP 788's idea on 3.12/3.13): a guard count per interpreter that closing
 // waits for, checked under the interpreter's mutex so that attach never races with its end.
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "state.hpp"
+#include "lib/state.hpp"
 
 #include <isola/attach.hpp>
 #include <isola/log.hpp>

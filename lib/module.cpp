@@ -1,8 +1,8 @@
 // The builtin `isola` module: multi-phase init, per-interpreter-GIL safe, no GIL needed on
 // free-threaded 3.13. Core functions: interpreter_id() and log(level, msg).
-#include "module.hpp"
+#include "lib/module.hpp"
 
-#include "py.hpp"
+#include "lib/py.hpp"
 
 #include <isola/log.hpp>
 #include <isola/version.hpp>

@@ -2,7 +2,7 @@
 // register themselves (this file's core part, channels, shared values, ...).
 #pragma once
 
-#include "python.hpp"
+#include "lib/python.hpp"
 
 namespace isola::detail {
 

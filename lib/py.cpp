@@ -1,5 +1,5 @@
 // Small helpers over the C API shared by every part: string conversion, type names, raising.
-#include "py.hpp"
+#include "lib/py.hpp"
 
 namespace isola::detail::py {
 

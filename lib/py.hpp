@@ -2,7 +2,7 @@
 // "NULL or -1 with an exception set" into a C++ exception.
 #pragma once
 
-#include "python.hpp"
+#include "lib/python.hpp"
 
 #include <string>
 #include <string_view>

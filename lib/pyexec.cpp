@@ -1,5 +1,5 @@
 // Running code and converting exceptions; see pyexec.hpp.
-#include "pyexec.hpp"
+#include "lib/pyexec.hpp"
 
 #include <string>
 
@@ -89,6 +89,23 @@ py::object resolve_target(std::string_view target) {
     attr_path = dot == std::string_view::npos ? std::string_view{} : attr_path.substr(dot + 1);
   }
   return obj;
+}
+
+PyObject* find_exception_class(std::string_view name) noexcept {
+  PyObject* found = nullptr;  // borrowed
+  if (auto dot = name.rfind('.'); dot == std::string_view::npos) {
+    found = PyDict_GetItemString(PyEval_GetBuiltins(), std::string(name).c_str());
+  } else {
+    py::object mod_name = py::steal(
+        PyUnicode_FromStringAndSize(name.data(), static_cast<Py_ssize_t>(dot)));
+    py::object mod = mod_name ? py::steal(PyImport_GetModule(mod_name.get())) : py::object{};
+    if (mod) {
+      py::object cls = py::steal(PyObject_GetAttrString(mod.get(), std::string(name.substr(dot + 1)).c_str()));
+      found = cls.get();  // kept alive by the module
+    }
+  }
+  if (PyErr_Occurred()) PyErr_Clear();
+  return found != nullptr && PyExceptionClass_Check(found) ? found : nullptr;
 }
 
 }  // namespace isola::detail

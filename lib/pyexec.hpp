@@ -2,7 +2,7 @@
 // isola::python_error. Every function here needs the calling thread attached.
 #pragma once
 
-#include "py.hpp"
+#include "lib/py.hpp"
 
 #include <isola/error.hpp>
 
@@ -32,6 +32,11 @@ py::object main_globals();
 /// Py_eval_input (one expression, returns its value).
 py::object run_source(std::string_view source, const char* filename, int mode,
                       PyObject* globals);
+
+/// The exception class `name` names in the current interpreter: a builtin ("SystemExit") or
+/// "module.Name" of a module already imported ("isola.TaskTimeout"). Borrowed; nullptr (no
+/// exception set) if there is none.
+PyObject* find_exception_class(std::string_view name) noexcept;
 
 /// Resolves "package.module:attr.path" (the part after ':' may be dotted). Without ':' the
 /// last dotted component is the attribute: "os.path.join".

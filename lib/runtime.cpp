@@ -1,12 +1,12 @@
 // isola::runtime: CPython's lifetime in the process. Start-up registers the `isola` module and
 // initialises from an isolated PyConfig; shutdown ends interpreters LIFO, then Py_Finalize.
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "module.hpp"
-#include "park.hpp"
-#include "pyexec.hpp"
-#include "state.hpp"
-#include "workarounds.hpp"
+#include "lib/module.hpp"
+#include "lib/sync.hpp"
+#include "lib/pyexec.hpp"
+#include "lib/state.hpp"
+#include "lib/workarounds.hpp"
 
 #include <isola/log.hpp>
 #include <isola/runtime.hpp>
@@ -42,9 +42,9 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
         "isola::runtime: CPython was already initialised by someone else in this process; "
         "isola must own the interpreter's lifetime, so do not call Py_Initialize yourself");
   }
-  // Channels need the asymmetric fence (channels/park.hpp). Registering it now, while the
-  // process most likely has one thread, takes microseconds; once other threads exist the
-  // kernel takes 10-15 ms (an RCU grace period).
+  // Channels need the asymmetric fence (lib/sync.hpp). Registering it now, while the process
+  // most likely has one thread, takes microseconds; once other threads exist the kernel takes
+  // milliseconds (an RCU grace period).
   (void)detail::asymmetric_fence_available();
   auto log = logger("isola.runtime");
 

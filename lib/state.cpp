@@ -1,7 +1,7 @@
 // Process-wide bookkeeping: the runtime's state, the live-interpreter list, guard waiting.
-#include "state.hpp"
+#include "lib/state.hpp"
 
-#include "python.hpp"
+#include "lib/python.hpp"
 
 #include <isola/error.hpp>
 #include <isola/log.hpp>
@@ -85,6 +85,23 @@ void run_at_end(interp_state& s) noexcept {
     }
     for (auto& h : hooks) h();
   }
+}
+
+std::shared_ptr<void> extension(const interp_state& s, const extension_key& key) {
+  for (const auto& [k, data] : s.extensions) {
+    if (k == &key) return data;
+  }
+  return nullptr;
+}
+
+void set_extension(interp_state& s, const extension_key& key, std::shared_ptr<void> data) {
+  for (auto& [k, d] : s.extensions) {
+    if (k == &key) {
+      d = std::move(data);
+      return;
+    }
+  }
+  s.extensions.emplace_back(&key, std::move(data));
 }
 
 bool register_wait(interp_state& s, std::stop_source* stop) {

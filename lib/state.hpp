@@ -24,6 +24,13 @@ namespace isola::detail {
 /// attach any more; the owner is ending it. closed: it has ended.
 enum class interp_phase { running, closing, ending, closed };
 
+/// Names the per-interpreter data of a part that lib keeps without knowing its type: a part
+/// (channels, say) defines one static key and keeps what it needs under it, with
+/// extension() and set_extension().
+struct extension_key {
+  const char* name;
+};
+
 /// What a handle, a guard, an interpreter object and the runtime share about one interpreter.
 /// - `interp` is valid while phase != closed; it is only dereferenced by threads holding a
 ///   guard (guards > 0 keeps the interpreter alive) or by the worker that owns it.
@@ -45,10 +52,10 @@ struct interp_state {
   /// add_at_end(). Hooks must not throw.
   std::vector<std::function<void()>> at_end;
   bool at_end_ran = false;
-  /// Channels' record of buffers this interpreter shares without copying (opaque here).
-  std::shared_ptr<void> exports;
-  /// Blocking channel waits in progress in this interpreter (any of its threads), so that
-  /// closing it can end them; guarded by `mu`. After stop_waits() new waits are refused.
+  /// Parts' data, by key (see extension_key); guarded by `mu`.
+  std::vector<std::pair<const extension_key*, std::shared_ptr<void>>> extensions;
+  /// Blocking waits in progress in this interpreter (any of its threads: channel waits), so
+  /// that closing it can end them; guarded by `mu`. After stop_waits() new waits are refused.
   std::vector<std::stop_source*> waits;
   bool waits_stopped = false;
   /// isola's time.sleep on threads other than the worker waits on this (with `mu`), so that
@@ -111,6 +118,11 @@ void wait_for_guards(interp_state& s, std::unique_lock<std::mutex>& lock,
 bool add_at_end(interp_state& s, std::function<void()> hook);
 /// Runs and clears the hooks (the owner calls this with the GIL held, before ending).
 void run_at_end(interp_state& s) noexcept;
+
+/// The data a part keeps under `key` for this interpreter, or nullptr; set_extension replaces
+/// it. Both with s.mu held.
+std::shared_ptr<void> extension(const interp_state& s, const extension_key& key);
+void set_extension(interp_state& s, const extension_key& key, std::shared_ptr<void> data);
 
 /// Registers a blocking wait of this interpreter; false if its waits have been stopped.
 bool register_wait(interp_state& s, std::stop_source* stop);

@@ -1,6 +1,6 @@
 // isola::value <-> Python objects. Depth is bounded (value::max_depth) and cycles are found by
 // keeping the containers on the current path, so no input can overflow the C++ stack.
-#include "value_codec.hpp"
+#include "lib/value_codec.hpp"
 
 #include <algorithm>
 #include <initializer_list>

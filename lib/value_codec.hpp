@@ -1,7 +1,7 @@
 // Converting isola::value to and from Python objects in the current interpreter.
 #pragma once
 
-#include "py.hpp"
+#include "lib/py.hpp"
 
 #include <isola/value.hpp>
 

@@ -1,7 +1,7 @@
 // Workarounds for CPython bugs met in own-GIL interpreters; each entry says which versions.
-#include "workarounds.hpp"
+#include "lib/workarounds.hpp"
 
-#include "py.hpp"
+#include "lib/py.hpp"
 
 namespace isola::detail {
 

@@ -21,7 +21,7 @@
 
 #include <isola/isola.hpp>
 
-#include "park.hpp"  // asymmetric_fence_checked
+#include "lib/sync.hpp"  // asymmetric_fence_checked
 
 #include <algorithm>
 #include <atomic>

@@ -3,7 +3,7 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <memory>
 

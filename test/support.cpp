@@ -1,5 +1,5 @@
 // Test helpers: see support.hpp.
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <fcntl.h>
 #include <spawn.h>

@@ -1,11 +1,11 @@
 // Safe attach: plain C++ threads entering interpreters through the CPython API, nesting,
 // visiting a second interpreter and coming back, and the refusals while and after an
 // interpreter closes.
-#include "python.hpp"
+#include "lib/python.hpp"
 
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <future>
 #include <thread>

@@ -2,7 +2,7 @@
 // as a positive number (CPython's interpreter queues only exist from 3.13 on: null on 3.12).
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <cstdlib>
 #include <string>

@@ -5,11 +5,11 @@
 // how fast anything is (timeouts are checked to last at least as long as asked, never at most).
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
-#include "channel_ext.hpp"
-#include "park.hpp"
-#include "ring.hpp"
+#include "channels/channel_ext.hpp"
+#include "lib/sync.hpp"
+#include "channels/ring.hpp"
 
 #include <algorithm>
 #include <atomic>

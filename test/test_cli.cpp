@@ -2,7 +2,7 @@
 // errors (exit 2), run --stats and --timeout, --help of every command, bench pool's JSON.
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <csignal>
 #include <cstdlib>

@@ -3,7 +3,7 @@
 // out of an interpreter that stays usable afterwards.
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 
 using namespace isola_test;

@@ -2,7 +2,7 @@
 // forms and many callers, run_file, interrupt(), closing, and interpreter_config.
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <unistd.h>
 

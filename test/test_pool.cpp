@@ -6,7 +6,7 @@
 // on how fast anything is.
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <poll.h>
 #include <sys/syscall.h>

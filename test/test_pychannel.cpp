@@ -3,9 +3,9 @@
 // channels, and interpreters that end while they wait or while their items are queued.
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
-#include "python.hpp"
+#include "lib/python.hpp"
 
 #include <isola/channel.hpp>
 

@@ -1,10 +1,10 @@
 // isola::runtime: one per process, the main interpreter, live-interpreter bookkeeping,
 // create/destroy cycles, last-in first-out teardown (in a child process), the `isola` module.
-#include "python.hpp"
+#include "lib/python.hpp"
 
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <algorithm>
 #include <sstream>

@@ -2,7 +2,7 @@
 // get_global, eval), plus what is refused: unsupported types, cycles, too deep, unhashable keys.
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <cmath>
 #include <cstdint>

@@ -2,12 +2,12 @@
 // on affected versions, and the real stdlib modules (datetime, sqlite3, ...) used in several
 // interpreters that then end in creation order, the order CPython 3.13.0 handles worst. The
 // crash-prone runs are repeated in isola_test_child, where a crash is reported as a signal.
-#include "python.hpp"
-#include "workarounds.hpp"
+#include "lib/python.hpp"
+#include "lib/workarounds.hpp"
 
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "test/support.hpp"
 
 #include <memory>
 

@@ -10,9 +10,9 @@
 // The CPython peers run in a subprocess of the python isola was built against
 // (ISOLA_PYTHON_EXECUTABLE), which prints its figures as JSON. Every transfer is checked (sums,
 // echoes, the last byte), so a broken channel or peer fails the run instead of looking fast.
-#include "bench.hpp"
-#include "build_info.hpp"
-#include "cli.hpp"
+#include "tools/isola/bench.hpp"
+#include "tools/isola/build_info.hpp"
+#include "tools/isola/cli.hpp"
 
 #include <boost/json.hpp>
 

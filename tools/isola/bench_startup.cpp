@@ -4,11 +4,11 @@
 // - CPU-bound parallelism: N tasks in N own-GIL interpreters, in N Python threads of one
 //   interpreter, and in N shared-GIL interpreters, each against the same N tasks in series;
 //   the same tasks in N python processes show the machine's own ceiling.
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "bench.hpp"
-#include "build_info.hpp"
-#include "cli.hpp"
+#include "tools/isola/bench.hpp"
+#include "tools/isola/build_info.hpp"
+#include "tools/isola/cli.hpp"
 
 #include <isola/error.hpp>
 #include <isola/interpreter.hpp>

@@ -1,6 +1,6 @@
 // Helpers the subcommands share: the help formatter, --log-level, cores, closing
 // interpreters in the order CPython tolerates.
-#include "cli.hpp"
+#include "tools/isola/cli.hpp"
 
 #include <isola/interpreter.hpp>
 #include <isola/log.hpp>

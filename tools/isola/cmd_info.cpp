@@ -1,12 +1,12 @@
 // `isola info`: what this isola was built with and runs on (versions, build options, the
 // CPython it embeds, cores, active workarounds), plus a self-check that creates one
 // own-GIL interpreter. --json prints the same as one JSON object.
-#include "python.hpp"
+#include "lib/python.hpp"
 
-#include "build_info.hpp"
-#include "cli.hpp"
+#include "tools/isola/build_info.hpp"
+#include "tools/isola/cli.hpp"
 #include <boost/json.hpp>
-#include "workarounds.hpp"
+#include "lib/workarounds.hpp"
 
 #include <isola/interpreter.hpp>
 #include <isola/runtime.hpp>

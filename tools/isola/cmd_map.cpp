@@ -16,9 +16,9 @@
 // - SIGINT/SIGTERM: nothing more is dispatched, queued chunks are cancelled, running ones get
 //   KeyboardInterrupt and hand back what they finished; every finished result is printed, the
 //   inputs that did not run are named, and the command exits 130/143.
-#include "cli.hpp"
-#include "pool_support.hpp"
-#include "signals.hpp"
+#include "tools/isola/cli.hpp"
+#include "tools/isola/pool_support.hpp"
+#include "tools/isola/signals.hpp"
 
 #include <isola/error.hpp>
 #include <isola/pool.hpp>

@@ -3,9 +3,9 @@
 // isola::pool of N; each runs the script once as a task pinned to it. --timeout bounds each
 // interpreter's whole life: the script, the threads it left running, and its end. SIGINT or
 // SIGTERM interrupts the scripts (KeyboardInterrupt) and reports what finished.
-#include "cli.hpp"
-#include "pool_support.hpp"
-#include "signals.hpp"
+#include "tools/isola/cli.hpp"
+#include "tools/isola/pool_support.hpp"
+#include "tools/isola/signals.hpp"
 
 #include <isola/error.hpp>
 #include <isola/pool.hpp>

@@ -1,6 +1,6 @@
 // The `isola` command line: parses the arguments with CLI11, hands over to one subcommand
 // (info, run, map, bench) and maps the outcome to exit statuses: 0 ok, 1 the work failed, 2 usage.
-#include "cli.hpp"
+#include "tools/isola/cli.hpp"
 
 #include <isola/log.hpp>
 #include <isola/version.hpp>

@@ -1,5 +1,5 @@
 // See pool_support.hpp.
-#include "pool_support.hpp"
+#include "tools/isola/pool_support.hpp"
 
 #include <isola/error.hpp>
 #include <isola/log.hpp>

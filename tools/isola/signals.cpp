@@ -1,6 +1,6 @@
 // See signals.hpp. The handler is async-signal-safe: an atomic exchange, and on the second
 // signal write(2) and _exit().
-#include "signals.hpp"
+#include "tools/isola/signals.hpp"
 
 #include <atomic>
 #include <csignal>

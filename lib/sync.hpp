@@ -1,13 +1,34 @@
-// Parking a thread on a 32-bit word until another thread changes it and wakes it: a futex on
-// Linux, with a deadline on the steady clock (C++20's atomic::wait has none).
+// The synchronisation primitives every part shares: a CPU pause hint for spin loops, parking
+// a thread on a 32-bit word (a futex on Linux, with a deadline on the steady clock, which
+// C++20's atomic::wait lacks), and an asymmetric fence. Spin first with cpu_relax(), then
+// park(): the pool's idle workers and the channels' waiting sides both do.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace isola::detail {
+
+inline constexpr std::size_t cache_line = 64;
+
+/// One pause instruction: tells the core (and its hyper-thread sibling) that we are spinning.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#else
+  std::this_thread::yield();
+#endif
+}
 
 using deadline = std::optional<std::chrono::steady_clock::time_point>;
 

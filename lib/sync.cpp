@@ -1,7 +1,7 @@
-// Thread parking for channels: FUTEX_WAIT_BITSET with an absolute CLOCK_MONOTONIC deadline
+// Thread parking: FUTEX_WAIT_BITSET with an absolute CLOCK_MONOTONIC deadline
 // (the clock of std::chrono::steady_clock in libstdc++ and libc++); elsewhere a condition
 // variable shared by all words (correct, slower).
-#include "park.hpp"
+#include "lib/sync.hpp"
 
 #include <climits>
 #include <cstdlib>
