@@ -396,7 +396,7 @@ registry& the_registry() {
 channel_core::channel_core(std::size_t capacity, std::string name)
     : ring_(capacity), id_(next_channel_id.fetch_add(1)), name_(std::move(name)) {
   // Registers the asymmetric fence if nothing has yet (isola::runtime does it first thing):
-  // here, not mid-stream when a side is first biased (see park.hpp).
+  // here, not mid-stream when a side is first biased (see lib/sync.hpp).
   (void)asymmetric_fence_available();
 }
 

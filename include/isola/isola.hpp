@@ -4,6 +4,7 @@
 #include <isola/attach.hpp>
 #include <isola/channel.hpp>
 #include <isola/error.hpp>
+#include <isola/info.hpp>
 #include <isola/interpreter.hpp>
 #include <isola/log.hpp>
 #include <isola/message.hpp>

@@ -1,17 +1,15 @@
 // `isola info`: what this isola was built with and runs on (versions, build options, the
 // CPython it embeds, cores, active workarounds), plus a self-check that creates one
 // own-GIL interpreter. --json prints the same as one JSON object.
-#include "lib/python.hpp"
-
-#include "tools/isola/build_info.hpp"
+#include "tools/build_info.hpp"
 #include "tools/isola/cli.hpp"
-#include <boost/json.hpp>
-#include "lib/workarounds.hpp"
 
+#include <isola/info.hpp>
 #include <isola/interpreter.hpp>
 #include <isola/runtime.hpp>
 #include <isola/version.hpp>
 
+#include <boost/json.hpp>
 #include <boost/version.hpp>
 #include <fmt/core.h>
 #include <spdlog/version.h>
@@ -44,15 +42,11 @@ struct info {
   std::string build_type = ISOLA_BUILD_TYPE;
   std::string compiler = ISOLA_COMPILER;
   std::string sanitize = ISOLA_SANITIZE;
-  std::string python_compiled = PY_VERSION;
-  std::string python_runtime = Py_GetVersion();  // libpython's own string; no init needed
+  std::string python_compiled = python_build().compiled_version;
+  std::string python_runtime = python_build().running_version;
   std::string python_executable = ISOLA_TOOLS_PYTHON_EXECUTABLE;
   std::string python_prefix = ISOLA_TOOLS_PYTHON_PREFIX;
-#ifdef Py_GIL_DISABLED
-  bool free_threaded = true;
-#else
-  bool free_threaded = false;
-#endif
+  bool free_threaded = python_build().free_threaded;
   std::string boost = fmt::format("{}.{}.{}", BOOST_VERSION / 100000, BOOST_VERSION / 100 % 1000,
                                   BOOST_VERSION % 100);
   std::string boost_lib = BOOST_LIB_VERSION;
@@ -62,7 +56,7 @@ struct info {
       fmt::format("{}.{}.{}", FMT_VERSION / 10000, FMT_VERSION / 100 % 100, FMT_VERSION % 100);
   std::string cli11 = CLI11_VERSION;
   unsigned cores = cli::cores();
-  std::vector<detail::module_workaround> workarounds = detail::module_workarounds();
+  std::vector<module_workaround_info> workarounds = active_workarounds();
   std::optional<self_check> check;
 
   /// "3.13.0" out of "3.13.0 (main, ...) [GCC ...]".

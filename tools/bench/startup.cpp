@@ -4,10 +4,11 @@
 // - CPU-bound parallelism: N tasks in N own-GIL interpreters, in N Python threads of one
 //   interpreter, and in N shared-GIL interpreters, each against the same N tasks in series;
 //   the same tasks in N python processes show the machine's own ceiling.
-#include "lib/python.hpp"
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 
-#include "tools/isola/bench.hpp"
-#include "tools/isola/build_info.hpp"
+#include "tools/bench/bench.hpp"
+#include "tools/build_info.hpp"
 #include "tools/isola/cli.hpp"
 
 #include <isola/error.hpp>
@@ -42,17 +43,21 @@ struct startup_options {
   unsigned tasks = cores();
 };
 
-PyInterpreterConfig to_cpython(const interpreter_config& c) {
-  PyInterpreterConfig p{};
-  p.use_main_obmalloc = c.use_main_obmalloc;
-  p.allow_fork = c.allow_fork;
-  p.allow_exec = c.allow_exec;
-  p.allow_threads = c.allow_threads;
-  p.allow_daemon_threads = c.allow_daemon_threads;
-  p.check_multi_interp_extensions = c.check_multi_interp_extensions;
-  p.gil = c.gil == interpreter_config::gil_mode::own ? PyInterpreterConfig_OWN_GIL
-                                                     : PyInterpreterConfig_SHARED_GIL;
-  return p;
+/// CPython's own isolated settings (own GIL, own allocator, strict extension checks, threads
+/// but no daemon threads, no fork or exec): what a user of the bare C API writes, and what
+/// isola's interpreter_config::isolated() gives.
+PyInterpreterConfig raw_isolated_config() {
+  PyInterpreterConfig c = _PyInterpreterConfig_INIT;
+  return c;
+}
+
+/// The calling thread's thread state, or nullptr (PyThreadState_Get() would abort).
+PyThreadState* current_thread_state() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return PyThreadState_GetUnchecked();
+#else
+  return _PyThreadState_UncheckedGet();
+#endif
 }
 
 /// The peer isola is measured against: an interpreter made with the bare C API on a thread of
@@ -95,7 +100,7 @@ class raw_interpreter {
     PyThreadState* ts = nullptr;
     PyStatus status = Py_NewInterpreterFromConfig(&ts, &config);
     if (PyStatus_Exception(status) || ts == nullptr) {
-      if (detail::current_tstate() != main_ts) PyThreadState_Swap(main_ts);
+      if (current_thread_state() != main_ts) PyThreadState_Swap(main_ts);
       PyThreadState_Clear(main_ts);
       PyThreadState_DeleteCurrent();
       ready_.set_exception(std::make_exception_ptr(
@@ -160,7 +165,7 @@ double time_raw_creation(const PyInterpreterConfig& config) {
 
 creation_figures measure_creation(const startup_options& o, const bench_context& ctx) {
   const auto config = interpreter_config::isolated();
-  const auto raw_config = to_cpython(config);
+  const auto raw_config = raw_isolated_config();
   const unsigned pairs = 10 * o.repeat;
   ctx.progress(fmt::format("creation: {} isola/raw pairs, order alternating", pairs));
   for (int warm = 0; warm < 2; ++warm) {
@@ -212,7 +217,7 @@ double raw_rss_per_interp(unsigned keep, const PyInterpreterConfig& config) {
 }
 
 memory_figures measure_memory(const startup_options& o, const bench_context& ctx) {
-  const auto raw_config = to_cpython(interpreter_config::isolated());
+  const auto raw_config = raw_isolated_config();
   ctx.progress(fmt::format("memory: RSS growth with {} interpreters alive, {} rounds each way",
                            o.keep, o.repeat));
   isola_rss_per_interp(o.keep);  // warm-up: thread arenas, code pages, caches

@@ -9,8 +9,8 @@
 // process, and the same interpreter version on both sides. Both sides call the same function
 // from the same module file, written to a temporary folder put on sys.path. Every result is
 // checked on both sides, so a broken pool or executor fails the run instead of looking fast.
-#include "tools/isola/bench.hpp"
-#include "tools/isola/build_info.hpp"
+#include "tools/bench/bench.hpp"
+#include "tools/build_info.hpp"
 #include "tools/isola/cli.hpp"
 
 #include <boost/json.hpp>

@@ -1,6 +1,6 @@
-// The registry behind `isola bench SUITE`: each suite lives in its own bench_<suite>.cpp,
+// The registry behind `isola bench SUITE`: each suite lives in its own <suite>.cpp,
 // registers itself with a bench_suite_registrar, and returns its figures as a bench_report
-// that cmd_bench.cpp prints as a table or as one JSON object.
+// that bench_command.cpp prints as a table or as one JSON object.
 #pragma once
 
 #include <filesystem>
@@ -61,7 +61,7 @@ struct bench_suite {
 /// All registered suites, in registration order.
 std::vector<bench_suite>& bench_suites();
 
-/// Registers a suite from a static initialiser in its bench_<suite>.cpp.
+/// Registers a suite from a static initialiser in its <suite>.cpp (tools/bench/).
 struct bench_suite_registrar {
   explicit bench_suite_registrar(bench_suite s) { bench_suites().push_back(std::move(s)); }
 };

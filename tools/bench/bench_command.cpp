@@ -1,7 +1,7 @@
 // `isola bench SUITE`: one subcommand per registered suite, the options all suites share, and
 // the output: a readable table, or with --json one object
 // {"suite", "isola", "python", "cores", "params", "results"}.
-#include "tools/isola/bench.hpp"
+#include "tools/bench/bench.hpp"
 #include "tools/isola/cli.hpp"
 #include <boost/json.hpp>
 

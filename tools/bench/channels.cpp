@@ -6,12 +6,12 @@
 // - send_many / recv_many batches; a ping-pong round trip; 100 MB of bytes shared without
 //   copying against receiving a copy;
 // - the C++ core alone: one C++ thread to another through isola::channel (the measuring loops
-//   of channels/bench_core.cpp).
+//   of tools/bench/channel_core.cpp).
 // The CPython peers run in a subprocess of the python isola was built against
 // (ISOLA_PYTHON_EXECUTABLE), which prints its figures as JSON. Every transfer is checked (sums,
 // echoes, the last byte), so a broken channel or peer fails the run instead of looking fast.
-#include "tools/isola/bench.hpp"
-#include "tools/isola/build_info.hpp"
+#include "tools/bench/bench.hpp"
+#include "tools/build_info.hpp"
 #include "tools/isola/cli.hpp"
 
 #include <boost/json.hpp>
@@ -49,7 +49,7 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 /// Default capacity of the channels the transfers use: the default bound of isola.Channel() and
-/// isola.channel(name) (and channels/bench_core.cpp's).
+/// isola.channel(name) (and tools/bench/channel_core.cpp's).
 constexpr std::size_t default_capacity = 4096;
 /// Items per loop of the one-thread cost measurements (a channel that holds them all).
 constexpr std::size_t cost_loop = 4096;
@@ -678,7 +678,7 @@ double python_big(interpreter_pair& p, bool copy) {
   return static_cast<double>(t1 - t0) / 1e6;
 }
 
-// ---- C++: thread to thread (the loops of channels/bench_core.cpp) --------------------------
+// ---- C++: thread to thread (the loops of tools/bench/channel_core.cpp) --------------------------
 
 std::int64_t int_of(const message& m) {
   return std::get<std::int64_t>(std::get<value>(m.payload).data());
