@@ -4,6 +4,7 @@
 #include "interp/guest.hpp"
 #include "lib/pyexec.hpp"
 #include "lib/workarounds.hpp"
+#include "interp/py/describe_threads.py.hpp"
 
 #include <isola/log.hpp>
 
@@ -57,41 +58,13 @@ struct left_thread {
   std::string text;    ///< "'Thread-1 (work)' in work (job.py:12)"
 };
 
-// Describes threads by ident (GIL held): name and daemon flag from threading, if imported (a
-// thread it does not know, started with _thread or by C code, counts as a daemon, as CPython
-// does not wait for it either), and the innermost frame outside threading.py.
-constexpr const char* describe_threads_source = R"py(
-def describe(idents):
-    import sys
-    threading = sys.modules.get('threading')
-    active = getattr(threading, '_active', None) or {}
-    frames = sys._current_frames()
-    out = []
-    for ident in idents:
-        t = active.get(ident)
-        if t is None:
-            name, daemon = f'thread {ident} (not a threading.Thread)', True
-        else:
-            name, daemon = repr(t.name) + (' (daemon)' if t.daemon else ''), t.daemon
-        f = frames.get(ident)
-        where = f
-        while where is not None and where.f_code.co_filename.endswith('threading.py'):
-            where = where.f_back
-        where = where or f
-        if where is not None:
-            code = where.f_code
-            name += f' in {code.co_name} ({code.co_filename}:{where.f_lineno})'
-        out.append((ident, daemon, name))
-    return out
-)py";
-
 // describe() above, made once per end (GIL held); empty if guest code broke what it needs.
 py::object make_describer() {
   try {
     return with_python_errors([] {
       auto g = py::check(PyDict_New());
       py::check_zero(PyDict_SetItemString(g.get(), "__builtins__", PyEval_GetBuiltins()));
-      run_source(describe_threads_source, "<isola>", Py_file_input, g.get());
+      run_source(embedded::describe_threads, "<isola>", Py_file_input, g.get());
       PyObject* fn = PyDict_GetItemString(g.get(), "describe");  // borrowed
       if (fn == nullptr) py::raise(PyExc_RuntimeError, "describe() missing");
       return py::borrow(fn);

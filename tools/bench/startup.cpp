@@ -10,6 +10,7 @@
 #include "tools/bench/bench.hpp"
 #include "tools/build_info.hpp"
 #include "tools/isola/cli.hpp"
+#include "tools/bench/py/startup_cpu.py.hpp"
 
 #include <isola/error.hpp>
 #include <isola/interpreter.hpp>
@@ -240,26 +241,6 @@ memory_figures measure_memory(const startup_options& o, const bench_context& ctx
 
 // ---- CPU-bound parallelism -----------------------------------------------------------------
 
-constexpr const char* cpu_code = R"py(
-def spin(n):
-    x = 0
-    for i in range(n):
-        x = (x * 31 + i) % 1000003
-    return x
-
-def spin_serial(tasks, n):
-    for _ in range(tasks):
-        spin(n)
-
-def spin_threads(tasks, n):
-    import threading
-    threads = [threading.Thread(target=spin, args=(n,)) for _ in range(tasks)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-)py";
-
 struct cpu_figures {
   double task_s, serial_s, parallel_s, threads_s, shared_s;
   double proc_serial_s = 0, proc_parallel_s = 0;  ///< 0: no python executable to run
@@ -270,7 +251,7 @@ struct cpu_figures {
 /// against), run one after another or all at once. Returns the wall time from the first
 /// spawn to the last exit.
 double run_processes(const std::string& python, unsigned count, std::int64_t n, bool at_once) {
-  const std::string code = std::string(cpu_code) + "\nimport sys\nspin(int(sys.argv[1]))\n";
+  const std::string code = std::string(embedded::startup_cpu) + "\nimport sys\nspin(int(sys.argv[1]))\n";
   const std::string arg = std::to_string(n);
   std::vector<std::string> args = {python, "-I", "-S", "-c", code, arg};
   std::vector<char*> argv;
@@ -318,7 +299,7 @@ double run_parallel(std::vector<interpreter>& team, std::int64_t n) {
 cpu_figures measure_cpu(const startup_options& o, const bench_context& ctx) {
   const unsigned tasks = o.tasks;
   interpreter solo;  // serial runs and the threads run
-  solo.exec(cpu_code);
+  solo.exec(embedded::startup_cpu);
 
   // Calibrate n so that one spin(n) takes about task_ms.
   std::int64_t n = 20000;
@@ -335,8 +316,8 @@ cpu_figures measure_cpu(const startup_options& o, const bench_context& ctx) {
   std::vector<interpreter> team, shared;
   for (unsigned k = 0; k < tasks; ++k) team.emplace_back();
   for (unsigned k = 0; k < tasks; ++k) shared.emplace_back(interpreter_config::legacy());
-  for (auto& i : team) i.exec(cpu_code);
-  for (auto& i : shared) i.exec(cpu_code);
+  for (auto& i : team) i.exec(embedded::startup_cpu);
+  for (auto& i : shared) i.exec(embedded::startup_cpu);
 
   const std::string python = ISOLA_TOOLS_PYTHON_EXECUTABLE;
   const bool with_processes = access(python.c_str(), X_OK) == 0;
