@@ -17,6 +17,8 @@
 //   KeyboardInterrupt and hand back what they finished; every finished result is printed, the
 //   inputs that did not run are named, and the command exits 130/143.
 #include "tools/isola/cli.hpp"
+#include "tools/isola/map_input.hpp"
+#include "tools/isola/map_output.hpp"
 #include "tools/isola/pool_support.hpp"
 #include "tools/isola/signals.hpp"
 #include "tools/isola/py/map_helper.py.hpp"
@@ -26,23 +28,16 @@
 #include <isola/runtime.hpp>
 
 #include <algorithm>
-#include <cctype>
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <deque>
 #include <filesystem>
-#include <fstream>
 #include <future>
-#include <iostream>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include <fmt/core.h>
-#include <unistd.h>
 
 namespace isola::cli {
 namespace {
@@ -51,8 +46,6 @@ namespace fs = std::filesystem;
 
 constexpr unsigned max_interpreters = 1024;
 constexpr std::size_t max_auto_chunk = 256;
-constexpr std::size_t progress_threshold = 1000;  ///< more inputs than this show progress
-constexpr auto progress_after = std::chrono::seconds(2);  ///< so does a run this long
 
 struct map_options {
   unsigned interpreters = cores();
@@ -69,247 +62,6 @@ struct map_options {
   std::string log_level;
 };
 
-/// One non-blank input line.
-struct input_item {
-  std::size_t line = 0;  ///< 1-based line number in the input
-  std::string text;      ///< without surrounding whitespace
-  bool utf8 = true;
-};
-
-bool valid_utf8(std::string_view s) {
-  std::size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    if (len == 0 || i + len > s.size()) return false;
-    std::uint32_t cp = len == 1 ? c : c & (0x7f >> len);
-    for (std::size_t k = 1; k < len; ++k) {
-      auto d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (d & 0x3f);
-    }
-    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) {
-      return false;
-    }
-    i += len;
-  }
-  return true;
-}
-
-std::string_view trim(std::string_view s) {
-  const char* ws = " \t\r\n\f\v";
-  auto b = s.find_first_not_of(ws);
-  if (b == std::string_view::npos) return {};
-  auto e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
-}
-
-std::vector<input_item> read_inputs(std::istream& in) {
-  std::vector<input_item> items;
-  std::string line;
-  std::size_t number = 0;
-  while (std::getline(in, line)) {
-    ++number;
-    auto t = trim(line);
-    if (t.empty()) continue;
-    input_item it;
-    it.line = number;
-    it.text.assign(t);
-    it.utf8 = valid_utf8(it.text);
-    items.push_back(std::move(it));
-  }
-  return items;
-}
-
-std::vector<input_item> load_inputs(const map_options& o) {
-  if (o.input == "-") {
-    if (isatty(STDIN_FILENO)) {
-      fmt::print(stderr, "map: reading inputs from the terminal, one per line; end with Ctrl-D\n");
-    }
-    std::ios::sync_with_stdio(false);
-    auto items = read_inputs(std::cin);
-    if (std::cin.bad()) throw std::runtime_error("map: reading the input from stdin failed");
-    return items;
-  }
-  std::error_code ec;
-  auto st = fs::status(o.input, ec);
-  if (!fs::exists(st)) {
-    throw usage_error(fmt::format("map: cannot open input file '{}': no such file; give an "
-                                  "existing file, or '-' (the default) for stdin",
-                                  o.input));
-  }
-  if (fs::is_directory(st)) {
-    throw usage_error(fmt::format("map: input '{}' is a directory; give a file", o.input));
-  }
-  errno = 0;
-  std::ifstream in(o.input, std::ios::binary);
-  if (!in) {
-    const int e = errno;
-    throw usage_error(fmt::format("map: cannot read input file '{}': {}", o.input,
-                                  e != 0 ? std::strerror(e) : "unreadable"));
-  }
-  auto items = read_inputs(in);
-  if (in.bad()) throw std::runtime_error(fmt::format("map: reading '{}' failed", o.input));
-  return items;
-}
-
-bool identifier_path(std::string_view s) {
-  if (s.empty()) return false;
-  std::size_t start = 0;
-  for (;;) {
-    auto dot = s.find('.', start);
-    auto part = s.substr(start, dot == std::string_view::npos ? s.npos : dot - start);
-    if (part.empty()) return false;
-    if (std::isdigit(static_cast<unsigned char>(part.front()))) return false;
-    for (unsigned char c : part) {
-      if (!(std::isalnum(c) || c == '_' || c >= 0x80)) return false;
-    }
-    if (dot == std::string_view::npos) return true;
-    start = dot + 1;
-  }
-}
-
-void check_target_format(const std::string& target) {
-  auto colon = target.find(':');
-  if (colon == std::string::npos || !identifier_path(target.substr(0, colon)) ||
-      !identifier_path(target.substr(colon + 1))) {
-    throw usage_error(fmt::format(
-        "map: bad target '{}': expected module:function, e.g. mymodule:process or "
-        "package.module:Class.method (the module is imported from the current directory or a "
-        "--path folder)",
-        target));
-  }
-}
-
-constexpr std::size_t max_shown = 120;  ///< longer inputs are cut in messages
-
-/// The start of the input for messages: not cut inside a UTF-8 character.
-std::string head_of(const input_item& it, bool& cut) {
-  cut = it.text.size() > max_shown;
-  if (!cut) return it.text;
-  std::string t = it.text.substr(0, max_shown);
-  if (it.utf8) {
-    while (!t.empty() && !valid_utf8(t)) t.pop_back();
-  }
-  return t;
-}
-
-/// The input as typed (a call's argument: "f(42)"), bytes that are not UTF-8 escaped.
-std::string shown(const input_item& it) {
-  bool cut = false;
-  std::string t = head_of(it, cut);
-  return (it.utf8 ? t : value(isola::bytes{t}).repr()) + (cut ? "..." : "");
-}
-
-/// The input quoted as a Python string (or bytes) literal, for "cannot parse '...'".
-std::string quoted(const input_item& it) {
-  bool cut = false;
-  std::string t = head_of(it, cut);
-  return (it.utf8 ? value(t).repr() : value(isola::bytes{t}).repr()) + (cut ? "..." : "");
-}
-
-/// Inputs [first, first + count) as the list of str (bytes when not UTF-8) a task gets.
-isola::list lines_of(const std::vector<input_item>& items, std::size_t first, std::size_t count) {
-  isola::list lines;
-  lines.items.reserve(count);
-  for (std::size_t i = first; i < first + count; ++i) {
-    const auto& it = items[i];
-    if (it.utf8) {
-      lines.items.emplace_back(it.text);
-    } else {
-      lines.items.emplace_back(isola::bytes{it.text});  // parse() reports the bad byte
-    }
-  }
-  return lines;
-}
-
-/// Progress on stderr, "mapped 12000/50000 (24%)", once the input is long (more than
-/// progress_threshold inputs) or the run has taken progress_after: on a terminal one line
-/// redrawn in place (at most 5 times a second), else a new line at most every 5 seconds.
-class progress_line {
- public:
-  progress_line(const map_options& o, std::size_t total)
-      : enabled_(!o.quiet && !o.no_progress),
-        long_(o.progress || total > progress_threshold),
-        total_(total),
-        tty_(isatty(STDERR_FILENO)),
-        start_(clock::now()),
-        last_(start_) {}
-
-  void update(std::size_t done) {
-    if (!enabled_) return;
-    const auto now = clock::now();
-    if (!long_ && now - start_ < progress_after) return;
-    if (now - last_ < (tty_ ? std::chrono::milliseconds(200) : std::chrono::milliseconds(5000))) {
-      return;
-    }
-    last_ = now;
-    std::string text = fmt::format("mapped {}/{} ({}%)", done, total_,
-                                   total_ == 0 ? 100 : done * 100 / total_);
-    if (tty_) {
-      fmt::print(stderr, "\r{}\033[K", text);
-      on_screen_ = true;
-    } else {
-      fmt::print(stderr, "{}\n", text);
-    }
-    printed_ = true;
-    std::fflush(stderr);
-  }
-  /// Before other stderr output: clears the line being redrawn.
-  void clear() {
-    if (on_screen_) {
-      fmt::print(stderr, "\r\033[K");
-      on_screen_ = false;
-    }
-  }
-  /// Whether update() may print (the caller then polls for it while it waits).
-  bool enabled() const { return enabled_; }
-  /// Whether a progress line was printed: the run then ends with a summary line.
-  bool printed() const { return printed_; }
-
- private:
-  bool enabled_;
-  bool long_;
-  std::size_t total_;
-  bool tty_;
-  bool on_screen_ = false;
-  bool printed_ = false;
-  clock::time_point start_;
-  clock::time_point last_;
-};
-
-/// Writes results to stdout in blocks, clearing the progress line first (stdout and stderr
-/// may be the same terminal). The mapper flushes it whenever it is about to wait, and after
-/// every chunk when stdout is a terminal, so results appear as they complete.
-class output {
- public:
-  explicit output(progress_line& progress) : progress_(progress), tty_(isatty(STDOUT_FILENO)) {}
-  void line(std::string_view s) {
-    buf_.append(s);
-    buf_ += '\n';
-    if (buf_.size() >= (1u << 16)) flush();
-  }
-  /// After a chunk's results: on a terminal they show at once.
-  void chunk_done() {
-    if (tty_) flush();
-  }
-  void flush() {
-    if (!buf_.empty()) {
-      progress_.clear();
-      std::fwrite(buf_.data(), 1, buf_.size(), stdout);
-      buf_.clear();
-    }
-    std::fflush(stdout);
-  }
-
- private:
-  progress_line& progress_;
-  bool tty_;
-  std::string buf_;
-};
-
 struct failure_report {
   std::size_t count = 0;
   std::vector<std::size_t> lines;  ///< first few failing line numbers, for the summary
@@ -320,7 +72,7 @@ class mapper {
  public:
   mapper(pool& p, const map_options& o, const std::vector<input_item>& items, std::size_t chunk)
       : pool_(p), o_(o), items_(items), chunk_(chunk),
-        progress_(o, items.size()),
+        progress_(!o.quiet && !o.no_progress, o.progress, items.size()),
         out_(progress_) {
     auto colon = o.target.find(':');
     function_ = o.target.substr(colon + 1);
@@ -654,7 +406,7 @@ std::size_t auto_chunk(std::size_t total, std::size_t n) {
 int run_map(const map_options& o) {
   check_target_format(o.target);
   auto sys_path = sys_path_for(o);
-  auto items = load_inputs(o);
+  auto items = load_inputs(o.input);
   apply_log_level(o.log_level);
   quiet_timeout_warnings(o.log_level, o.timeout > 0);
   watch_stop_signals();
