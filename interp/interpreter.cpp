@@ -87,19 +87,7 @@ struct call_op {
   std::vector<std::pair<std::string, value>> kwargs;
   value operator()() const {
     auto fn = detail::resolve_target(target);
-    auto a = py::check(PyTuple_New(static_cast<Py_ssize_t>(args.size())));
-    for (std::size_t i = 0; i < args.size(); ++i) {
-      PyTuple_SET_ITEM(a.get(), static_cast<Py_ssize_t>(i), detail::to_python(args[i]).release());
-    }
-    py::object kw;
-    if (!kwargs.empty()) {
-      kw = py::check(PyDict_New());
-      for (const auto& [k, v] : kwargs) {
-        py::check_zero(PyDict_SetItemString(kw.get(), k.c_str(), detail::to_python(v).get()));
-      }
-    }
-    auto r = py::check(PyObject_Call(fn.get(), a.get(), kw.get()));
-    return detail::from_python(r.get());
+    return detail::call_with_values(fn.get(), args, kwargs);
   }
 };
 

@@ -174,4 +174,21 @@ value from_python(PyObject* o) { return decoder{}.convert(o); }
 
 py::object to_python(const value& v) { return encoder{}.convert(v); }
 
+value call_with_values(PyObject* fn, const std::vector<value>& args,
+                       const std::vector<std::pair<std::string, value>>& kwargs) {
+  auto a = py::check(PyTuple_New(static_cast<Py_ssize_t>(args.size())));
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    PyTuple_SET_ITEM(a.get(), static_cast<Py_ssize_t>(i), to_python(args[i]).release());
+  }
+  py::object kw;
+  if (!kwargs.empty()) {
+    kw = py::check(PyDict_New());
+    for (const auto& [k, v] : kwargs) {
+      py::check_zero(PyDict_SetItemString(kw.get(), k.c_str(), to_python(v).get()));
+    }
+  }
+  auto r = py::check(PyObject_Call(fn, a.get(), kw.get()));
+  return from_python(r.get());
+}
+
 }  // namespace isola::detail
