@@ -869,27 +869,27 @@ const std::string& channel::name() const noexcept { return core_->name_; }
 namespace detail {
 
 bool channel_allows_pickle(const channel& ch) noexcept {
-  return ch.core()->allow_pickle_.load(std::memory_order_relaxed);
+  return channel_access::core(ch)->allow_pickle_.load(std::memory_order_relaxed);
 }
 
 void set_channel_pickle(const channel& ch, bool allow) noexcept {
-  ch.core()->allow_pickle_.store(allow, std::memory_order_relaxed);
+  channel_access::core(ch)->allow_pickle_.store(allow, std::memory_order_relaxed);
 }
 
 bool receiver_streaming(const channel& ch) noexcept {
-  return pace.streaming_on(&ch.core()->ring_);
+  return pace.streaming_on(&channel_access::core(ch)->ring_);
 }
 
 void set_receiver_streaming(const channel& ch, bool on) noexcept {
-  pace = {&ch.core()->ring_, on, 0};
+  pace = {&channel_access::core(ch)->ring_, on, 0};
 }
 
 bool receiver_parked(const channel& ch) noexcept {
-  return (ch.core()->receivers_.waiters.load(std::memory_order_seq_cst) & sync_mask) != 0;
+  return (channel_access::core(ch)->receivers_.waiters.load(std::memory_order_seq_cst) & sync_mask) != 0;
 }
 
 bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept {
-  auto& r = ch.core()->ring_;
+  auto& r = channel_access::core(ch)->ring_;
   auto spin = [&](auto&& ready) {
     for (int i = 0; i < rounds; ++i) {
       cpu_relax();
@@ -907,7 +907,7 @@ bool spin_until_ready(const channel& ch, bool for_recv, int rounds) noexcept {
 }
 
 boost::system::result<void> try_send_quick(const channel& ch, message&& msg) noexcept {
-  return push_result(ch.core()->push_one(msg, false));
+  return push_result(channel_access::core(ch)->push_one(msg, false));
 }
 bool try_send_int_quick(const channel& ch, std::int64_t v) noexcept {
   // The ring copies a scalar out of m, so m ends as it began: without its destructor's visits.
@@ -916,12 +916,12 @@ bool try_send_int_quick(const channel& ch, std::int64_t v) noexcept {
     explicit local(std::int64_t i) noexcept : m(i) {}
     ~local() { slot_ops<message>::drop(m); }
   } l(v);
-  return ch.core()->push_one(l.m, false) == ring_status::ok;
+  return channel_access::core(ch)->push_one(l.m, false) == ring_status::ok;
 }
 
 void* try_take_int_quick(const channel& ch, make_int_fn make) noexcept {
   void* made = nullptr;
-  ch.core()->pop_owned_if([&](const message& m) noexcept {
+  channel_access::core(ch)->pop_owned_if([&](const message& m) noexcept {
     const std::int64_t* i = plain_int(m);
     return i != nullptr && (made = make(*i)) != nullptr;
   });
@@ -933,7 +933,7 @@ std::size_t try_take_ints(const channel& ch, std::size_t max_items, make_int_fn 
   other_next = false;
   std::size_t got = 0;
   while (got < max_items) {  // a run stops at the end of the ring's array: go on at its start
-    const std::size_t k = ch.core()->pop_owned_run_if(
+    const std::size_t k = channel_access::core(ch)->pop_owned_run_if(
         max_items - got, [&](const message& m, std::size_t i) noexcept {
           const std::int64_t* v = plain_int(m);
           if (v != nullptr && (out[got + i] = make(*v)) != nullptr) return true;
@@ -947,7 +947,7 @@ std::size_t try_take_ints(const channel& ch, std::size_t max_items, make_int_fn 
 }
 
 bool try_take_quick(const channel& ch, consume_fn fn, void* ctx) noexcept {
-  return ch.core()->pop_one_with([&](message&& m) noexcept { fn(ctx, std::move(m)); }, false) ==
+  return channel_access::core(ch)->pop_one_with([&](message&& m) noexcept { fn(ctx, std::move(m)); }, false) ==
          ring_status::ok;
 }
 
@@ -955,7 +955,7 @@ boost::system::result<std::size_t> try_recv_each(const channel& ch, std::size_t 
                                                  consume_fn fn, void* ctx) noexcept {
   if (max_items == 0) return std::size_t{0};
   std::size_t got = 0;
-  const ring_status st = ch.core()->pop_each(
+  const ring_status st = channel_access::core(ch)->pop_each(
       max_items, got, true, [](std::size_t) noexcept {},
       [&](message&& m) noexcept { fn(ctx, std::move(m)); });
   if (st == ring_status::ok) return got;
@@ -963,7 +963,7 @@ boost::system::result<std::size_t> try_recv_each(const channel& ch, std::size_t 
 }
 
 bool channel_side_owned(const channel& ch, bool producers) noexcept {
-  return ch.core()->ring_.owned(producers);
+  return channel_access::core(ch)->ring_.owned(producers);
 }
 
 std::optional<std::size_t> select_now(std::span<const channel> chans) noexcept {
@@ -979,12 +979,12 @@ boost::system::result<std::size_t> wait_select(std::span<const channel> chans,
   // Register first, then look (both seq_cst): a sender either sees our registration and rings,
   // or we see its item.
   for (const auto& ch : chans) {
-    auto& core = *ch.core();
+    auto& core = *channel_access::core(ch);
     std::lock_guard lock(core.watch_mu_);
     core.watch_bells_.push_back(&bell);
     core.watchers_.fetch_add(1, std::memory_order_seq_cst);
   }
-  for (const auto& ch : chans) ch.core()->ring_.fence_against(true);
+  for (const auto& ch : chans) channel_access::core(ch)->ring_.fence_against(true);
   std::stop_callback on_stop(stop, [&bell] {
     bell.fetch_add(1, std::memory_order_seq_cst);
     unpark(bell, 1);
@@ -1007,7 +1007,7 @@ boost::system::result<std::size_t> wait_select(std::span<const channel> chans,
     }
   }
   for (const auto& ch : chans) {
-    auto& core = *ch.core();
+    auto& core = *channel_access::core(ch);
     std::lock_guard lock(core.watch_mu_);
     auto it = std::find(core.watch_bells_.begin(), core.watch_bells_.end(), &bell);
     if (it != core.watch_bells_.end()) core.watch_bells_.erase(it);

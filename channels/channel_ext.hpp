@@ -6,11 +6,17 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <stop_token>
 
 namespace isola::detail {
+
+/// Channels' own code reaches a handle's core through this (the public class keeps it private).
+struct channel_access {
+  static const std::shared_ptr<channel_core>& core(const channel& ch) noexcept { return ch.core_; }
+};
 
 /// Whether a channel accepts pickled objects from Python (true unless turned off when made).
 bool channel_allows_pickle(const channel& ch) noexcept;

@@ -155,29 +155,37 @@ struct get_global_op {
 interpreter::interpreter(interpreter_config config)
     : impl_(std::make_shared<impl>(std::move(config))) {}
 
-interpreter::~interpreter() {
-  if (!impl_) return;
+namespace {
+// Closes the interpreter impl holds, as the destructor must: never throwing. Closing from its
+// own worker or an attached thread cannot wait for itself; the runtime ends the interpreter at
+// shutdown instead.
+void close_for_good(const std::shared_ptr<detail::worker>& w) noexcept {
+  if (!w) return;
   try {
-    impl_->worker->close();
+    w->close();
   } catch (const std::exception& e) {
-    // Closing from its own worker or an attached thread cannot wait for itself; the runtime
-    // ends the interpreter at shutdown instead.
-    logger("isola.interp")->error("[interp {}] not closed by its destructor: {}", id(), e.what());
-    detail::defer_release(impl_->worker);
+    logger("isola.interp")->error("[interp {}] not closed on destruction or move-assignment: {}",
+                                  w->state()->id, e.what());
+    detail::defer_release(w);
   }
 }
+}  // namespace
+
+interpreter::~interpreter() { close_for_good(impl_ ? impl_->worker : nullptr); }
 
 interpreter::interpreter(interpreter&&) noexcept = default;
 interpreter& interpreter::operator=(interpreter&& other) noexcept {
   if (this != &other) {
-    if (impl_) impl_->worker->close();
+    close_for_good(impl_ ? impl_->worker : nullptr);
     impl_ = std::move(other.impl_);
   }
   return *this;
 }
 
 namespace {
-detail::worker& w(const std::shared_ptr<interpreter::impl>& p) {
+// The worker behind an interpreter's impl (a template: impl is private to interpreter).
+template <typename Impl>
+detail::worker& w(const std::shared_ptr<Impl>& p) {
   if (!p) throw std::logic_error("isola::interpreter was moved from");
   return *p->worker;
 }
@@ -187,7 +195,7 @@ std::int64_t interpreter::id() const noexcept { return impl_ ? impl_->worker->st
 interpreter_handle interpreter::handle() const noexcept {
   return impl_ ? interpreter_handle(impl_->worker->state()) : interpreter_handle();
 }
-const interpreter_config& interpreter::config() const noexcept { return w(impl_).config(); }
+const interpreter_config& interpreter::config() const { return w(impl_).config(); }
 
 void interpreter::exec(std::string_view code) { w(impl_).run(exec_op{std::string(code)}); }
 std::future<void> interpreter::exec_async(std::string code) {

@@ -404,11 +404,16 @@ task_future pool::submit_code(std::string code, task_options options) {
   return task_future(std::move(f), std::move(t));
 }
 
-task_future pool::try_submit_with(std::string target, std::vector<value> args,
-                                  task_options options) {
+boost::system::result<task_future> pool::try_submit_with(std::string target,
+                                                         std::vector<value> args,
+                                                         task_options options) {
   auto t = make_task(detail::task_kind::call, std::move(target), std::move(args), options);
   auto f = t->promise.get_future();
-  impl_->enqueue(t, false);
+  try {
+    impl_->enqueue(t, false);
+  } catch (const error& e) {
+    return boost::system::error_code(e.code());
+  }
   return task_future(std::move(f), std::move(t));
 }
 

@@ -144,11 +144,6 @@ void worker::post(std::shared_ptr<task> t) {
   queue_cv_.notify_one();
 }
 
-std::size_t worker::queued() const {
-  std::lock_guard lock(queue_mu_);
-  return queue_.size();
-}
-
 bool worker::interrupt(std::string_view exception_type) {
   return host_.interrupt(exception_type);
 }

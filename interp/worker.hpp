@@ -87,8 +87,6 @@ class worker : public std::enable_shared_from_this<worker> {
   void close_now();
   bool closed() const noexcept;
 
-  std::size_t queued() const;
-
  private:
   void launch();
   void thread_main(std::promise<void>& created);

@@ -47,7 +47,7 @@ attach_result attach(const interpreter_handle& handle) {
 attach_result detail::attach_internal(const interpreter_handle& handle, bool for_interrupt) {
   using namespace detail;
   if (!handle) return attach_error{errc::interpreter_closed, "cannot attach: empty interpreter handle"};
-  const auto& s = handle.state();
+  const auto& s = handle.state_;
 
   // Already attached to this interpreter on this thread: reuse the current thread state.
   // No phase check: the thread is inside already, and its outer scope keeps it alive.

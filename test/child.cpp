@@ -11,6 +11,8 @@
 //                        runtime must end it at shutdown (its atexit handler writes FILE)
 //   main-threading       another thread attaches to the main interpreter and imports threading
 //                        there first; then the runtime ends (nothing may be reported at exit)
+//   move-assign-attached  an interpreter move-assigned over by a thread attached to it (its
+//                        close cannot wait for itself: it must be deferred, not terminate)
 //   first-channel-fence  whether the asymmetric fence was checked before and after the
 //                        process's first channel is made, and whether the channel works
 //   end KIND             what guest code leaves behind when its interpreter ends or the
@@ -401,6 +403,20 @@ int end_scenario(const std::string& kind) {
   return 0;
 }
 
+int move_assign_attached() {
+  isola::runtime rt;
+  isola::interpreter a;
+  const auto old_id = a.id();
+  {
+    auto g = isola::attach(a.handle()).value();
+    a = isola::interpreter();  // closing the old one from inside it cannot wait
+    say("assigned");
+  }
+  say(std::string("new one works: ") + (a.eval("1 + 1").as_int() == 2 ? "1" : "0"));
+  say("old id " + std::to_string(old_id) + " differs: " + (a.id() != old_id ? "1" : "0"));
+  return 0;
+}  // ~runtime ends the old one
+
 int main(int argc, char* argv[]) {
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
@@ -412,6 +428,7 @@ int main(int argc, char* argv[]) {
     if (args.size() == 1 && args[0] == "main-threading") return main_threading();
     if (args.size() == 1 && args[0] == "first-channel-fence") return first_channel_fence();
     if (args.size() == 2 && args[0] == "end") return end_scenario(args[1]);
+    if (args.size() == 1 && args[0] == "move-assign-attached") return move_assign_attached();
     if (args.size() == 4 && args[0] == "teardown") {
       return teardown(args[1], std::stoi(args[2]), args[3]);
     }
@@ -421,6 +438,6 @@ int main(int argc, char* argv[]) {
   }
   say("usage: isola_test_child lifo FILE | second-runtime | no-runtime | finalizing-attach | "
       "teardown creation|reverse N CODE | destroy-attached FILE | main-threading | "
-      "first-channel-fence | end KIND");
+      "first-channel-fence | end KIND | move-assign-attached");
   return 2;
 }

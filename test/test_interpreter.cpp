@@ -656,3 +656,19 @@ TEST_CASE("ending an interpreter ends the threads its code left running", "[inte
   close(fds[0]);
   close(fds[1]);
 }
+
+TEST_CASE("a moved-from interpreter says so; move-assignment never throws", "[interpreter]") {
+  isola::interpreter a;
+  isola::interpreter b(std::move(a));
+  CHECK_THROWS_AS(a.config(), std::logic_error);  // NOLINT(bugprone-use-after-move)
+  CHECK(b.config().gil == isola::interpreter_config::gil_mode::own);
+  // Move-assigning over an interpreter from a thread attached to it: closing it there cannot
+  // wait for itself, and a noexcept operator= must not throw that out (std::terminate).
+  auto r = run_child({"move-assign-attached"}, 60);
+  INFO(r.describe());
+  REQUIRE_FALSE(r.hung);
+  CHECK(r.signal == 0);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output.find("assigned\n") != std::string::npos);
+  CHECK(r.output.find("new one works: 1") != std::string::npos);
+}

@@ -807,11 +807,11 @@ TEST_CASE("a full queue: try_submit fails, submit waits for room", "[pool][concu
   // The only worker is busy (the task has left the queue: it said it started).
   auto busy = p.submit("isola_test_pool:wait_gate", started.w, gate.r, "busy");
   REQUIRE(started.get());
-  auto a = p.try_submit_with("isola_test_pool:record", {value(1)});
-  auto b = p.try_submit_with("isola_test_pool:record", {value(2)});
-  auto full = isola_error_of([&] { p.try_submit_with("isola_test_pool:record", {value(3)}); });
-  REQUIRE(full);
-  CHECK(*full == isola::errc::queue_full);
+  auto a = p.try_submit_with("isola_test_pool:record", {value(1)}).value();
+  auto b = p.try_submit_with("isola_test_pool:record", {value(2)}).value();
+  auto full = p.try_submit_with("isola_test_pool:record", {value(3)});
+  REQUIRE_FALSE(full.has_value());
+  CHECK(full.error() == isola::errc::queue_full);
   CHECK(p.stats().queue_depth == 2);
   CHECK(p.stats().submitted == 3);
 
@@ -834,9 +834,9 @@ TEST_CASE("a full queue: try_submit fails, submit waits for room", "[pool][concu
   std::this_thread::sleep_for(200ms);  // give a broken submit() time to return early
   CHECK_FALSE(returned);
   CHECK(p.stats().submitted == 3);
-  full = isola_error_of([&] { p.try_submit_with("isola_test_pool:record", {value(5)}); });
-  REQUIRE(full);
-  CHECK(*full == isola::errc::queue_full);
+  full = p.try_submit_with("isola_test_pool:record", {value(5)});
+  REQUIRE_FALSE(full.has_value());
+  CHECK(full.error() == isola::errc::queue_full);
 
   gate.put();  // the busy task ends; the worker takes `a`, which makes room
   auto blocked = blocked_future.get_future().get();
@@ -946,11 +946,12 @@ TEST_CASE("shutdown lets queued and running tasks finish", "[pool][concurrent]")
   auto shutting = std::async(std::launch::async, [&] { p.shutdown(); });
   // Once submit fails, the pool is stopping; anything accepted before that must still run.
   for (int i = 5;; ++i) {
-    try {
-      queued.push_back(p.try_submit_with("isola_test_pool:record", {value(i)}));
-    } catch (const isola::error& e) {
-      if (e.code() == isola::errc::shut_down) break;
-      REQUIRE(e.code() == isola::errc::queue_full);
+    auto r = p.try_submit_with("isola_test_pool:record", {value(i)});
+    if (r) {
+      queued.push_back(std::move(*r));
+    } else {
+      if (r.error() == isola::errc::shut_down) break;
+      REQUIRE(r.error() == isola::errc::queue_full);
       std::this_thread::yield();
     }
   }
@@ -1008,7 +1009,7 @@ TEST_CASE("after shutdown every way of submitting says shut_down", "[pool]") {
   CHECK(isola_error_of([&] { p.submit("isola_test_pool:whoami"); }) == shut);
   CHECK(isola_error_of([&] { p.submit_to(0, "isola_test_pool:whoami"); }) == shut);
   CHECK(isola_error_of([&] { p.submit_code("1"); }) == shut);
-  CHECK(isola_error_of([&] { p.try_submit_with("isola_test_pool:whoami", {}); }) == shut);
+  CHECK(p.try_submit_with("isola_test_pool:whoami", {}).error() == shut);
   CHECK(isola_error_of([&] { p.map("isola_test_pool:plus_one", values(0, 3)); }) == shut);
   auto f = p.async_submit("isola_test_pool:whoami", {}, boost::asio::use_future);
   CHECK(isola_error_of([&] { f.get(); }) == shut);

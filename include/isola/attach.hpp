@@ -35,18 +35,20 @@ boost::system::result<attach_guard, attach_error> attach_internal(const interpre
 class interpreter_handle {
  public:
   interpreter_handle() = default;
+  /// Made by isola (interpreter::handle(), runtime::main_interpreter()).
   explicit interpreter_handle(std::shared_ptr<detail::interp_state> s) : state_(std::move(s)) {}
   /// CPython's interpreter id (0 is the main interpreter); -1 for an empty handle.
   std::int64_t id() const noexcept;
   /// False once the interpreter has started closing (or for an empty handle).
   bool alive() const noexcept;
   explicit operator bool() const noexcept { return state_ != nullptr; }
-  const std::shared_ptr<detail::interp_state>& state() const noexcept { return state_; }
   friend bool operator==(const interpreter_handle& a, const interpreter_handle& b) {
     return a.state_ == b.state_;
   }
 
  private:
+  friend boost::system::result<attach_guard, attach_error> detail::attach_internal(
+      const interpreter_handle&, bool);
   std::shared_ptr<detail::interp_state> state_;
 };
 

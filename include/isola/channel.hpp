@@ -45,6 +45,8 @@ struct send_many_result {
 
 namespace detail {
 
+struct channel_access;
+
 /// A pending async_recv / async_send, queued in its channel until an item / room arrives.
 class async_op {
  public:
@@ -269,12 +271,12 @@ class channel {
 
   explicit operator bool() const noexcept { return core_ != nullptr; }
   operator channel_ref() const noexcept { return channel_ref{core_}; }
-  const std::shared_ptr<detail::channel_core>& core() const noexcept { return core_; }
   friend bool operator==(const channel& a, const channel& b) noexcept {
     return a.core_ == b.core_;
   }
 
  private:
+  friend struct detail::channel_access;  // channels' own code (channels/channel_ext.hpp)
   explicit channel(std::shared_ptr<detail::channel_core> core) noexcept
       : core_(std::move(core)) {}
   std::shared_ptr<detail::channel_core> core_;

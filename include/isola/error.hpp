@@ -1,5 +1,13 @@
 // Errors at isola's public boundary: python_error carries a Python exception out of an
 // interpreter as plain strings; isola::errc codes report failures a caller must handle.
+//
+// The rule across isola's API: a call that waits (or may wait) throws isola::error (or
+// python_error) when it fails; a try_* call, which never waits, returns a
+// boost::system::result whose error is an isola::errc code. Asynchronous completions get the
+// error as their first argument (an std::exception_ptr for pool tasks, a
+// boost::system::error_code for channels). The one exception: channels' send and recv return a
+// result even when they wait, because their errors end a stream normally (the channel was
+// closed and drained, the timeout the caller gave passed) and a loop tests for them.
 #pragma once
 
 #include <stdexcept>
@@ -54,7 +62,9 @@ class python_error : public std::runtime_error {
   const std::string& filename() const noexcept { return filename_; }
   long line() const noexcept { return line_; }
   long column() const noexcept { return column_; }
-  /// True when the exception is (a subclass of) the builtin named, e.g. is("SystemExit").
+  /// True when the exception's type is the one named ("SystemExit", "isola.TaskTimeout"):
+  /// an exact match of type_name(), not of a base class (the class is gone once the
+  /// exception has crossed out of its interpreter).
   bool is(std::string_view type_name) const noexcept { return type_name_ == type_name; }
 
  private:

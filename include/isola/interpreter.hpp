@@ -89,6 +89,8 @@ class interpreter {
   explicit interpreter(interpreter_config config = {});
   ~interpreter();
   interpreter(interpreter&&) noexcept;
+  /// Closes the interpreter this one held, as its destructor would (never throwing), then
+  /// takes other's.
   interpreter& operator=(interpreter&&) noexcept;
   interpreter(const interpreter&) = delete;
   interpreter& operator=(const interpreter&) = delete;
@@ -96,7 +98,8 @@ class interpreter {
   /// CPython's interpreter id; also what isola.interpreter_id() returns inside it.
   std::int64_t id() const noexcept;
   interpreter_handle handle() const noexcept;
-  const interpreter_config& config() const noexcept;
+  /// Throws std::logic_error on a moved-from interpreter.
+  const interpreter_config& config() const;
 
   /// Runs statements in __main__.
   void exec(std::string_view code);
@@ -143,9 +146,8 @@ class interpreter {
   void close();
   bool closed() const noexcept;
 
-  class impl;
-
  private:
+  class impl;
   std::shared_ptr<impl> impl_;
 };
 

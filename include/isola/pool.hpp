@@ -18,6 +18,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/system_executor.hpp>
+#include <boost/system/result.hpp>
 
 #include <isola/error.hpp>
 #include <isola/interpreter.hpp>
@@ -126,7 +127,6 @@ class task_future {
   /// or raises (code that handles the exception can return a partial result); a task still
   /// queued is cancelled instead (errc::cancelled). Returns false if it had finished.
   bool interrupt(std::string_view exception_type = "KeyboardInterrupt");
-  std::future<value>& future() noexcept { return future_; }
 
  private:
   void spin_briefly() const noexcept;
@@ -169,9 +169,10 @@ class pool {
     o.interpreter_index = interpreter_index;
     return submit_with(std::move(target), make_values(std::forward<Args>(args)...), {}, o);
   }
-  /// Fails at once with isola::error (errc::queue_full) when the queue has no room.
-  task_future try_submit_with(std::string target, std::vector<value> args,
-                              task_options options = {});
+  /// Like submit_with, without waiting: an error code instead of a task when the queue has no
+  /// room (errc::queue_full) or the pool takes no tasks (errc::shut_down, creation_failed).
+  boost::system::result<task_future> try_submit_with(std::string target, std::vector<value> args,
+                                                     task_options options = {});
 
   /// Calls function on every input (one argument each), chunk_size inputs per task, and
   /// returns the results in input order. Throws the first failure (by input order).
