@@ -417,15 +417,30 @@ boost::system::result<task_future> pool::try_submit_with(std::string target,
   return task_future(std::move(f), std::move(t));
 }
 
-void pool::submit_callback(std::string target, std::vector<value> args, task_options o,
-                           std::function<void(std::exception_ptr, value)> done) {
+std::shared_ptr<detail::pool_task> pool::make_async_task(
+    std::string target, std::vector<value> args, task_options o,
+    std::shared_ptr<detail::submit_op_base> op) {
   auto t = make_task(detail::task_kind::call, std::move(target), std::move(args), o);
-  t->done = std::move(done);
+  t->done = [op = std::move(op)](std::exception_ptr e, value v) {
+    op->complete(std::move(e), std::move(v));
+  };
+  t->pool = impl_;  // for a cancellation that comes before it is queued
+  return t;
+}
+
+void pool::start_async_task(const std::shared_ptr<detail::pool_task>& t) {
   try {
     impl_->enqueue(t, true);
   } catch (...) {
     if (t->claim(detail::queued)) t->deliver(std::current_exception());
   }
+}
+
+void detail::task_cancel::operator()(boost::asio::cancellation_type_t type) const noexcept {
+  if (type == boost::asio::cancellation_type::none) return;
+  auto p = pool.lock();
+  auto t = task.lock();
+  if (p && t) p->cancel(t);
 }
 
 std::vector<value> pool::map(std::string function, const std::vector<value>& inputs,

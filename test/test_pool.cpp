@@ -25,11 +25,14 @@
 #include <thread>
 #include <vector>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -1220,6 +1223,56 @@ TEST_CASE("async_submit with a callback, use_future and use_awaitable", "[pool][
     REQUIRE(e);
     CHECK(e->message() == "escaped");
   }
+}
+
+TEST_CASE("async_submit supports per-operation cancellation", "[pool][concurrent]") {
+  // A cancellation slot bound to the handler cancels the task (any cancellation type), as
+  // channels' async operations do; the handler gets errc::cancelled.
+  boost::asio::io_context io;  // outlives the pool
+  isola::pool_options o;
+  o.size = 1;
+  isola::pool p(o);
+  os_pipe started;
+  for (auto type : {boost::asio::cancellation_type::terminal,
+                    boost::asio::cancellation_type::partial,
+                    boost::asio::cancellation_type::total}) {
+    boost::asio::cancellation_signal running_signal, queued_signal;
+    std::optional<std::error_code> running_code, queued_code;
+    auto code_of_error = [](std::exception_ptr e) -> std::optional<std::error_code> {
+      try {
+        if (e) std::rethrow_exception(e);
+      } catch (const isola::error& err) {
+        return err.code();
+      } catch (...) {
+      }
+      return std::nullopt;
+    };
+    p.async_submit("isola_test_pool:started_then_sleep", {value(started.w), value(60)},
+                   boost::asio::bind_cancellation_slot(
+                       running_signal.slot(),
+                       boost::asio::bind_executor(io, [&](std::exception_ptr e, value) {
+                         running_code = code_of_error(e);
+                       })));
+    p.async_submit("isola_test_pool:plus_one", {value(1)},
+                   boost::asio::bind_cancellation_slot(
+                       queued_signal.slot(),
+                       boost::asio::bind_executor(io, [&](std::exception_ptr e, value) {
+                         queued_code = code_of_error(e);
+                       })));
+    REQUIRE(started.get());  // the first is running; the second waits behind it
+    boost::asio::post(io, [&] {
+      queued_signal.emit(type);
+      running_signal.emit(type);
+    });
+    io.run_for(60s);  // until both handlers ran (the limit is a net)
+    io.restart();
+    INFO("cancellation type " << static_cast<int>(type));
+    REQUIRE(running_code);
+    CHECK(*running_code == isola::errc::cancelled);
+    REQUIRE(queued_code);
+    CHECK(*queued_code == isola::errc::cancelled);
+  }
+  CHECK(p.submit("isola_test_pool:plus_one", 1).get().as_int() == 2);  // still in service
 }
 
 TEST_CASE("async_submit keeps the handler's io_context busy until it runs", "[pool]") {

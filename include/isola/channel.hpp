@@ -26,6 +26,7 @@
 #include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
 
+#include <isola/async.hpp>
 #include <isola/error.hpp>
 #include <isola/message.hpp>
 
@@ -76,19 +77,6 @@ void start_async_send(const std::shared_ptr<channel_core>& core,
 void cancel_async(const std::weak_ptr<channel_core>& core,
                   const std::weak_ptr<async_op>& op) noexcept;
 
-/// The handler's associated executor (default asio::system_executor), holding outstanding
-/// work until the completion has been posted to it.
-template <typename Handler>
-using tracked_executor_t = std::decay_t<decltype(boost::asio::prefer(
-    std::declval<boost::asio::associated_executor_t<Handler, boost::asio::system_executor>>(),
-    boost::asio::execution::outstanding_work.tracked))>;
-
-template <typename Handler>
-tracked_executor_t<Handler> track(const Handler& h) {
-  return boost::asio::prefer(boost::asio::get_associated_executor(h, boost::asio::system_executor()),
-                             boost::asio::execution::outstanding_work.tracked);
-}
-
 /// Installed in a handler's cancellation slot: any cancellation type withdraws the op if the
 /// channel has not completed it yet.
 struct async_cancel {
@@ -104,36 +92,23 @@ struct async_cancel {
 template <typename Handler>
 class recv_op final : public async_recv_op {
  public:
-  explicit recv_op(Handler h) : work_(track(h)), handler_(std::move(h)) {}
+  explicit recv_op(Handler h) : done_(std::move(h)) {}
   void complete(boost::system::error_code ec, message m) noexcept override {
-    auto ex = std::move(work_);  // the posted handler counts as work from here on
-    boost::asio::post(ex, [h = std::move(handler_), ec, m = std::move(m)]() mutable {
-      boost::asio::get_associated_cancellation_slot(h).clear();
-      std::move(h)(ec, std::move(m));
-    });
+    done_.post(ec, std::move(m));
   }
 
  private:
-  tracked_executor_t<Handler> work_;
-  Handler handler_;
+  completion<Handler> done_;
 };
 
 template <typename Handler>
 class send_op final : public async_send_op {
  public:
-  send_op(message m, Handler h)
-      : async_send_op(std::move(m)), work_(track(h)), handler_(std::move(h)) {}
-  void complete(boost::system::error_code ec) noexcept override {
-    auto ex = std::move(work_);
-    boost::asio::post(ex, [h = std::move(handler_), ec]() mutable {
-      boost::asio::get_associated_cancellation_slot(h).clear();
-      std::move(h)(ec);
-    });
-  }
+  send_op(message m, Handler h) : async_send_op(std::move(m)), done_(std::move(h)) {}
+  void complete(boost::system::error_code ec) noexcept override { done_.post(ec); }
 
  private:
-  tracked_executor_t<Handler> work_;
-  Handler handler_;
+  completion<Handler> done_;
 };
 
 }  // namespace detail

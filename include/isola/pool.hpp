@@ -13,13 +13,12 @@
 #include <utility>
 #include <vector>
 
+#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/system_executor.hpp>
+#include <boost/asio/cancellation_type.hpp>
 #include <boost/system/result.hpp>
 
+#include <isola/async.hpp>
 #include <isola/error.hpp>
 #include <isola/interpreter.hpp>
 #include <isola/value.hpp>
@@ -87,6 +86,36 @@ struct pool_stats {
 namespace detail {
 struct pool_task;
 class pool_impl;
+
+/// A pending async_submit: the task's outcome is posted to the handler.
+class submit_op_base {
+ public:
+  virtual ~submit_op_base() = default;
+  /// Called exactly once, from any thread: posts the handler.
+  virtual void complete(std::exception_ptr e, value v) noexcept = 0;
+};
+
+template <typename Handler>
+class submit_op final : public submit_op_base {
+ public:
+  explicit submit_op(Handler h) : done_(std::move(h)) {}
+  void complete(std::exception_ptr e, value v) noexcept override {
+    done_.post(std::move(e), std::move(v));
+  }
+
+ private:
+  completion<Handler> done_;
+};
+
+/// Installed in a handler's cancellation slot: any cancellation type cancels the task if it
+/// has not completed yet.
+struct task_cancel {
+  task_cancel(std::weak_ptr<pool_impl> p, std::weak_ptr<pool_task> t) noexcept
+      : pool(std::move(p)), task(std::move(t)) {}
+  std::weak_ptr<pool_impl> pool;
+  std::weak_ptr<pool_task> task;
+  void operator()(boost::asio::cancellation_type_t type) const noexcept;
+};
 }  // namespace detail
 
 /// The result of a submitted task: a std::future<value> plus cancel() and interrupt().
@@ -183,25 +212,19 @@ class pool {
   /// The handler runs on its associated executor (default: asio::system_executor), never on
   /// a worker thread; the operation keeps outstanding work on that executor until the handler
   /// has been posted, so io_context::run() does not return early. Works with callbacks,
-  /// asio::use_future and asio::use_awaitable.
+  /// asio::use_future, asio::use_awaitable and asio::deferred. Per-operation cancellation
+  /// (a cancellation slot bound to the handler): any cancellation type cancels the task as
+  /// task_future::cancel() does, and the handler gets errc::cancelled.
   template <typename CompletionToken>
   auto async_submit(std::string target, std::vector<value> args, CompletionToken&& token,
                     task_options options = {}) {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, value)>(
         [this](auto handler, std::string target, std::vector<value> args, task_options o) {
-          auto ex = boost::asio::get_associated_executor(handler, boost::asio::system_executor());
-          auto work = std::make_shared<decltype(boost::asio::make_work_guard(ex))>(
-              boost::asio::make_work_guard(ex));
-          // std::function needs a copyable target; Asio handlers (use_awaitable's) may be
-          // move-only, so the handler lives in a shared_ptr and is invoked once, moved out.
-          auto h = std::make_shared<decltype(handler)>(std::move(handler));
-          submit_callback(std::move(target), std::move(args), o,
-                          [h, ex, work](std::exception_ptr e, value v) mutable {
-                            boost::asio::post(ex, [h, e, v = std::move(v)]() mutable {
-                              std::move(*h)(e, std::move(v));
-                            });
-                            work->reset();
-                          });
+          auto slot = boost::asio::get_associated_cancellation_slot(handler);
+          auto op = std::make_shared<detail::submit_op<decltype(handler)>>(std::move(handler));
+          auto task = make_async_task(std::move(target), std::move(args), o, std::move(op));
+          if (slot.is_connected()) slot.template emplace<detail::task_cancel>(impl_, task);
+          start_async_task(task);
         },
         token, std::move(target), std::move(args), options);
   }
@@ -218,8 +241,12 @@ class pool {
   pool_stats stats() const;
 
  private:
-  void submit_callback(std::string target, std::vector<value> args, task_options o,
-                       std::function<void(std::exception_ptr, value)> done);
+  /// A call task whose outcome goes to op (async_submit), and queuing it (waiting for room;
+  /// a task the pool refuses completes with the error instead).
+  std::shared_ptr<detail::pool_task> make_async_task(std::string target, std::vector<value> args,
+                                                     task_options o,
+                                                     std::shared_ptr<detail::submit_op_base> op);
+  void start_async_task(const std::shared_ptr<detail::pool_task>& task);
   std::shared_ptr<detail::pool_impl> impl_;
 };
 

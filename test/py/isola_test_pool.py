@@ -63,6 +63,13 @@ def wait_gate(started_fd, gate_fd, result=None):
     return result
 
 
+def started_then_sleep(started_fd, seconds):
+    """Says it started (a byte on started_fd), then sleeps (isola's sleep: an interrupt wakes
+    it)."""
+    os.write(started_fd, b"s")
+    time.sleep(seconds)
+
+
 def sleep_then(seconds, result):
     time.sleep(seconds)
     return result
