@@ -621,9 +621,8 @@ TEST_CASE("a task stuck in C code without the GIL: replaced, and shutdown does n
 }
 
 TEST_CASE("a stuck task that comes back is not counted twice", "[pool][concurrent]") {
-  // Regression (fixed): declare_broken() counts the task as failed and timed out; when the
-  // abandoned worker returns from the C call, run_task() counts it again before its complete()
-  // loses (interp/pool.cpp, run_task: ++slot.failed / ++slot.timed_out before t->complete).
+  // declare_broken() counts the task as failed and timed out; when the abandoned worker
+  // returns from the C call, the task's own completion must not count it again.
   isola::pool_options o;
   o.size = 1;
   o.grace_period = 300ms;
@@ -646,11 +645,9 @@ TEST_CASE("a stuck task that comes back is not counted twice", "[pool][concurren
 }
 
 TEST_CASE("destroying a pool while a task is stuck in C code", "[pool][concurrent]") {
-  // Regression: a use-after-free (run it under AddressSanitizer). The
-  // pool's destructor leaves the stuck worker thread behind (detached); when the C call
-  // returns, that thread runs the rest of pool_impl::run_task and worker_main on the freed
-  // pool_impl (wd_mu_, deadlines_, slots_, completed_, log_). AddressSanitizer reports
-  // heap-use-after-free.
+  // The pool's destructor leaves the stuck worker thread behind (detached); when the C call
+  // returns, that thread runs the rest of its task and worker loop, so it must not touch a
+  // freed pool_impl (AddressSanitizer would report a heap-use-after-free).
   isola::interpreter observer;
   os_pipe started, gate, done;
   std::int64_t old_id = 0;
@@ -673,12 +670,10 @@ TEST_CASE("destroying a pool while a task is stuck in C code", "[pool][concurren
 }
 
 TEST_CASE("shutdown right after a task failed with errc::timeout", "[pool][concurrent]") {
-  // Regression (fixed): declare_broken() completes the task's future (errc::timeout) before
-  // it installs the replacement worker in workers_[slot]. A shutdown() that runs in between
-  // (here: at once, on the thread the future woke) snapshots the stuck worker and joins it, so
-  // it waits until the C call returns, forever if it never does. The replacement spawned
-  // afterwards is never joined either (std::terminate when its std::thread is destroyed). The
-  // test opens the gate after 10 s so that the run ends; shutdown should not need it.
+  // A shutdown() that runs as soon as the stuck task's future fails (errc::timeout), on the
+  // thread the future woke, must wait for the replacement worker, not for the stuck one (which
+  // never returns), and must join the replacement. The test opens the gate after 10 s so that
+  // the run ends; shutdown must not need it.
   isola::pool_options o;
   o.size = 1;
   o.grace_period = 300ms;
@@ -774,8 +769,8 @@ TEST_CASE("cancel() removes a queued task and interrupts a running one", "[pool]
 }
 
 TEST_CASE("a task cancelled while queued counts as not run; the stats add up", "[pool]") {
-  // Regression: cancel() used to charge a queued task to interpreter 0's tasks_cancelled and
-  // to no failure count, so done + failed no longer added up to completed.
+  // A task cancelled while queued ran nowhere: it counts in not_run, not in any
+  // interpreter's tasks_cancelled, so that done + failed + not_run adds up to completed.
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);
@@ -1073,9 +1068,9 @@ TEST_CASE("max_tasks_per_interpreter replaces the interpreter after N tasks", "[
 }
 
 TEST_CASE("a recycled interpreter whose init fails: its queued tasks fail, the pool says why", "[pool][concurrent]") {
-  // Regression: when init failed in a replacement interpreter (recycling or a broken-
-  // interpreter replacement), the slot was left without a worker and its queued tasks' futures
-  // never became ready. Now the slot is marked dead and what only it could run fails.
+  // When init fails in a replacement interpreter (recycling or a broken-interpreter
+  // replacement), the slot is marked dead and what only it could run fails: no future is left
+  // waiting for ever.
   temp_dir dir;
   isola::pool_options o;
   o.size = 1;
@@ -1276,10 +1271,9 @@ TEST_CASE("async_submit supports per-operation cancellation", "[pool][concurrent
 }
 
 TEST_CASE("async_submit keeps the handler's io_context busy until it runs", "[pool]") {
-  // Regression (fixed): Asio's asynchronous-operation requirements say an operation keeps
-  // outstanding work on the handler's associated executor until the handler is invoked.
-  // pool::async_submit stores the plain executor, so io_context::run() with no other work
-  // returns at once and the handler runs only at the next run().
+  // Asio's asynchronous-operation requirements: an operation keeps outstanding work on the
+  // handler's associated executor until the handler is invoked, so io_context::run() with no
+  // other work does not return before the handler has run.
   boost::asio::io_context io;  // outlives the pool, see above
   isola::pool_options o;
   o.size = 1;
@@ -1384,9 +1378,8 @@ TEST_CASE("two tasks on a pool of two run at the same time", "[pool][concurrent]
 // ---- races -----------------------------------------------------------------------------------
 
 TEST_CASE("stats().completed counts a task once its future is ready", "[pool][concurrent]") {
-  // Regression (fixed): complete() makes the future ready and only then does the caller bump
-  // completed_ (run_task, cancel, declare_broken, shutdown), so a thread that has just seen the
-  // result can read completed one short.
+  // Counters are bumped before the future becomes ready (run_task, cancel, declare_broken,
+  // shutdown), so a thread that has just seen the result never reads completed one short.
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);
@@ -1402,11 +1395,10 @@ TEST_CASE("stats().completed counts a task once its future is ready", "[pool][co
 
 TEST_CASE("cancel() of a task that is just finishing must not hit the next task",
           "[pool][concurrent]") {
-  // Regression (fixed): cancel() and the watchdog interrupt a slot, not a task. The
-  // interrupt runs on a helper thread that first has to attach, i.e. take the GIL; while task A
-  // holds it, the helper waits. If A ends first and the worker starts B, the helper gets the
-  // GIL inside B (after the 5 ms switch interval), sees running_task_ == true and raises
-  // KeyboardInterrupt in B, which fails although nobody cancelled it.
+  // An interrupt runs on a helper thread that first has to attach, i.e. take the GIL; while
+  // task A holds it, the helper waits. If A ends first and the worker starts B, the helper
+  // gets the GIL inside B: interrupts name their task, so it must not raise KeyboardInterrupt
+  // in B, which nobody cancelled.
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);
@@ -1434,9 +1426,8 @@ TEST_CASE("cancel() of a task that is just finishing must not hit the next task"
 }
 
 TEST_CASE("a timeout firing as its task ends must not hit the next task", "[pool][concurrent]") {
-  // Regression (fixed), the same race through the watchdog: A's deadline passes while A
-  // still runs (holding the GIL), the helper waits for the GIL, A ends, B starts, and B gets
-  // A's TaskTimeout.
+  // The same race through the watchdog: A's deadline passes while A still runs (holding the
+  // GIL), the helper waits for the GIL, A ends, B starts: B must not get A's TaskTimeout.
   isola::pool_options o;
   o.size = 1;
   isola::pool p(o);

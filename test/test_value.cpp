@@ -150,8 +150,8 @@ TEST_CASE("value::repr is Python's repr", "[value]") {
 }
 
 TEST_CASE("value::repr formats floats as Python does", "[value]") {
-  // Regression: std::to_chars picks the shorter of fixed and scientific notation; Python's
-  // repr uses fixed notation for decimal exponents -4 < decpt <= 16.
+  // std::to_chars picks the shorter of fixed and scientific notation; Python's repr uses fixed
+  // notation for decimal exponents -4 < decpt <= 16, and so must value::repr.
   isola::interpreter in;
   for (double d : {100000.0, 1e15, 1e16, 1e17, 0.0001, 0.00001, 123456789012345680.0, -0.0, 0.1,
                    1.5, -2.5e-7, 1e300, 5e-324, 1.7976931348623157e308, 12345.678, 3.0}) {
