@@ -225,7 +225,8 @@ TEST_CASE("every isola command has --help", "[cli]") {
 }
 
 TEST_CASE("isola bench pool --quick --json prints the figures and the peers'", "[cli]") {
-  auto r = run_isola({"bench", "pool", "--quick", "--json", "--quiet"});
+  temp_dir d;
+  auto r = run_isola({"bench", "pool", "--quick", "--json", "--quiet", "--svg", d.file("pool.svg")});
   INFO(r.describe());
   REQUIRE(r.exit_code == 0);
   // Parsed by Python's json module, in an interpreter of this process.
@@ -254,6 +255,20 @@ TEST_CASE("isola bench pool --quick --json prints the figures and the peers'", "
   CHECK(in.get_global("bad").as_list().items.empty());
   CHECK(in.get_global("ratio_ok").as_bool());
   CHECK(in.get_global("suite").as_str() == "pool");
+  // --svg: a well-formed SVG with one chart per figure, isola's bar first in each, and the
+  // bars' labels carrying the same values as the JSON.
+  in.set_global("svg", isola_test::read_file(d.file("pool.svg")));
+  in.exec(
+      "import xml.etree.ElementTree as ET\n"
+      "root = ET.fromstring(svg)\n"
+      "ns = '{http://www.w3.org/2000/svg}'\n"
+      "classes = [e.get('class') for e in root.iter(ns + 'rect') if e.get('class')]\n"
+      "texts = [e.text for e in root.iter(ns + 'text') if e.get('class') == 'value']\n"
+      "trivial = '{:,}'.format(round(results['trivial_tasks_per_s'])).replace(',', ' ')\n"
+      "shown = trivial in texts\n");
+  CHECK(in.get_global("classes").repr() ==
+        "['isola', 'peer', 'peer', 'isola', 'peer', 'peer', 'isola', 'peer']");
+  CHECK(in.get_global("shown").as_bool());
 }
 
 // ---- what a hostile script does to `isola run` and `isola map` ---------------------------------

@@ -21,16 +21,35 @@ struct bench_metric {
   std::string description;  ///< one line for the table
 };
 
-/// What a suite measured, plus the settings it used (echoed as "params" in JSON).
+/// A bar chart of --svg: one figure of isola (the first bar) against its peers', by metric
+/// key. Bars whose metric the run did not measure (--no-peers) are left out.
+struct bench_chart {
+  std::string title;
+  std::string unit;
+  bool higher_is_better = true;
+  std::vector<std::pair<std::string, std::string>> bars;  ///< (label, metric key)
+};
+
+/// What a suite measured, plus the settings it used (echoed as "params" in JSON), and the
+/// charts --svg draws.
 struct bench_report {
   std::vector<bench_metric> results;
   std::vector<std::pair<std::string, double>> params;
+  std::vector<bench_chart> charts;
 
   void add(std::string key, double value, std::string unit, int precision,
            std::string description) {
     results.push_back({std::move(key), value, std::move(unit), precision, std::move(description)});
   }
+  void chart(std::string title, std::string unit, bool higher_is_better,
+             std::vector<std::pair<std::string, std::string>> bars) {
+    charts.push_back({std::move(title), std::move(unit), higher_is_better, std::move(bars)});
+  }
 };
+
+/// The report's charts as one SVG document (plain SVG 1.1, no scripts, no external files).
+/// `heading` names the suite, the machine and the versions.
+std::string render_svg(const std::string& heading, const bench_report& r);
 
 /// Given to a running suite: where to report progress (stderr, unless --quiet).
 class bench_context {

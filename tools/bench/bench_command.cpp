@@ -138,6 +138,7 @@ namespace {
 struct common_options {
   bool json = false;
   bool quiet = false;
+  std::string svg;  ///< --svg FILE
   std::string log_level;
 };
 
@@ -226,6 +227,19 @@ int run_suite(const std::string& name, const bench_runner& runner, const common_
   } else {
     print_table(name, r);
   }
+  if (!o.svg.empty()) {
+    const std::string heading =
+        fmt::format("isola bench {}: isola {}, CPython {}, {} cores", name, ISOLA_VERSION,
+                    runtime::python_version(), cores());
+    std::ofstream out(o.svg, std::ios::binary);
+    out << render_svg(heading, r);
+    out.close();
+    if (!out) {
+      throw std::runtime_error(fmt::format("bench: cannot write the chart to '{}': {}", o.svg,
+                                           std::strerror(errno)));
+    }
+    ctx.progress(fmt::format("chart written to {}", o.svg));
+  }
   return exit_ok;
 }
 
@@ -250,6 +264,9 @@ void add_bench_command(CLI::App& app, dispatch& d) {
     auto common = std::make_shared<common_options>();
     sub->add_flag("--json", common->json, "Print the results as one JSON object on stdout");
     sub->add_flag("-q,--quiet", common->quiet, "No progress lines on stderr");
+    sub->add_option("--svg", common->svg,
+                    "Also draw the figures against the peers' as a bar chart in FILE (SVG)")
+        ->type_name("FILE");
     add_log_level_option(*sub, common->log_level);
     auto runner = std::make_shared<bench_runner>(suite.setup(*sub));
     sub->callback([name = suite.name, runner, common, &d] {
@@ -258,8 +275,9 @@ void add_bench_command(CLI::App& app, dispatch& d) {
   }
   bench->footer(
       "Each suite measures isola and its peers in the same run, prints medians and ratios as a\n"
-      "table, or with --json as one JSON object on stdout; progress goes to stderr. A full run\n"
-      "takes from seconds (startup) to minutes; pool and channels have --quick for a smoke run.\n"
+      "table, or with --json as one JSON object on stdout; --svg FILE also draws them against\n"
+      "the peers' as a bar chart. Progress goes to stderr. A full run takes from seconds\n"
+      "(startup) to minutes; pool and channels have --quick for a smoke run.\n"
       "Every suite has its own --help.\n"
       "\n"
       "Examples:\n"

@@ -734,6 +734,17 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   r.add("load_avg_1m_end", load_end, "", 2, "load average when it ended");
   r.add("cpu_stolen_pct", suite_stolen, "%", 1,
         "share of the machine's CPU time over the whole suite that the hypervisor took (steal)");
+  r.chart("Small ints from one interpreter to another", "msgs/s", true,
+          {{"isola channel", "py_msgs_per_s_int"},
+           {"CPython interpreter queue", "cpython_queue_msgs_per_s_int"},
+           {"multiprocessing.Queue", "mp_queue_msgs_per_s_int"}});
+  r.chart("Batches of 1000 ints (send_many / recv_many)", "items/s", true,
+          {{"isola channel", "py_batch_items_per_s"},
+           {"the same loops, no channel", "py_batch_no_channel_per_s"}});
+  r.chart("A 100 MB buffer, sent and its last byte read", "ms", false,
+          {{"isola (shared, no copy)", "zero_copy_100mb_ms"},
+           {"a copy", "copy_100mb_ms"},
+           {"CPython interpreter queue", "cpython_queue_100mb_ms"}});
   return r;
 }
 

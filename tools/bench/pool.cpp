@@ -287,6 +287,16 @@ bench_report run_pool_bench(const pool_bench_options& o, const bench_context& ct
   r.add("cpu_stolen_pct", suite_stolen, "%", 1,
         "share of the machine's CPU time over the whole suite that a hypervisor took (steal in "
         "/proc/stat; a busy host slows every figure)");
+  r.chart("Trivial tasks (x + 1), one by one as futures", "tasks/s", true,
+          {{"isola pool", "trivial_tasks_per_s"},
+           {"ThreadPoolExecutor", "threadpool_trivial_tasks_per_s"},
+           {"ProcessPoolExecutor", "processpool_trivial_tasks_per_s"}});
+  r.chart("Round trip: submit one task, wait for it (median)", "µs", false,
+          {{"isola pool", "roundtrip_us_p50"},
+           {"ThreadPoolExecutor", "threadpool_roundtrip_us_p50"},
+           {"ProcessPoolExecutor", "processpool_roundtrip_us_p50"}});
+  r.chart("CPU-bound tasks: speed-up over one after another", "x", true,
+          {{"isola pool", "cpu_speedup"}, {"ProcessPoolExecutor", "processpool_cpu_speedup"}});
   return r;
 }
 

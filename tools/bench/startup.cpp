@@ -425,6 +425,15 @@ bench_report run_startup(const startup_options& o, const bench_context& ctx) {
           fmt::format("{} python processes at once vs one after another: the machine's ceiling",
                       o.tasks));
   }
+  r.chart("Creating an interpreter", "ms", false,
+          {{"isola", "create_ms_isola"}, {"Py_NewInterpreterFromConfig", "create_ms_raw"}});
+  r.chart("Memory per live interpreter", "MiB", false,
+          {{"isola", "rss_mb_per_interp_isola"}, {"Py_NewInterpreterFromConfig", "rss_mb_per_interp_raw"}});
+  r.chart("CPU-bound tasks at once: speed-up over one after another", "x", true,
+          {{"own-GIL interpreters", "cpu_speedup_isola"},
+           {"python processes", "cpu_speedup_processes"},
+           {"threads, one interpreter", "cpu_speedup_threads"},
+           {"shared-GIL interpreters", "cpu_speedup_shared_gil"}});
   return r;
 }
 
