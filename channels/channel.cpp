@@ -126,15 +126,15 @@ static thread_local recv_pace pace;  ///< this thread's (see recv_pacer)
 /// - A receiver that keeps up with a sender that sends one item at a time finds the ring
 ///   empty after nearly every item, and then its probe of the head slot reads the very line
 ///   the sender is writing. The line crosses between the cores for every item and the two
-///   threads run in lockstep: on the 2-core VM, C++ send/recv fell to 13-16 M items/s, where
-///   the same pair with the ring full (the sender waiting) moved 27-29 M.
+///   threads run in lockstep, at about half the rate of the same pair with the ring full and
+///   the sender waiting (13-16 against 27-29 M items/s measured on a 2-core x86 VM).
 /// - So two waits in a row that found their item at once (pace_after_wait) mark this thread
 ///   as streaming on that ring. A streaming receiver's next wait probes the slot `item_run`
 ///   places ahead, which stays in its own cache until the sender fills it, and looks at the
 ///   head only every `head_probe_every` rounds: the sender fills a run of slots undisturbed,
 ///   and the receiver then takes the run. One quick wait is not enough: in a C++ ping-pong
-///   over a channel of 4096, 2.5% of the waits were that quick, and each then waited up to
-///   16 rounds longer for the next reply.
+///   over a channel of 4096, 2.5% of the waits are that quick, and pacing after one would
+///   make the next wait up to `head_probe_every` rounds longer for its reply.
 /// - Streaming lasts while each wait ends with a run there (the ahead probe, or the head
 ///   probe with a few items behind it). A wait that ends with a lone item (a request and its
 ///   reply), lasts long, parks or fails ends it, so a ping-pong or a trickle keeps the plain

@@ -124,8 +124,9 @@ enum class ring_status : unsigned char {
 /// - Not wait-free: a thread that has claimed a slot and is descheduled before publishing it
 ///   makes others spin (then yield) on that slot, as in every array queue of this kind.
 /// - Biased sides. A locked instruction per item (the CAS) makes each item wait for the
-///   previous one's slot line to cross between cores: on the 2-core VM that caps one producer
-///   and one consumer at 5-8 M items/s, against ~48 M without it. So a side (producers or
+///   previous one's slot line to cross between cores, so line transfers happen one at a time
+///   instead of overlapping (one producer and one consumer on a 2-core x86 VM: 5-8 M items/s
+///   with a CAS per item, ~48 M with plain stores). So a side (producers or
 ///   consumers) that one thread has used alone for a while (`bias_threshold` operations in a
 ///   row) becomes owned by that thread: the `owned` bit is set in its position word, so every
 ///   CAS of other threads fails, and the owner moves items with plain loads and stores.
@@ -145,8 +146,9 @@ class ring {
   static_assert(std::is_nothrow_destructible_v<T>);
 
   // One slot per cache line (or more lines for a large T): a consumer finishing slot i and a
-  // producer filling slot i+1 never write the same line. Measured on the 2-core VM, padding
-  // doubled the throughput of ring<int64_t> over packing four slots per line.
+  // producer filling slot i+1 never write the same line. Padding doubles the throughput of
+  // ring<int64_t> over packing four slots per line, where the consumer's look at the head slot
+  // and the producer's next store share a line.
   struct alignas(cache_line) slot {
     std::atomic<std::uint64_t> stamp;
     alignas(T) unsigned char storage[sizeof(T)];

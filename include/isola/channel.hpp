@@ -163,7 +163,7 @@ class channel {
   /// arguments: a defaulted std::optional is built in the caller's frame with a one-byte store
   /// and passed in registers with an eight-byte load of the same place, a store-forwarding
   /// failure that waits for every earlier store to reach the cache, including the previous
-  /// item's slot line still on its way from the other core. Measured on the 2-core VM:
+  /// item's slot line still on its way from the other core. What it costs:
   /// docs/channels-performance.md, "Arguments that stall".
   boost::system::result<void> send(message&& msg);
   boost::system::result<message> recv();
