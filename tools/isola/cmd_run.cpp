@@ -38,7 +38,7 @@ struct run_options {
   unsigned interpreters = cores();
   bool shared_gil = false;
   bool allow_os_exit = false;
-  std::string stdin_mode = "first";  ///< first: interpreter 1 reads the process's stdin; none
+  std::string stdin_mode = "first";  ///< first: the lowest id reads the process's stdin; none
   std::string log_level;
   bool quiet = false;
   bool stats = false;
@@ -177,6 +177,11 @@ std::vector<run_outcome> run_everywhere(pool& p, const run_options& o, int& sign
   isola::list argv;
   for (const auto& a : o.args) argv.items.emplace_back(a);
 
+  // Interpreters are created side by side, so slot 0 need not hold the lowest id: stdin goes
+  // to the interpreter reported as the first one.
+  const auto first_slot =
+      static_cast<std::size_t>(std::min_element(ids.begin(), ids.end()) - ids.begin());
+
   std::vector<run_outcome> out(n);
   std::vector<task_future> futures;
   const auto t0 = clock::now();
@@ -184,7 +189,7 @@ std::vector<run_outcome> run_everywhere(pool& p, const run_options& o, int& sign
     task_options opts;
     opts.interpreter_index = static_cast<int>(k);
     opts.timeout = timeout_ms(o.timeout);
-    const bool own_stdin = o.stdin_mode == "first" && k == 0;
+    const bool own_stdin = o.stdin_mode == "first" && k == first_slot;
     futures.push_back(p.submit_with("_isola_run:run_script",
                                     {value(o.script.string()), value(argv), value(own_stdin)},
                                     {}, opts));
