@@ -1,4 +1,5 @@
-// isola::pool: N interpreter workers fed by one bounded lock-free queue (Boost.Lockfree).
+// isola::pool: N interpreter workers fed by one bounded lock-free queue (lib/ring.hpp, the ring
+// channels use too).
 // Idle workers park on a futex (lib/sync.hpp) after a short spin (pool_worker.cpp); a watchdog
 // thread enforces timeouts and bounds ends and creations (pool_watchdog.cpp). This file: the
 // pool itself (start, submitting, cancelling, shutdown, stats) and the public face.
@@ -11,14 +12,26 @@
 namespace isola {
 namespace detail {
 
+namespace {
+
+/// The queue's capacity, if the semaphore that counts its room can count that far; the ring
+/// checks the rest (at least 1, and fits in memory).
+std::size_t checked_queue_capacity(std::size_t capacity) {
+  constexpr auto most = static_cast<std::size_t>(std::counting_semaphore<>::max());
+  if (capacity > most) {
+    throw std::invalid_argument("pool_options::queue_capacity must be at most " +
+                                std::to_string(most) + ", not " + std::to_string(capacity));
+  }
+  return capacity;
+}
+
+}  // namespace
+
 pool_impl::pool_impl(pool_options o)
     : options_(std::move(o)),
       log_(logger("isola.pool")),
-      queue_(std::max<std::size_t>(options_.queue_capacity, 1)),
-      room_(static_cast<std::ptrdiff_t>(std::max<std::size_t>(options_.queue_capacity, 1))) {
-  if (options_.queue_capacity == 0) {
-    throw std::invalid_argument("pool_options::queue_capacity must be at least 1");
-  }
+      queue_(checked_queue_capacity(options_.queue_capacity), "the pool's queue (pool_options::queue_capacity)"),
+      room_(static_cast<std::ptrdiff_t>(options_.queue_capacity)) {
   if (options_.size == 0) options_.size = std::max(1u, std::thread::hardware_concurrency());
   config_ = options_.interpreter;
   config_.sys_path.insert(config_.sys_path.end(), options_.sys_path.begin(),
@@ -106,7 +119,7 @@ void pool_impl::fail_pinned(pool_slot& s, errc code, const std::string& msg) {
 
 void pool_impl::fail_shared_queue(errc code, const std::string& msg) {
   pool_task* raw = nullptr;
-  while (queue_.pop(raw)) {
+  while (queue_.try_pop([&](pool_task*&& x) noexcept { raw = x; }) == ring_status::ok) {
     auto t = std::move(raw->self);
     --in_shared_;
     room_.release();
@@ -182,7 +195,9 @@ void pool_impl::enqueue(const std::shared_ptr<pool_task>& t, bool wait_for_room)
   } else {
     t->self = t;
     ++in_shared_;
-    queue_.bounded_push(t.get());  // room_ guarantees space
+    // room_ guarantees a free slot; one still being left by a worker is waited for.
+    pool_task* raw_task = t.get();
+    while (queue_.try_push(raw_task) != ring_status::ok) cpu_relax();
     wake_one();
     if (live_slots_.load() == 0) fail_shared_queue(errc::creation_failed, dead_error().what());
   }

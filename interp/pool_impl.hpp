@@ -7,12 +7,12 @@
 #include "lib/python.hpp"
 
 #include "interp/host.hpp"
+#include "lib/ring.hpp"
 #include "lib/sync.hpp"
 
 #include <isola/error.hpp>
 #include <isola/pool.hpp>
 
-#include <boost/lockfree/queue.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -227,7 +227,7 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   interpreter_config config_;
   std::shared_ptr<spdlog::logger> log_;
 
-  boost::lockfree::queue<pool_task*> queue_;
+  ::isola::detail::ring<pool_task*> queue_;  ///< the shared queue (pinned tasks: per slot)
   std::counting_semaphore<> room_;
   std::atomic<std::size_t> queued_{0};        ///< live tasks waiting (for stats)
   std::atomic<std::size_t> in_shared_{0};     ///< entries in queue_, tombstones included

@@ -181,7 +181,9 @@ std::shared_ptr<pool_task> pool_impl::try_pop(pool_worker& w) {
     }
     if (!t) {
       pool_task* raw = nullptr;
-      if (!queue_.pop(raw)) return nullptr;
+      if (queue_.try_pop([&](pool_task*&& x) noexcept { raw = x; }) != ring_status::ok) {
+        return nullptr;
+      }
       t = std::move(raw->self);
       --in_shared_;
     }

@@ -159,12 +159,13 @@ class ring {
   /// Largest capacity: positions need index, mark and lap bits in 64 bits.
   static constexpr std::size_t max_capacity = std::size_t{1} << 40;
 
-  explicit ring(std::size_t capacity)
+  /// `what` names the capacity in error messages, with the setting that chose it.
+  explicit ring(std::size_t capacity, const char* what = "a channel's capacity (maxsize)")
       : cap_(capacity),
         mark_bit_(std::bit_ceil(capacity + 1)),
         one_lap_(mark_bit_ * 2) {
     if (capacity == 0 || capacity > max_capacity) {
-      throw std::invalid_argument("channel capacity must be between 1 and 2^40, not " +
+      throw std::invalid_argument(std::string(what) + " must be between 1 and 2^40, not " +
                                   std::to_string(capacity));
     }
     // The whole ring is allocated (and its stamps written) up front: refuse, with a message
@@ -173,11 +174,11 @@ class ring {
     const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) *
                        static_cast<double>(::sysconf(_SC_PAGESIZE));
     auto too_big = [&](const char* why) {
-      char text[256];
+      char text[384];
       std::snprintf(text, sizeof text,
-                    "a bounded channel allocates room for its whole capacity up front: %zu "
-                    "items need %.1f GB, %s; use a smaller capacity (maxsize)",
-                    cap_, bytes / 1e9, why);
+                    "room for the whole of %s is allocated up front: %zu items need %.1f GB, "
+                    "%s; use a smaller capacity",
+                    what, cap_, bytes / 1e9, why);
       return std::length_error(text);
     };
     if (ram > 0 && bytes > ram) {

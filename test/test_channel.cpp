@@ -9,7 +9,7 @@
 
 #include "channels/channel_ext.hpp"
 #include "lib/sync.hpp"
-#include "channels/ring.hpp"
+#include "lib/ring.hpp"
 
 #include <algorithm>
 #include <atomic>

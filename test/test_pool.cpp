@@ -919,7 +919,10 @@ TEST_CASE("init_code and init_call run in every interpreter, or the pool is not 
     isola::pool_options o;
     o.size = 1;
     o.queue_capacity = 0;
-    CHECK_THROWS_AS(isola::pool(o), std::invalid_argument);
+    CHECK_THROWS_WITH(isola::pool(o), Catch::Contains("pool_options::queue_capacity") &&
+                                          Catch::Contains("not 0"));
+    o.queue_capacity = std::size_t{1} << 41;
+    CHECK_THROWS_WITH(isola::pool(o), Catch::Contains("pool_options::queue_capacity"));
     o.queue_capacity = 1;
     o.interpreter.use_main_obmalloc = true;  // own GIL with the main allocator
     CHECK_THROWS_AS(isola::pool(o), std::invalid_argument);

@@ -4,7 +4,7 @@
 //                       [--only single|batch|ring|local|pingpong] (--help says more)
 #include <isola/channel.hpp>
 
-#include "channels/ring.hpp"
+#include "lib/ring.hpp"
 
 #include <algorithm>
 #include <cerrno>
