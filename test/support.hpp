@@ -18,6 +18,14 @@ isola::runtime& rt();
 /// Folder of the helper modules (test/py); it is on sys.path of every interpreter.
 std::string py_dir();
 
+/// Marks the running case as unable to check (what it needs is missing; `why` says what) and
+/// warns with `why`. A run in which a case skipped and none failed exits with 77, which meson
+/// reports as SKIP. Call it from the test thread, then return from the case.
+void skip(const std::string& why);
+
+/// Whether skip() was called in this run.
+bool skipped();
+
 /// Runs f and returns the python_error it threw, or nothing if it threw none (any other
 /// exception propagates, so Catch reports it).
 template <typename F>

@@ -512,16 +512,6 @@ TEST_CASE("interpreter_config::validate names the conflict", "[interpreter]") {
 }
 
 TEST_CASE("the config reaches CPython", "[interpreter]") {
-  auto has_single_phase_module = [](isola::interpreter& in) {
-    return in.eval("__import__('importlib.util').util.find_spec('_testsinglephase') is not None")
-        .as_bool();
-  };
-  // On 3.12 a refused single-phase import has already run the module's init, and importing it
-  // later elsewhere crashes CPython (gh-110415): try the refusal on 3.13+ only.
-  auto refusal_is_safe = [](isola::interpreter& in) {
-    return in.eval("__import__('sys').version_info >= (3, 13)").as_bool();
-  };
-
   SECTION("isolated (the default)") {
     isola::interpreter in;
     CHECK(in.config().gil == isola::interpreter_config::gil_mode::own);
@@ -537,13 +527,7 @@ TEST_CASE("the config reaches CPython", "[interpreter]") {
     CHECK(e->type_name() == "RuntimeError");
     // The own-GIL workarounds are in place.
     CHECK(in.eval("__import__('sys').modules.get('_datetime', 'absent')").is_none());
-    if (has_single_phase_module(in) && refusal_is_safe(in)) {
-      e = python_error_of([&] { in.exec("import _testsinglephase"); });
-      REQUIRE(e);
-      CHECK(e->type_name() == "ImportError");
-    } else {
-      WARN("_testsinglephase missing, or CPython 3.12: single-phase refusal not tested");
-    }
+    // Refusing single-phase extensions: test_cpython_test_modules.cpp.
   }
   SECTION("no threads") {
     isola::interpreter_config c;
@@ -561,11 +545,7 @@ TEST_CASE("the config reaches CPython", "[interpreter]") {
     CHECK(in.eval("__import__('sys').modules.get('_datetime', 'absent')").as_str() == "absent");
     in.exec("import json\ndata = json.loads('{\"a\": [1, 2]}')");
     CHECK(in.get_global("data") == value(isola::dict{{{value("a"), value(isola::make_list(1, 2))}}}));
-    if (has_single_phase_module(in)) {
-      in.exec("import _testsinglephase");
-    } else {
-      WARN("_testsinglephase is not installed: single-phase extension loading not tested");
-    }
+    // Loading single-phase extensions: test_cpython_test_modules.cpp.
   }
   SECTION("extra sys.path entries come first") {
     isola::interpreter_config c;
