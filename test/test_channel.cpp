@@ -9,7 +9,6 @@
 
 #include "channels/channel_ext.hpp"
 #include "lib/sync.hpp"
-#include "lib/ring.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -1183,57 +1182,6 @@ TEST_CASE("channel: a pending Asio receive completes when a biased sender sends"
     ++completed;
   }
   CHECK(completed == 50);
-}
-
-
-TEST_CASE("ring: pop_ready and push_ready look the given number of places ahead, across the wrap",
-          "[channel]") {
-  using isola::detail::ring_status;
-  isola::detail::ring<std::int64_t> r(5);
-  std::int64_t next_in = 0, next_out = 0;
-  auto push = [&](int k) {
-    for (int i = 0; i < k; ++i) {
-      std::int64_t v = next_in++;
-      REQUIRE(r.try_push(v) == ring_status::ok);
-    }
-  };
-  auto pop = [&](int k) {
-    for (int i = 0; i < k; ++i) {
-      std::int64_t got = -1;
-      REQUIRE(r.try_pop([&](std::int64_t&& v) noexcept { got = v; }) == ring_status::ok);
-      REQUIRE(got == next_out++);
-    }
-  };
-  // ready(k) must say: item k places after head is there / slot k places after tail is free.
-  auto check = [&](int queued) {
-    for (std::uint64_t k = 0; k < 5; ++k) {
-      INFO("queued " << queued << ", ahead " << k);
-      CHECK(r.pop_ready(k) == (k < static_cast<std::uint64_t>(queued)));
-      CHECK(r.push_ready(k) == (k < static_cast<std::uint64_t>(5 - queued)));
-    }
-    // Beyond the capacity, both look at the last place.
-    CHECK(r.pop_ready(100) == r.pop_ready(4));
-    CHECK(r.push_ready(100) == r.push_ready(4));
-  };
-  check(0);
-  push(3);
-  check(3);
-  pop(2);
-  check(1);
-  push(4);  // wraps into the next lap: full
-  check(5);
-  pop(3);
-  check(2);
-  for (int lap = 0; lap < 7; ++lap) {  // every head and tail index, several laps
-    push(3);
-    check(5);
-    pop(4);
-    check(1);
-    push(1);
-    check(2);
-  }
-  pop(2);
-  check(0);
 }
 
 TEST_CASE("channel: receiver pacing starts on two quick waits and stops on a lone item, a long "
