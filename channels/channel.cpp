@@ -730,50 +730,101 @@ namespace {
                       detail::deadline_after(timeout), stop);
 }
 
+// What a failed blocking call throws: isola::error with the code, saying what happened
+// (std::system_error appends the code's own text, e.g. ": timed out").
+[[noreturn, gnu::cold, gnu::noinline]] void throw_failed(boost::system::error_code ec,
+                                                        const char* call, bool receiving) {
+  std::string what = std::string("isola::channel::") + call + ": ";
+  if (ec == errc::channel_closed) {
+    what += receiving ? "the channel was closed and every item sent to it has been received"
+                      : "the channel was closed, so it takes no more items";
+  } else if (ec == errc::timeout) {
+    what += receiving ? "no item came within the timeout given"
+                      : "no room came within the timeout given";
+  } else if (ec == errc::cancelled) {
+    what += "its stop token was triggered";
+  } else {
+    what += "failed";
+  }
+  const std::error_code code = ec;  // the isola::errc value (boost's value() is not)
+  throw error(static_cast<errc>(code.value()), what);
+}
+
 // The bodies of send and recv: one quick attempt, which needs no deadline or token, then
 // wait() (send_wait / recv_wait with the caller's arguments). Inline in each public form; the
 // forms without a deadline build their empty optional only inside wait(), so their quick
 // attempt has nothing to wait for (see channel.hpp).
 template <typename Wait>
-ISOLA_RING_INLINE boost::system::result<void> send_on(detail::channel_core& c, message& msg,
-                                                       Wait&& wait) {
+ISOLA_RING_INLINE boost::system::error_code send_on(detail::channel_core& c, message& msg,
+                                                     Wait&& wait) {
   if (c.push_one(msg, false) == ring_status::ok) [[likely]] return {};
-  if (auto ec = wait()) return ec;
-  return {};
+  return wait();
 }
 template <typename Wait>
-ISOLA_RING_INLINE boost::system::result<message> recv_on(detail::channel_core& c, Wait&& wait) {
-  // The item is moved straight into the returned result (one return object: NRVO).
-  boost::system::result<message> r(boost::system::in_place_value);
-  message& out = *r;
-  if (c.pop_one(out, false) == ring_status::ok) [[likely]] return r;
-  if (auto ec = wait(out)) r = ec;
-  return r;
+ISOLA_RING_INLINE boost::system::error_code recv_on(detail::channel_core& c, message& out,
+                                                     Wait&& wait) {
+  if (c.pop_one(out, false) == ring_status::ok) [[likely]] return {};
+  return wait(out);
 }
 
 }  // namespace
 
-boost::system::result<void> channel::send(message&& msg) {
+void channel::send(message&& msg) {
   auto& c = *core_;
-  return send_on(c, msg, [&] { return send_wait(c, msg, std::nullopt, std::stop_token()); });
+  auto ec = send_on(c, msg, [&] { return send_wait(c, msg, std::nullopt, std::stop_token()); });
+  if (ec) [[unlikely]] throw_failed(ec, "send", false);
 }
 
-boost::system::result<message> channel::recv() {
+message channel::recv() {
   auto& c = *core_;
-  return recv_on(c, [&](message& out) {
-    return recv_wait(c, out, std::nullopt, std::stop_token());
+  message out;  // returned in place (NRVO)
+  auto ec = recv_on(c, out, [&](message& m) {
+    return recv_wait(c, m, std::nullopt, std::stop_token());
   });
+  if (ec) [[unlikely]] throw_failed(ec, "recv", true);
+  return out;
 }
 
-boost::system::result<void> channel::send(message&& msg, channel_timeout timeout,
-                                          std::stop_token stop) {
+void channel::send(message&& msg, channel_timeout timeout, std::stop_token stop) {
   auto& c = *core_;
-  return send_on(c, msg, [&] { return send_wait(c, msg, timeout, stop); });
+  auto ec = send_on(c, msg, [&] { return send_wait(c, msg, timeout, stop); });
+  if (ec) [[unlikely]] throw_failed(ec, "send", false);
 }
 
-boost::system::result<message> channel::recv(channel_timeout timeout, std::stop_token stop) {
+message channel::recv(channel_timeout timeout, std::stop_token stop) {
   auto& c = *core_;
-  return recv_on(c, [&](message& out) { return recv_wait(c, out, timeout, stop); });
+  message out;
+  auto ec = recv_on(c, out, [&](message& m) { return recv_wait(c, m, timeout, stop); });
+  if (ec) [[unlikely]] throw_failed(ec, "recv", true);
+  return out;
+}
+
+void channel::send(message&& msg, boost::system::error_code& ec) {
+  auto& c = *core_;
+  ec = send_on(c, msg, [&] { return send_wait(c, msg, std::nullopt, std::stop_token()); });
+}
+
+void channel::send(message&& msg, channel_timeout timeout, std::stop_token stop,
+                   boost::system::error_code& ec) {
+  auto& c = *core_;
+  ec = send_on(c, msg, [&] { return send_wait(c, msg, timeout, stop); });
+}
+
+message channel::recv(boost::system::error_code& ec) {
+  auto& c = *core_;
+  message out;
+  ec = recv_on(c, out, [&](message& m) {
+    return recv_wait(c, m, std::nullopt, std::stop_token());
+  });
+  return out;
+}
+
+message channel::recv(channel_timeout timeout, std::stop_token stop,
+                      boost::system::error_code& ec) {
+  auto& c = *core_;
+  message out;
+  ec = recv_on(c, out, [&](message& m) { return recv_wait(c, m, timeout, stop); });
+  return out;
 }
 
 boost::system::result<void> channel::try_send(message&& msg) {
@@ -790,28 +841,34 @@ boost::system::result<message> channel::try_recv() {
   return detail::code(errc::channel_closed);
 }
 
-send_many_result channel::send_many(std::span<message> items, channel_timeout timeout,
-                                    std::stop_token stop) {
+std::size_t channel::send_many(std::span<message> items, channel_timeout timeout,
+                               std::stop_token stop, boost::system::error_code& ec) {
   auto& c = *core_;
-  send_many_result r;
+  std::size_t sent = 0;
+  ec = {};
   const detail::deadline until = detail::deadline_after(timeout);
-  while (r.sent < items.size()) {
-    auto ec = c.block(
+  while (sent < items.size()) {
+    ec = c.block(
         c.senders_,
         [&](bool exact) {
           std::size_t k = 0;
-          const ring_status st = c.push_available(items.subspan(r.sent), k, exact);
-          r.sent += k;
+          const ring_status st = c.push_available(items.subspan(sent), k, exact);
+          sent += k;
           return st;
         },
         [&](int round) { return c.ring_.push_ready(round >= 0 ? detail::room_run : 0); },
         until, stop);
-    if (ec) {
-      r.error = ec;
-      break;
-    }
+    if (ec) break;
   }
-  return r;
+  return sent;
+}
+
+std::size_t channel::send_many(std::span<message> items, channel_timeout timeout,
+                               std::stop_token stop) {
+  boost::system::error_code ec;
+  const std::size_t sent = send_many(items, timeout, std::move(stop), ec);
+  if (ec) throw_failed(ec, "send_many", false);
+  return sent;
 }
 
 send_many_result channel::try_send_many(std::span<message> items) {
@@ -823,26 +880,37 @@ send_many_result channel::try_send_many(std::span<message> items) {
   return r;
 }
 
-boost::system::result<std::size_t> channel::recv_many(std::vector<message>& out,
-                                                      std::size_t max_items,
-                                                      channel_timeout timeout,
-                                                      std::stop_token stop) {
-  if (max_items == 0) return std::size_t{0};
+std::size_t channel::recv_many(std::vector<message>& out, std::size_t max_items,
+                               channel_timeout timeout, std::stop_token stop,
+                               boost::system::error_code& ec) {
+  ec = {};
+  if (max_items == 0) return 0;
   auto& c = *core_;
   std::size_t got = 0;
-  auto ec = c.block_recv(
-      [&](bool exact) { return c.pop_available(out, max_items, got, exact); },
-      detail::deadline_after(timeout), stop);
-  if (ec) return ec;
+  ec = c.block_recv([&](bool exact) { return c.pop_available(out, max_items, got, exact); },
+                    detail::deadline_after(timeout), stop);
+  return ec ? 0 : got;
+}
+
+std::vector<message> channel::recv_many(std::size_t max_items, channel_timeout timeout,
+                                        std::stop_token stop, boost::system::error_code& ec) {
+  std::vector<message> out;
+  recv_many(out, max_items, timeout, std::move(stop), ec);
+  return out;
+}
+
+std::size_t channel::recv_many(std::vector<message>& out, std::size_t max_items,
+                               channel_timeout timeout, std::stop_token stop) {
+  boost::system::error_code ec;
+  const std::size_t got = recv_many(out, max_items, timeout, std::move(stop), ec);
+  if (ec) throw_failed(ec, "recv_many", true);
   return got;
 }
 
-boost::system::result<std::vector<message>> channel::recv_many(std::size_t max_items,
-                                                               channel_timeout timeout,
-                                                               std::stop_token stop) {
+std::vector<message> channel::recv_many(std::size_t max_items, channel_timeout timeout,
+                                        std::stop_token stop) {
   std::vector<message> out;
-  auto r = recv_many(out, max_items, timeout, std::move(stop));
-  if (!r) return r.error();
+  recv_many(out, max_items, timeout, std::move(stop));
   return out;
 }
 

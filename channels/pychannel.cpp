@@ -207,7 +207,12 @@ PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_a
   if (!r && r.error() == errc::channel_full && waits) {
     boost::system::result<void> wr;
     if (!wait_released(module,
-            [&](channel_timeout t, std::stop_token st) { return ch.send(std::move(m), t, st); },
+            [&](channel_timeout t, std::stop_token st) -> boost::system::result<void> {
+              boost::system::error_code ec;
+              ch.send(std::move(m), t, std::move(st), ec);
+              if (ec) return ec;
+              return {};
+            },
             timeout, wr)) {
       return nullptr;
     }
@@ -398,7 +403,13 @@ PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_
     r = ch.try_recv();
   }
   if (!r && r.error() == errc::channel_empty && waits) {
-    auto wait = [&](channel_timeout t, std::stop_token st) { return ch.recv(t, st); };
+    auto wait = [&](channel_timeout t,
+                    std::stop_token st) -> boost::system::result<message> {
+      boost::system::error_code ec;
+      message m = ch.recv(t, std::move(st), ec);
+      if (ec) return ec;
+      return m;
+    };
     if (!wait_released(module, wait, timeout, r)) {
       return nullptr;
     }
@@ -549,9 +560,9 @@ PyObject* ch_send_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
     boost::system::result<std::size_t> step;
     if (!wait_released(module,
             [&](channel_timeout t, std::stop_token st) -> boost::system::result<std::size_t> {
-              auto r = ch.send_many(rest.subspan(sent), t, st);
-              sent += r.sent;
-              if (r.error) return r.error;
+              boost::system::error_code ec;
+              sent += ch.send_many(rest.subspan(sent), t, std::move(st), ec);
+              if (ec) return ec;
               return sent;
             },
             timeout, step)) {
@@ -656,8 +667,13 @@ PyObject* ch_recv_many(PyObject* self, PyObject* const* args, Py_ssize_t nargs, 
   auto r = ch.try_recv_many(got, static_cast<std::size_t>(max_items));
   if (!r && r.error() == errc::channel_empty && (!timeout || timeout->count() > 0)) {
     if (!wait_released(module,
-            [&](channel_timeout t, std::stop_token st) {
-              return ch.recv_many(got, static_cast<std::size_t>(max_items), t, st);
+            [&](channel_timeout t,
+                std::stop_token st) -> boost::system::result<std::size_t> {
+              boost::system::error_code ec;
+              const std::size_t n =
+                  ch.recv_many(got, static_cast<std::size_t>(max_items), t, std::move(st), ec);
+              if (ec) return ec;
+              return n;
             },
             timeout, r)) {
       return nullptr;

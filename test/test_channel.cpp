@@ -58,6 +58,47 @@ constexpr bool under_sanitizer = false;
 
 std::int64_t int_of(const message& m) { return m.as_value()->as_int(); }
 
+// The blocking calls in their error_code forms, as results, so a case can check which error a
+// call ended with; the throwing forms are checked in "blocking calls throw isola::error".
+boost::system::result<void> send_r(channel& ch, message&& m, isola::channel_timeout t = std::nullopt,
+                                   std::stop_token st = {}) {
+  boost::system::error_code ec;
+  ch.send(std::move(m), t, std::move(st), ec);
+  if (ec) return ec;
+  return {};
+}
+boost::system::result<message> recv_r(channel& ch, isola::channel_timeout t = std::nullopt,
+                                      std::stop_token st = {}) {
+  boost::system::error_code ec;
+  message m = ch.recv(t, std::move(st), ec);
+  if (ec) return ec;
+  return m;
+}
+isola::send_many_result send_many_r(channel& ch, std::span<message> items,
+                                    isola::channel_timeout t = std::nullopt,
+                                    std::stop_token st = {}) {
+  isola::send_many_result r;
+  r.sent = ch.send_many(items, t, std::move(st), r.error);
+  return r;
+}
+boost::system::result<std::size_t> recv_many_r(channel& ch, std::vector<message>& out,
+                                               std::size_t max_items,
+                                               isola::channel_timeout t = std::nullopt,
+                                               std::stop_token st = {}) {
+  boost::system::error_code ec;
+  const std::size_t n = ch.recv_many(out, max_items, t, std::move(st), ec);
+  if (ec) return ec;
+  return n;
+}
+boost::system::result<std::vector<message>> recv_many_r(channel& ch, std::size_t max_items,
+                                                        isola::channel_timeout t = std::nullopt,
+                                                        std::stop_token st = {}) {
+  boost::system::error_code ec;
+  auto v = ch.recv_many(max_items, t, std::move(st), ec);
+  if (ec) return ec;
+  return v;
+}
+
 /// Counts live sources; each owns `size` bytes.
 struct counting_source final : isola::buffer_source {
   static inline std::atomic<int> alive{0};
@@ -105,12 +146,10 @@ boost::system::error_code stopped_outcome(channel& ch, Op op) {
 // std::optional arguments, every call stalled on a store-forwarding failure
 // (docs/channels-performance.md, "Arguments that stall"). These fail to compile if the
 // overloads are folded back.
-static_assert(std::is_same_v<decltype(static_cast<boost::system::result<void> (channel::*)(
-                                          message&&)>(&channel::send)),
-                             boost::system::result<void> (channel::*)(message&&)>);
-static_assert(std::is_same_v<decltype(static_cast<boost::system::result<message> (channel::*)()>(
-                                          &channel::recv)),
-                             boost::system::result<message> (channel::*)()>);
+static_assert(std::is_same_v<decltype(static_cast<void (channel::*)(message&&)>(&channel::send)),
+                             void (channel::*)(message&&)>);
+static_assert(std::is_same_v<decltype(static_cast<message (channel::*)()>(&channel::recv)),
+                             message (channel::*)()>);
 
 TEST_CASE("channel: items come out in the order they went in", "[channel]") {
   channel ch(8);
@@ -167,22 +206,22 @@ TEST_CASE("channel: every kind of message goes through", "[channel]") {
   channel other(1);
   const std::byte raw[] = {std::byte{1}, std::byte{2}, std::byte{3}};
   auto buf = isola::shared_buffer::copy_of(raw);
-  REQUIRE(ch.send(message(isola::make_list(1, "two", 3.0))));
-  REQUIRE(ch.send(message(buf)));
-  REQUIRE(ch.send(message(isola::pickled{buf, {buf, isola::shared_buffer::adopt({std::byte{9}})}})));
-  REQUIRE(ch.send(message(isola::channel_ref(other))));
+  REQUIRE(send_r(ch, message(isola::make_list(1, "two", 3.0))));
+  REQUIRE(send_r(ch, message(buf)));
+  REQUIRE(send_r(ch, message(isola::pickled{buf, {buf, isola::shared_buffer::adopt({std::byte{9}})}})));
+  REQUIRE(send_r(ch, message(isola::channel_ref(other))));
 
-  CHECK(*ch.recv()->as_value() == isola::value(isola::make_list(1, "two", 3.0)));
-  auto b = ch.recv();
+  CHECK(*recv_r(ch)->as_value() == isola::value(isola::make_list(1, "two", 3.0)));
+  auto b = recv_r(ch);
   REQUIRE(b->as_buffer());
   CHECK(*b->as_buffer() == buf);  // shared, not copied
   CHECK(b->as_buffer()->size() == 3);
   CHECK(b->as_buffer()->data()[2] == std::byte{3});
-  auto p = ch.recv();
+  auto p = recv_r(ch);
   REQUIRE(p->as_pickled());
   CHECK(p->as_pickled()->out_of_band.size() == 2);
   CHECK(p->as_pickled()->out_of_band[1].bytes()[0] == std::byte{9});
-  auto c = ch.recv();
+  auto c = recv_r(ch);
   REQUIRE(c->as_channel());
   channel back(*c->as_channel());
   CHECK(back == other);
@@ -205,9 +244,9 @@ TEST_CASE("channel: scalars and other kinds interleaved keep their values on eve
   auto item = [&](std::size_t i) { return kinds[i % kinds.size()]; };
   channel ch(16);
   for (std::size_t i = 0; i < 3000; ++i) {
-    REQUIRE(ch.send(message(item(i))));
-    if (i % 7 == 3) REQUIRE(ch.send(message(isola::shared_buffer::adopt({std::byte{1}}))));
-    auto r = ch.recv();
+    REQUIRE(send_r(ch, message(item(i))));
+    if (i % 7 == 3) REQUIRE(send_r(ch, message(isola::shared_buffer::adopt({std::byte{1}}))));
+    auto r = recv_r(ch);
     REQUIRE(r);
     REQUIRE(r->as_value());
     REQUIRE(*r->as_value() == item(i));
@@ -225,8 +264,8 @@ TEST_CASE("channel: scalars and other kinds interleaved keep their values on eve
   std::size_t other_ok = 0;  // Catch's assertions are not for other threads
   std::thread([&] {  // takes both sides back: the CAS path
     for (std::size_t i = 0; i < 40; ++i) {
-      if (!ch.send(message(item(i)))) return;
-      auto r = ch.recv();
+      if (!send_r(ch, message(item(i)))) return;
+      auto r = recv_r(ch);
       if (!(r && r->as_value() && *r->as_value() == item(i))) return;
       ++other_ok;
     }
@@ -239,7 +278,7 @@ TEST_CASE("channel: scalars and other kinds interleaved keep their values on eve
     auto sent = ch.try_send_many(copy);
     REQUIRE(sent.sent == 16);
     std::vector<message> got;
-    REQUIRE(ch.recv_many(got, 100));
+    REQUIRE(recv_many_r(ch, got, 100));
     REQUIRE(got.size() == 16);
     for (std::size_t i = 0; i < got.size(); ++i) {
       REQUIRE(got[i].as_value());
@@ -260,8 +299,8 @@ int maker_token = 0;
 channel owned_by_this_receiver() {
   channel ch(64);
   for (std::int64_t i = 0; i < 600; ++i) {
-    REQUIRE(ch.send(message(i)));
-    REQUIRE(ch.recv());
+    REQUIRE(send_r(ch, message(i)));
+    REQUIRE(recv_r(ch));
   }
   return ch;
 }
@@ -274,7 +313,7 @@ TEST_CASE("channel: try_take_int_quick takes an int only when its maker gives an
   channel ch = owned_by_this_receiver();
   if (!isola::detail::asymmetric_fence_available()) {
     // No membarrier (ThreadSanitizer builds): sides are never biased, so it never takes.
-    REQUIRE(ch.send(message(std::int64_t{1})));
+    REQUIRE(send_r(ch, message(std::int64_t{1})));
     CHECK(isola::detail::try_take_int_quick(ch, [](std::int64_t) noexcept -> void* {
             return &maker_token;
           }) == nullptr);
@@ -295,7 +334,7 @@ TEST_CASE("channel: try_take_int_quick takes an int only when its maker gives an
   maker_calls = 0;
   CHECK(isola::detail::try_take_int_quick(ch, accept) == nullptr);  // empty: not called
   CHECK(maker_calls == 0);
-  REQUIRE(ch.send(message(std::int64_t{-42})));
+  REQUIRE(send_r(ch, message(std::int64_t{-42})));
   CHECK(isola::detail::try_take_int_quick(ch, refuse) == nullptr);
   CHECK(maker_calls == 1);
   CHECK(maker_saw == -42);
@@ -305,14 +344,14 @@ TEST_CASE("channel: try_take_int_quick takes an int only when its maker gives an
   CHECK(maker_saw == -42);
   CHECK(ch.size() == 0);
   // Anything but an int is left for the general path, without calling the maker.
-  REQUIRE(ch.send(message(1.5)));
-  REQUIRE(ch.send(message("text")));
+  REQUIRE(send_r(ch, message(1.5)));
+  REQUIRE(send_r(ch, message("text")));
   CHECK(isola::detail::try_take_int_quick(ch, accept) == nullptr);
   CHECK(maker_calls == 2);
-  auto f = ch.recv();
+  auto f = recv_r(ch);
   REQUIRE((f && f->as_value() && *f->as_value() == isola::value(1.5)));
   CHECK(isola::detail::try_take_int_quick(ch, accept) == nullptr);
-  auto t = ch.recv();
+  auto t = recv_r(ch);
   REQUIRE((t && t->as_value() && t->as_value()->as_str() == "text"));
 }
 
@@ -337,7 +376,7 @@ TEST_CASE("channel: try_take_ints takes a run of ints, stops at anything else, l
   bool other_next = true;
   if (!isola::detail::asymmetric_fence_available()) {
     // No membarrier (ThreadSanitizer builds): sides are never biased, so it never takes.
-    REQUIRE(ch.send(message(std::int64_t{1})));
+    REQUIRE(send_r(ch, message(std::int64_t{1})));
     CHECK(isola::detail::try_take_ints(ch, 10, make, out.data(), other_next) == 0);
     CHECK_FALSE(other_next);
     CHECK(ch.size() == 1);
@@ -349,7 +388,7 @@ TEST_CASE("channel: try_take_ints takes a run of ints, stops at anything else, l
   CHECK_FALSE(other_next);
   // A run that crosses the end of the ring's array (600 items left the head at 600 % 64 = 24;
   // 50 items wrap) comes out whole and in order; max_items is respected.
-  for (std::int64_t i = 0; i < 50; ++i) REQUIRE(ch.send(message(1000 + i)));
+  for (std::int64_t i = 0; i < 50; ++i) REQUIRE(send_r(ch, message(1000 + i)));
   CHECK(isola::detail::try_take_ints(ch, 45, make, out.data(), other_next) == 45);
   CHECK_FALSE(other_next);
   bool in_order = true;
@@ -360,20 +399,20 @@ TEST_CASE("channel: try_take_ints takes a run of ints, stops at anything else, l
   CHECK_FALSE(other_next);
   CHECK(as_int(out[4]) == 1049);
   // Ints, then something else: the run stops there and the rest stays, in order.
-  REQUIRE(ch.send(message(std::int64_t{7})));
-  REQUIRE(ch.send(message(std::int64_t{8})));
-  REQUIRE(ch.send(message("text")));
-  REQUIRE(ch.send(message(std::int64_t{9})));
+  REQUIRE(send_r(ch, message(std::int64_t{7})));
+  REQUIRE(send_r(ch, message(std::int64_t{8})));
+  REQUIRE(send_r(ch, message("text")));
+  REQUIRE(send_r(ch, message(std::int64_t{9})));
   CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 2);
   CHECK(other_next);
   CHECK(as_int(out[0]) == 7);
   CHECK(as_int(out[1]) == 8);
   CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 0);
   CHECK(other_next);
-  auto t = ch.recv();
+  auto t = recv_r(ch);
   REQUIRE((t && t->as_value() && t->as_value()->as_str() == "text"));
   // A refused int (its object could not be made) stays in the channel, with what follows.
-  REQUIRE(ch.send(message(std::int64_t{10})));
+  REQUIRE(send_r(ch, message(std::int64_t{10})));
   run_refuse_at = 10;
   CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 1);  // the 9
   CHECK(other_next);
@@ -385,12 +424,12 @@ TEST_CASE("channel: try_take_ints takes a run of ints, stops at anything else, l
   CHECK(as_int(out[0]) == 10);
   CHECK(ch.size() == 0);
   // Another thread that receives takes the side back; then this thread's call takes nothing.
-  REQUIRE(ch.send(message(std::int64_t{11})));
+  REQUIRE(send_r(ch, message(std::int64_t{11})));
   bool other_got = false;
-  std::thread([&] { other_got = ch.recv().has_value(); }).join();
+  std::thread([&] { other_got = recv_r(ch).has_value(); }).join();
   CHECK(other_got);
   CHECK_FALSE(isola::detail::channel_side_owned(ch, false));
-  REQUIRE(ch.send(message(std::int64_t{12})));
+  REQUIRE(send_r(ch, message(std::int64_t{12})));
   CHECK(isola::detail::try_take_ints(ch, 100, make, out.data(), other_next) == 0);
   CHECK(ch.size() == 1);
 }
@@ -423,14 +462,14 @@ TEST_CASE("channel: producers x consumers move a million messages, none lost or 
       for (;;) {
         if (batched) {
           got.clear();
-          auto r = ch.recv_many(got, 64, 60s);
+          auto r = recv_many_r(ch, got, 64, 60s);
           if (!r) {
             failures.check(r.error() == errc::channel_closed, "recv_many: " + r.error().message());
             return;
           }
           for (auto& m : got) take(m);
         } else {
-          auto r = ch.recv(60s);
+          auto r = recv_r(ch, 60s);
           if (!r) {
             failures.check(r.error() == errc::channel_closed, "recv: " + r.error().message());
             return;
@@ -450,10 +489,10 @@ TEST_CASE("channel: producers x consumers move a million messages, none lost or 
           for (int k = 0; k < 50 && seq < per_producer; ++k, ++seq) {
             batch.emplace_back(p * per_producer + seq);
           }
-          auto r = ch.send_many(batch, 60s);
+          auto r = send_many_r(ch, batch, 60s);
           failures.check(!r.error && r.sent == batch.size(), "send_many stopped early");
         } else {
-          failures.check(bool(ch.send(message(p * per_producer + seq), 60s)), "send failed");
+          failures.check(bool(send_r(ch, message(p * per_producer + seq), 60s)), "send failed");
           ++seq;
         }
       }
@@ -483,12 +522,12 @@ TEST_CASE("channel: close wakes blocked senders and receivers; receivers drain f
   std::vector<std::thread> threads;
   for (int i = 0; i < 2; ++i) {
     threads.emplace_back([&] {
-      auto r = full.send(message(2));
+      auto r = send_r(full, message(2));
       failures.check(!r && r.error() == errc::channel_closed, "blocked send: not channel_closed");
       ++returned;
     });
     threads.emplace_back([&] {
-      auto r = empty.recv();
+      auto r = recv_r(empty);
       failures.check(!r && r.error() == errc::channel_closed, "blocked recv: not channel_closed");
       ++returned;
     });
@@ -502,13 +541,13 @@ TEST_CASE("channel: close wakes blocked senders and receivers; receivers drain f
   CHECK(failures.count == 0);
   CHECK(returned == 4);
   // The item accepted before close is still delivered, then channel_closed.
-  auto r = full.recv();
+  auto r = recv_r(full);
   REQUIRE(r);
   CHECK(int_of(*r) == 1);
-  CHECK(full.recv().error() == errc::channel_closed);
+  CHECK(recv_r(full).error() == errc::channel_closed);
   CHECK(full.try_recv().error() == errc::channel_closed);
   CHECK(full.try_send(message(3)).error() == errc::channel_closed);
-  CHECK(full.send(message(3)).error() == errc::channel_closed);
+  CHECK(send_r(full, message(3)).error() == errc::channel_closed);
   CHECK(full.closed());
 }
 
@@ -521,14 +560,14 @@ TEST_CASE("channel: close during traffic loses and doubles nothing", "[channel][
       threads.emplace_back([&, p] {
         for (std::int64_t i = 1;; ++i) {
           const std::int64_t v = i * 2 + p;
-          if (!ch.send(message(v))) return;
+          if (!send_r(ch, message(v))) return;
           sent_sum += v;
           ++sent_count;
         }
       });
       threads.emplace_back([&] {
         for (;;) {
-          auto r = ch.recv();
+          auto r = recv_r(ch);
           if (!r) return;
           got_sum += int_of(*r);
           ++got_count;
@@ -546,25 +585,94 @@ TEST_CASE("channel: close during traffic loses and doubles nothing", "[channel][
 TEST_CASE("channel: a timeout waits at least as long as asked", "[channel]") {
   channel ch(1);
   auto t0 = std::chrono::steady_clock::now();
-  auto r = ch.recv(250ms);
+  auto r = recv_r(ch, 250ms);
   auto waited = std::chrono::steady_clock::now() - t0;
   REQUIRE_FALSE(r);
   CHECK(r.error() == errc::timeout);
   CHECK(waited >= 250ms);
 
-  REQUIRE(ch.send(message(1)));
+  REQUIRE(send_r(ch, message(1)));
   t0 = std::chrono::steady_clock::now();
-  auto s = ch.send(message(2), 250ms);
+  auto s = send_r(ch, message(2), 250ms);
   waited = std::chrono::steady_clock::now() - t0;
   REQUIRE_FALSE(s);
   CHECK(s.error() == errc::timeout);
   CHECK(waited >= 250ms);
 
   // Zero makes one attempt.
-  CHECK(ch.send(message(3), 0ns).error() == errc::timeout);
-  CHECK(int_of(*ch.recv(0ns)) == 1);
-  CHECK(ch.recv(0ns).error() == errc::timeout);
-  CHECK(ch.recv(-5ms).error() == errc::timeout);
+  CHECK(send_r(ch, message(3), 0ns).error() == errc::timeout);
+  CHECK(int_of(*recv_r(ch, 0ns)) == 1);
+  CHECK(recv_r(ch, 0ns).error() == errc::timeout);
+  CHECK(recv_r(ch, -5ms).error() == errc::timeout);
+}
+
+TEST_CASE("channel: blocking calls throw isola::error; their error_code forms set it",
+          "[channel]") {
+  auto code_of = [](auto&& f) { return isola_error_of(f); };
+  channel ch(2);
+  ch.send(message(1));
+  ch.send(message(2), 1s);
+  CHECK(int_of(ch.recv()) == 1);
+  CHECK(int_of(ch.recv(1s)) == 2);
+
+  // Timeouts, both directions; the message says which wait ran out.
+  CHECK(code_of([&] { (void)ch.recv(0ns); }) == errc::timeout);
+  CHECK_THROWS_WITH(ch.recv(1ms), "isola::channel::recv: no item came within the timeout "
+                                  "given: timed out");
+  ch.send(message(3));
+  ch.send(message(4));
+  message kept(5);
+  CHECK_THROWS_WITH(ch.send(std::move(kept), 1ms),
+                    "isola::channel::send: no room came within the timeout given: timed out");
+  CHECK(int_of(kept) == 5);  // not moved from
+  boost::system::error_code ec;
+  ch.send(std::move(kept), 0ns, {}, ec);
+  CHECK(ec == errc::timeout);
+  CHECK(int_of(kept) == 5);
+
+  // Cancelled by the stop token.
+  std::stop_source stop;
+  stop.request_stop();
+  CHECK(code_of([&] { ch.send(message(6), std::nullopt, stop.get_token()); }) == errc::cancelled);
+  CHECK(code_of([&] { (void)channel(1).recv(std::nullopt, stop.get_token()); }) ==
+        errc::cancelled);
+
+  // send_many throws when it stops early; its error_code form says how many went.
+  std::vector<message> items;
+  items.emplace_back(7);
+  items.emplace_back(8);
+  CHECK(code_of([&] { ch.send_many(items, 1ms); }) == errc::timeout);
+  CHECK(int_of(ch.recv()) == 3);
+  CHECK(ch.send_many(items, 0ns, {}, ec) == 1);
+  CHECK(ec == errc::timeout);
+  CHECK(int_of(items[1]) == 8);  // the one not sent is untouched
+
+  // Closed: sends throw at once; receives drain, then throw.
+  ch.close();
+  CHECK_THROWS_WITH(ch.send(message(9)),
+                    "isola::channel::send: the channel was closed, so it takes no more items: "
+                    "channel is closed");
+  std::vector<message> got;
+  CHECK(ch.recv_many(got, 10) == 2);
+  CHECK(int_of(got[0]) == 4);
+  CHECK(int_of(got[1]) == 7);
+  CHECK_THROWS_WITH(ch.recv(), "isola::channel::recv: the channel was closed and every item "
+                               "sent to it has been received: channel is closed");
+  CHECK(code_of([&] { (void)ch.recv_many(10); }) == errc::channel_closed);
+  message none = ch.recv(ec);
+  CHECK(ec == errc::channel_closed);
+  CHECK(none.as_value() != nullptr);
+  CHECK(none.as_value()->is_none());
+  CHECK(ch.recv_many(got, 10, std::nullopt, {}, ec) == 0);
+  CHECK(ec == errc::channel_closed);
+
+  // Success clears an error_code that held one.
+  channel open(1);
+  open.send(message(10), ec);
+  CHECK_FALSE(ec);
+  ec = isola::make_error_code(errc::timeout);
+  CHECK(int_of(open.recv(ec)) == 10);
+  CHECK_FALSE(ec);
 }
 
 TEST_CASE("channel: a receiver that times out passes its wake-up on", "[channel][concurrent]") {
@@ -575,13 +683,13 @@ TEST_CASE("channel: a receiver that times out passes its wake-up on", "[channel]
   std::vector<std::thread> threads;
   for (int i = 0; i < 2; ++i) {
     threads.emplace_back([&] {
-      auto r = ch.recv(300ms);
+      auto r = recv_r(ch, 300ms);
       if (r) ++got;
       else if (r.error() == errc::timeout) ++timed_out;
     });
   }
   std::this_thread::sleep_for(50ms);
-  REQUIRE(ch.send(message(1)));
+  REQUIRE(send_r(ch, message(1)));
   for (auto& t : threads) t.join();
   CHECK(got == 1);
   CHECK(timed_out == 1);
@@ -603,7 +711,7 @@ TEST_CASE("channel: with several parked receivers every item wakes one (no lost 
       // Thread 0 waits in short slices, so it often leaves on a timeout without a wake-up.
       const auto slice = t == 0 ? std::chrono::milliseconds(1) : std::chrono::milliseconds(10'000);
       while (!stop.load()) {
-        auto r = ch.recv(slice);
+        auto r = recv_r(ch, slice);
         if (r) received.fetch_add(1);
         else if (r.error() == errc::channel_closed) return;
       }
@@ -611,7 +719,7 @@ TEST_CASE("channel: with several parked receivers every item wakes one (no lost 
   }
   for (int i = 0; i < items; ++i) {
     std::this_thread::sleep_for(i % 3 == 0 ? 2ms : 300us);
-    REQUIRE(ch.send(message(std::int64_t{i})));
+    REQUIRE(send_r(ch, message(std::int64_t{i})));
   }
   const auto deadline = std::chrono::steady_clock::now() + 5s;
   while (received.load() < items && std::chrono::steady_clock::now() < deadline) {
@@ -634,17 +742,17 @@ TEST_CASE("channel: send_many and recv_many", "[channel]") {
     CHECK(r.error == errc::channel_full);
     CHECK(int_of(items[10]) == 10);  // not taken, untouched
     std::vector<message> out;
-    auto got = ch.recv_many(out, 7);
+    auto got = recv_many_r(ch, out, 7);
     REQUIRE(got);
     CHECK(*got == 7);
     REQUIRE(out.size() == 7);
     for (int i = 0; i < 7; ++i) CHECK(int_of(out[i]) == i);
-    auto rest = ch.recv_many(100);
+    auto rest = recv_many_r(ch, 100);
     REQUIRE(rest.has_value());
     REQUIRE(rest->size() == 3);  // what is there, without waiting for more
     CHECK(int_of((*rest)[2]) == 9);
     CHECK(ch.try_recv_many(out, 5).error() == errc::channel_empty);
-    CHECK(*ch.recv_many(out, 0) == 0);
+    CHECK(*recv_many_r(ch, out, 0) == 0);
   }
   SECTION("send_many waits for room for the rest") {
     channel ch(4);
@@ -655,12 +763,12 @@ TEST_CASE("channel: send_many and recv_many", "[channel]") {
       std::vector<message> out;
       while (received.size() < 25) {
         out.clear();
-        auto r = ch.recv_many(out, 3, 30s);
+        auto r = recv_many_r(ch, out, 3, 30s);
         if (!r) return;
         for (auto& m : out) received.push_back(int_of(m));
       }
     });
-    auto r = ch.send_many(items, 30s);
+    auto r = send_many_r(ch, items, 30s);
     consumer.join();
     CHECK(r.sent == 25);
     CHECK_FALSE(r.error);
@@ -672,17 +780,17 @@ TEST_CASE("channel: send_many and recv_many", "[channel]") {
     channel ch(3);
     std::vector<message> items;
     for (int i = 0; i < 5; ++i) items.emplace_back(i);
-    auto r = ch.send_many(items, 50ms);
+    auto r = send_many_r(ch, items, 50ms);
     CHECK(r.sent == 3);
     CHECK(r.error == errc::timeout);
     ch.close();
-    auto after = ch.send_many(std::span(items).subspan(3));
+    auto after = send_many_r(ch, std::span(items).subspan(3));
     CHECK(after.sent == 0);
     CHECK(after.error == errc::channel_closed);
-    auto drained = ch.recv_many(10);
+    auto drained = recv_many_r(ch, 10);
     REQUIRE(drained.has_value());
     CHECK(drained->size() == 3);
-    CHECK(ch.recv_many(10).error() == errc::channel_closed);
+    CHECK(recv_many_r(ch, 10).error() == errc::channel_closed);
   }
 }
 
@@ -690,14 +798,14 @@ TEST_CASE("channel: a stop request cancels a blocked send or recv", "[channel][c
   channel ch(1);
   SECTION("recv") {
     auto ec = stopped_outcome(ch, [&](std::stop_token st) {
-      return ch.recv(std::nullopt, st).error();
+      return recv_r(ch, std::nullopt, st).error();
     });
     CHECK(ec == errc::cancelled);
   }
   SECTION("send") {
     REQUIRE(ch.try_send(message(1)));
     auto ec = stopped_outcome(ch, [&](std::stop_token st) {
-      return ch.send(message(2), std::nullopt, st).error();
+      return send_r(ch, message(2), std::nullopt, st).error();
     });
     CHECK(ec == errc::cancelled);
     CHECK(int_of(*ch.try_recv()) == 1);  // the cancelled item was not sent
@@ -706,22 +814,22 @@ TEST_CASE("channel: a stop request cancels a blocked send or recv", "[channel][c
   SECTION("already requested: fails at once if it would block, succeeds if it would not") {
     std::stop_source stop;
     stop.request_stop();
-    CHECK(ch.recv(std::nullopt, stop.get_token()).error() == errc::cancelled);
-    REQUIRE(ch.send(message(5), std::nullopt, stop.get_token()));
-    CHECK(int_of(*ch.recv(std::nullopt, stop.get_token())) == 5);
+    CHECK(recv_r(ch, std::nullopt, stop.get_token()).error() == errc::cancelled);
+    REQUIRE(send_r(ch, message(5), std::nullopt, stop.get_token()));
+    CHECK(int_of(*recv_r(ch, std::nullopt, stop.get_token())) == 5);
   }
   SECTION("other waiters are unaffected") {
     std::stop_source stop;
     std::atomic<int> got{-1};
-    std::thread cancelled([&] { (void)ch.recv(std::nullopt, stop.get_token()); });
+    std::thread cancelled([&] { (void)recv_r(ch, std::nullopt, stop.get_token()); });
     std::thread waiting([&] {
-      auto r = ch.recv(30s);
+      auto r = recv_r(ch, 30s);
       if (r) got = static_cast<int>(int_of(*r));
     });
     std::this_thread::sleep_for(30ms);
     stop.request_stop();
     cancelled.join();
-    REQUIRE(ch.send(message(7)));
+    REQUIRE(send_r(ch, message(7)));
     waiting.join();
     CHECK(got == 7);
   }
@@ -736,7 +844,7 @@ TEST_CASE("channel: Asio callbacks complete on the handler's executor", "[channe
     ch.async_recv([&](boost::system::error_code ec, message m) {
       first.set_value(ec ? -1 : int_of(m));
     });
-    REQUIRE(ch.send(message(41)));
+    REQUIRE(send_r(ch, message(41)));
     auto f = first.get_future();
     REQUIRE(f.wait_for(30s) == std::future_status::ready);
     CHECK(f.get() == 41);
@@ -750,7 +858,7 @@ TEST_CASE("channel: Asio callbacks complete on the handler's executor", "[channe
     if (!ec) got.push_back(int_of(m));
     last = ec;
   }));
-  REQUIRE(ch.send(message(42)));
+  REQUIRE(send_r(ch, message(42)));
   io.restart();
   io.run();
   CHECK(ran_on == std::this_thread::get_id());
@@ -758,7 +866,7 @@ TEST_CASE("channel: Asio callbacks complete on the handler's executor", "[channe
   CHECK(got[0] == 42);
 
   // async_send on a full channel completes once there is room.
-  REQUIRE(ch.send(message(1)));
+  REQUIRE(send_r(ch, message(1)));
   bool sent = false;
   ch.async_send(message(2), boost::asio::bind_executor(io, [&](boost::system::error_code ec) {
     CHECK_FALSE(ec);
@@ -767,11 +875,11 @@ TEST_CASE("channel: Asio callbacks complete on the handler's executor", "[channe
   io.restart();
   io.poll();
   CHECK_FALSE(sent);
-  CHECK(int_of(*ch.recv()) == 1);
+  CHECK(int_of(*recv_r(ch)) == 1);
   io.restart();
   io.run();
   CHECK(sent);
-  CHECK(int_of(*ch.recv()) == 2);
+  CHECK(int_of(*recv_r(ch)) == 2);
 
   // A pending receive completes with channel_closed on close.
   ch.async_recv(boost::asio::bind_executor(io, [&](boost::system::error_code ec, message) {
@@ -794,13 +902,13 @@ TEST_CASE("channel: Asio with use_future and use_awaitable", "[channel][concurre
   channel ch(2);
   {
     auto f = ch.async_recv(boost::asio::use_future);
-    REQUIRE(ch.send(message(7)));
+    REQUIRE(send_r(ch, message(7)));
     REQUIRE(f.wait_for(30s) == std::future_status::ready);
     CHECK(int_of(f.get()) == 7);
     auto s = ch.async_send(message(8), boost::asio::use_future);
     REQUIRE(s.wait_for(30s) == std::future_status::ready);
     s.get();
-    CHECK(int_of(*ch.recv()) == 8);
+    CHECK(int_of(*recv_r(ch)) == 8);
   }
   {
     // A coroutine echoes until the channel closes; the test feeds it from this thread.
@@ -822,13 +930,13 @@ TEST_CASE("channel: Asio with use_future and use_awaitable", "[channel][concurre
         boost::asio::detached);
     std::thread runner([&] { io.run(); });
     for (int i = 0; i < 100; ++i) {
-      REQUIRE(in.send(message(i), 30s));
-      auto r = out.recv(30s);
+      REQUIRE(send_r(in, message(i), 30s));
+      auto r = recv_r(out, 30s);
       REQUIRE(r);
       CHECK(int_of(*r) == i);
     }
     in.close();
-    CHECK(out.recv(30s).error() == errc::channel_closed);
+    CHECK(recv_r(out, 30s).error() == errc::channel_closed);
     runner.join();
     CHECK(echoed == 100);
   }
@@ -852,7 +960,7 @@ TEST_CASE("channel: a pending Asio receive can be cancelled", "[channel]") {
   CHECK(done);
   CHECK(got == boost::asio::error::operation_aborted);
   // The withdrawn receive takes nothing: the next item goes to the next receiver.
-  REQUIRE(ch.send(message(5)));
+  REQUIRE(send_r(ch, message(5)));
   CHECK(int_of(*ch.try_recv()) == 5);
 
   // Racing a timer with use_awaitable: the timer wins and the receive is withdrawn.
@@ -871,7 +979,7 @@ TEST_CASE("channel: a pending Asio receive can be cancelled", "[channel]") {
   io.restart();
   io.run();
   CHECK(timed_out);
-  REQUIRE(ch.send(message(6)));
+  REQUIRE(send_r(ch, message(6)));
   CHECK(int_of(*ch.try_recv()) == 6);
 }
 
@@ -892,7 +1000,7 @@ TEST_CASE("channel: many async receivers and senders on a thread pool", "[channe
     }));
   }
   std::thread producer([&] {
-    for (int i = 0; i < n / 2; ++i) (void)ch.send(message(i));
+    for (int i = 0; i < n / 2; ++i) (void)send_r(ch, message(i));
   });
   for (int i = n / 2; i < n; ++i) {
     ch.async_send(message(i), boost::asio::bind_executor(pool, [&](boost::system::error_code ec) {
@@ -919,8 +1027,8 @@ TEST_CASE("channel: named channels", "[channel]") {
     auto found = channel::find("test.named.a");
     REQUIRE(found);
     CHECK(found->id() == a.id());
-    REQUIRE(a.send(message("hello")));
-    CHECK(found->recv()->as_value()->as_str() == "hello");
+    REQUIRE(send_r(a, message("hello")));
+    CHECK(found->recv().as_value()->as_str() == "hello");
     CHECK(channel(4).name().empty());
     CHECK_FALSE(channel::find(""));
     CHECK_THROWS_AS(channel::open("", 1), std::invalid_argument);
@@ -934,10 +1042,10 @@ TEST_CASE("channel: named channels", "[channel]") {
   channel carrier(1);
   {
     channel inner = channel::open("test.named.inner", 1);
-    REQUIRE(carrier.send(message(isola::channel_ref(inner))));
+    REQUIRE(send_r(carrier, message(isola::channel_ref(inner))));
   }
   CHECK(channel::find("test.named.inner"));
-  (void)carrier.recv();
+  (void)recv_r(carrier);
   CHECK_FALSE(channel::find("test.named.inner"));
 }
 
@@ -963,11 +1071,11 @@ TEST_CASE("channel: queued items are destroyed with the channel, received ones l
   isola::shared_buffer kept;
   {
     channel ch(4);
-    REQUIRE(ch.send(message(counted_buffer())));
-    REQUIRE(ch.send(message(counted_buffer())));
-    REQUIRE(ch.send(message(isola::pickled{counted_buffer(), {counted_buffer()}})));
+    REQUIRE(send_r(ch, message(counted_buffer())));
+    REQUIRE(send_r(ch, message(counted_buffer())));
+    REQUIRE(send_r(ch, message(isola::pickled{counted_buffer(), {counted_buffer()}})));
     CHECK(counting_source::alive == 4);
-    kept = *ch.recv()->as_buffer();
+    kept = *recv_r(ch)->as_buffer();
     CHECK(counting_source::alive == 4);
   }
   CHECK(counting_source::alive == 1);  // only the one received
@@ -980,7 +1088,7 @@ TEST_CASE("channel: queued items are destroyed with the channel, received ones l
   int delivered = 0, closed = 0;
   {
     channel ch(1);
-    REQUIRE(ch.send(message(counted_buffer())));
+    REQUIRE(send_r(ch, message(counted_buffer())));
     ch.async_send(message(counted_buffer()), boost::asio::bind_executor(io, [&](auto ec) {
       CHECK(ec == errc::channel_closed);
     }));
@@ -990,7 +1098,7 @@ TEST_CASE("channel: queued items are destroyed with the channel, received ones l
   CHECK(counting_source::alive == 0);
   {
     channel ch(1);
-    REQUIRE(ch.send(message(counted_buffer())));
+    REQUIRE(send_r(ch, message(counted_buffer())));
     ch.async_recv(boost::asio::bind_executor(io, [&](boost::system::error_code ec, message) {
       ec ? ++closed : ++delivered;
     }));
@@ -1028,7 +1136,7 @@ bool biasing() { return isola::detail::asymmetric_fence_available(); }
 int send_range(channel& ch, std::int64_t from, std::int64_t to) {
   int failed = 0;
   for (std::int64_t i = from; i < to; ++i) {
-    if (!ch.send(message(i))) ++failed;
+    if (!send_r(ch, message(i))) ++failed;
   }
   return failed;
 }
@@ -1041,8 +1149,8 @@ TEST_CASE("channel: a lone sender and a lone receiver bias their sides; others t
   using isola::detail::channel_side_owned;
   // One thread alone on both sides: after a streak, both sides are biased to it.
   for (std::int64_t i = 0; i < 2000; ++i) {
-    REQUIRE(ch.send(message(i)));
-    auto r = ch.recv();
+    REQUIRE(send_r(ch, message(i)));
+    auto r = recv_r(ch);
     REQUIRE(r);
     REQUIRE(int_of(*r) == i);
   }
@@ -1052,8 +1160,8 @@ TEST_CASE("channel: a lone sender and a lone receiver bias their sides; others t
   }
   // Another thread sends and receives: it revokes both biases, and order holds throughout.
   std::thread other([&] {
-    REQUIRE(ch.send(message(std::int64_t{-1})));
-    auto r = ch.recv();
+    REQUIRE(send_r(ch, message(std::int64_t{-1})));
+    auto r = recv_r(ch);
     REQUIRE(r);
     CHECK(int_of(*r) == -1);
   });
@@ -1061,8 +1169,8 @@ TEST_CASE("channel: a lone sender and a lone receiver bias their sides; others t
   CHECK_FALSE(channel_side_owned(ch, true));
   CHECK_FALSE(channel_side_owned(ch, false));
   // The first thread still works (through the CAS path, until it has a new streak).
-  REQUIRE(ch.send(message(std::int64_t{7})));
-  auto r = ch.recv();
+  REQUIRE(send_r(ch, message(std::int64_t{7})));
+  auto r = recv_r(ch);
   REQUIRE(r);
   CHECK(int_of(*r) == 7);
 }
@@ -1078,7 +1186,7 @@ TEST_CASE("channel: senders that take turns with a biased one lose and double no
   std::thread receiver([&, ch = ch]() mutable {
     std::int64_t last_a = -1, last_b = -1, n = 0;
     for (;;) {
-      auto r = ch.recv();
+      auto r = recv_r(ch);
       if (!r) break;
       const std::int64_t v = int_of(*r);
       std::int64_t& last = v < 10 * per_phase ? last_a : last_b;
@@ -1118,15 +1226,15 @@ TEST_CASE("channel: close() while the senders' side is biased: nothing sent afte
   std::thread closer([&, ch = ch]() mutable { CHECK(ch.close()); });
   closer.join();
   CHECK(ch.closed());
-  auto refused = ch.send(message(std::int64_t{-1}));
+  auto refused = send_r(ch, message(std::int64_t{-1}));
   REQUIRE_FALSE(refused);
   CHECK(refused.error() == errc::channel_closed);
   for (std::int64_t i = 0; i < 3000; ++i) {
-    auto r = ch.recv();
+    auto r = recv_r(ch);
     REQUIRE(r);
     REQUIRE(int_of(*r) == i);
   }
-  auto end = ch.recv();
+  auto end = recv_r(ch);
   REQUIRE_FALSE(end);
   CHECK(end.error() == errc::channel_closed);
 }
@@ -1139,12 +1247,12 @@ TEST_CASE("channel: a parked receiver is woken by a biased sender (no lost wake-
   constexpr int rounds = 200;
   channel ch(2048);
   REQUIRE(send_range(ch, 0, 1000) == 0);  // bias the senders' side to this thread
-  for (int i = 0; i < 1000; ++i) REQUIRE(ch.recv());
+  for (int i = 0; i < 1000; ++i) REQUIRE(recv_r(ch));
   std::atomic<int> received{0};
   std::atomic<bool> timed_out{false};
   std::thread receiver([&, ch = ch]() mutable {
     for (int i = 0; i < rounds; ++i) {
-      auto r = ch.recv(10s);
+      auto r = recv_r(ch, 10s);
       if (!r) {
         timed_out = true;
         return;
@@ -1155,7 +1263,7 @@ TEST_CASE("channel: a parked receiver is woken by a biased sender (no lost wake-
   for (int i = 0; i < rounds && !timed_out; ++i) {
     // Long enough for the receiver to spin out and park (its spin lasts ~10-30 us).
     std::this_thread::sleep_for(i % 2 == 0 ? 300us : 2ms);
-    REQUIRE(ch.send(message(std::int64_t{i})));
+    REQUIRE(send_r(ch, message(std::int64_t{i})));
   }
   receiver.join();
   CHECK_FALSE(timed_out.load());
@@ -1166,7 +1274,7 @@ TEST_CASE("channel: a pending Asio receive completes when a biased sender sends"
           "[channel][concurrent]") {
   channel ch(2048);
   REQUIRE(send_range(ch, 0, 1000) == 0);
-  for (int i = 0; i < 1000; ++i) REQUIRE(ch.recv());
+  for (int i = 0; i < 1000; ++i) REQUIRE(recv_r(ch));
   int completed = 0;
   for (int i = 0; i < 50; ++i) {
     std::promise<std::int64_t> got;
@@ -1175,7 +1283,7 @@ TEST_CASE("channel: a pending Asio receive completes when a biased sender sends"
       got.set_value(ec ? -1 : int_of(m));
     });
     std::this_thread::sleep_for(200us);
-    REQUIRE(ch.send(message(std::int64_t{i})));
+    REQUIRE(send_r(ch, message(std::int64_t{i})));
     auto f = got.get_future();
     REQUIRE(f.wait_for(10s) == std::future_status::ready);
     CHECK(f.get() == i);
@@ -1241,11 +1349,11 @@ TEST_CASE("channel: a paced receiver loses, doubles and reorders nothing and sti
     // and ends with lone items that each wait for an acknowledgement.
     std::thread sender([ch, ack, n]() mutable {
       for (std::int64_t i = 0; i < n; ++i) {
-        if (!ch.send(message(i))) return;
+        if (!send_r(ch, message(i))) return;
         if (i % 5000 == 4999) std::this_thread::sleep_for(1ms);
       }
       for (std::int64_t i = 0; i < 20; ++i) {
-        if (!ch.send(message(n + i)) || !ack.recv()) return;
+        if (!send_r(ch, message(n + i)) || !recv_r(ack)) return;
       }
     });
     std::int64_t expect = 0;
@@ -1258,14 +1366,14 @@ TEST_CASE("channel: a paced receiver loses, doubles and reorders nothing and sti
         batch.clear();
         // Never past the stream: a lone item taken here would go unacknowledged.
         const auto most = static_cast<std::size_t>(std::min<std::int64_t>(50, n - expect));
-        auto got = ch.recv_many(batch, most, 30s);
+        auto got = recv_many_r(ch, batch, most, 30s);
         if (!got) break;
         for (auto& m : batch) ordered = ordered && int_of(m) == expect++;
       } else {
-        auto r = ch.recv(30s);
+        auto r = recv_r(ch, 30s);
         if (!r) break;
         ordered = ordered && int_of(*r) == expect++;
-        if (expect > n && !ack.send(message(std::int64_t{0}))) break;
+        if (expect > n && !send_r(ack, message(std::int64_t{0}))) break;
       }
     }
     ch.close();
@@ -1289,13 +1397,13 @@ TEST_CASE("channel: a paced receiver's wait for a lone item ends its pacing", "[
     std::thread receiver([&] {
       set_receiver_streaming(ch, true);
       was = receiver_streaming(ch);
-      auto r = ch.recv(30s);  // parks: the item comes only once it has
+      auto r = recv_r(ch, 30s);  // parks: the item comes only once it has
       if (r) got = int_of(*r);
       after = receiver_streaming(ch);
     });
     const bool parked = eventually([&] { return receiver_parked(ch); });
     CHECK(parked);
-    REQUIRE(ch.send(message(std::int64_t{42})));
+    REQUIRE(send_r(ch, message(std::int64_t{42})));
     receiver.join();
     CHECK(was);
     CHECK(got == 42);

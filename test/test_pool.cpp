@@ -532,14 +532,16 @@ TEST_CASE("pool_options::default_timeout applies to tasks without their own",
 
 TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced",
           "[pool][concurrent]") {
-  // re.match('(a+)+b', 'a' * 26) backtracks catastrophically inside _sre (C, GIL held, no
-  // eval loop) for seconds: far beyond the 100 ms timeout plus 300 ms grace period. The
+  // re.match('(a+)+b', 'a' * 27) backtracks catastrophically inside _sre (C, GIL held, no
+  // eval loop) for seconds: far beyond the 100 ms timeout plus the 1 s grace period. The
   // TaskTimeout stays pending, so the watchdog declares the interpreter broken. The regex keeps
   // running on the abandoned thread until it finishes; the pool is kept until then so the
-  // abandoned thread ends its interpreter while the pool still exists.
+  // abandoned thread ends its interpreter while the pool still exists. The grace period also
+  // bounds the replacement's creation, which the regex slows by taking a core: 1 s keeps a
+  // loaded two-core machine from abandoning a healthy creation too.
   isola::pool_options o;
   o.size = 1;
-  o.grace_period = 300ms;
+  o.grace_period = 1000ms;
   isola::pool p(o);
   isola::interpreter observer;  // lists live interpreters
   os_pipe started, done;
@@ -549,7 +551,7 @@ TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced",
   auto f = p.submit_code("import os, re\n"
                          "os.write(" + std::to_string(started.w) + ", b's')\n"
                          "try:\n"
-                         "    re.match('(a+)+b', 'a' * 26)\n"
+                         "    re.match('(a+)+b', 'a' * 27)\n"
                          "finally:\n"
                          "    os.write(" + std::to_string(done.w) + ", b'd')\n",
                          with_timeout(100ms));
@@ -557,7 +559,7 @@ TEST_CASE("a task stuck in C code holding its GIL: its interpreter is replaced",
   auto code = code_of(f);
   REQUIRE(code);
   CHECK(*code == isola::errc::timeout);
-  // The regex really is still running (it takes seconds; the future failed after ~0.4 s).
+  // The regex really is still running (it takes seconds; the future failed after ~1.1 s).
   CHECK_FALSE(done.ready_now());
 
   // The slot serves tasks with a fresh interpreter.

@@ -36,9 +36,9 @@ namespace isola {
 /// less) makes one attempt. Measured on std::chrono::steady_clock.
 using channel_timeout = std::optional<std::chrono::nanoseconds>;
 
-/// What send_many / try_send_many did: the first `sent` items were accepted (moved from);
-/// `error` says why it stopped before the end (errc::channel_closed, errc::timeout,
-/// errc::cancelled, or errc::channel_full for try_send_many) and is clear when all went.
+/// What try_send_many did: the first `sent` items were accepted (moved from); `error` says why
+/// it stopped before the end (errc::channel_full or errc::channel_closed) and is clear when
+/// all went.
 struct send_many_result {
   std::size_t sent = 0;
   boost::system::error_code error;
@@ -127,8 +127,10 @@ class send_op final : public async_send_op {
 /// - Items are C++ objects: they stay valid after the sending interpreter has ended; their
 ///   destructors (a buffer_source's) never run under a channel lock.
 /// - Blocking calls spin for a few microseconds, then park on a futex; a send or receive only
-///   makes a system call when the other side has a thread parked. Errors come back as
-///   boost::system::error_code values holding isola::errc (compare with `ec == errc::...`).
+///   makes a system call when the other side has a thread parked.
+/// - Errors (include/isola/error.hpp): blocking calls throw isola::error, or take a
+///   boost::system::error_code& and set it; try_* calls return a boost::system::result; Asio
+///   handlers get an error_code. Each holds an isola::errc (compare with `ec == errc::...`).
 class channel {
  public:
   /// Largest capacity a channel can have.
@@ -152,21 +154,30 @@ class channel {
   /// The channel registered under name, if one exists.
   static std::optional<channel> find(std::string_view name);
 
-  /// Waits for room, then appends msg. msg is moved from only on success. Fails with
-  /// errc::channel_closed, errc::timeout, or errc::cancelled once stop is requested.
-  boost::system::result<void> send(message&& msg, channel_timeout timeout,
-                                   std::stop_token stop = {});
-  /// Waits for an item and removes it. Fails with errc::channel_closed (closed and drained),
-  /// errc::timeout or errc::cancelled.
-  boost::system::result<message> recv(channel_timeout timeout, std::stop_token stop = {});
+  /// Waits for room, then appends msg; msg is moved from only on success. Throws isola::error
+  /// with errc::channel_closed, errc::timeout (after `timeout`), or errc::cancelled (once stop
+  /// is requested).
+  void send(message&& msg, channel_timeout timeout, std::stop_token stop = {});
+  /// Waits for an item and removes it. Throws isola::error with errc::channel_closed (closed
+  /// and drained), errc::timeout or errc::cancelled.
+  message recv(channel_timeout timeout, std::stop_token stop = {});
   /// send and recv without a deadline or a stop token. Separate overloads rather than default
   /// arguments: a defaulted std::optional is built in the caller's frame with a one-byte store
   /// and passed in registers with an eight-byte load of the same place, a store-forwarding
   /// failure that waits for every earlier store to reach the cache, including the previous
   /// item's slot line still on its way from the other core. What it costs:
   /// docs/channels-performance.md, "Arguments that stall".
-  boost::system::result<void> send(message&& msg);
-  boost::system::result<message> recv();
+  void send(message&& msg);
+  message recv();
+
+  /// The same waits, reporting failure in `ec` instead of throwing (Asio's convention), for
+  /// loops that end on a closed channel or a timeout: `ec` is cleared on success; on failure
+  /// send leaves msg untouched and recv returns an empty message.
+  void send(message&& msg, boost::system::error_code& ec);
+  void send(message&& msg, channel_timeout timeout, std::stop_token stop,
+            boost::system::error_code& ec);
+  message recv(boost::system::error_code& ec);
+  message recv(channel_timeout timeout, std::stop_token stop, boost::system::error_code& ec);
 
   /// Appends msg if there is room now; else errc::channel_full (or channel_closed), with msg
   /// untouched. Never blocks.
@@ -178,20 +189,28 @@ class channel {
   boost::system::result<message> try_recv();
 
   /// Sends items in order, as many as fit at once, waiting for room for the rest; accepted
-  /// items are moved from. Stops early on close, timeout (for the whole call) or stop.
-  send_many_result send_many(std::span<message> items, channel_timeout timeout = std::nullopt,
-                             std::stop_token stop = {});
+  /// items are moved from. Returns items.size(); throws isola::error, as send does, when it
+  /// stops early on close, timeout (for the whole call) or stop: the items before the first
+  /// one not moved from were sent.
+  std::size_t send_many(std::span<message> items, channel_timeout timeout = std::nullopt,
+                        std::stop_token stop = {});
+  /// The same, returning how many were sent and the reason it stopped early in `ec`.
+  std::size_t send_many(std::span<message> items, channel_timeout timeout, std::stop_token stop,
+                        boost::system::error_code& ec);
   /// As many of items (from the front) as fit now; never blocks.
   send_many_result try_send_many(std::span<message> items);
   /// Waits for at least one item, then appends to out every item available at once, up to
-  /// max_items, without waiting further. Returns how many were appended (>= 1), or an error
-  /// as recv() does (max_items == 0 returns 0 at once).
-  boost::system::result<std::size_t> recv_many(std::vector<message>& out, std::size_t max_items,
-                                               channel_timeout timeout = std::nullopt,
-                                               std::stop_token stop = {});
-  boost::system::result<std::vector<message>> recv_many(std::size_t max_items,
-                                                        channel_timeout timeout = std::nullopt,
-                                                        std::stop_token stop = {});
+  /// max_items, without waiting further. Returns how many were appended (>= 1; max_items == 0
+  /// returns 0 at once); throws isola::error as recv() does.
+  std::size_t recv_many(std::vector<message>& out, std::size_t max_items,
+                        channel_timeout timeout = std::nullopt, std::stop_token stop = {});
+  std::vector<message> recv_many(std::size_t max_items, channel_timeout timeout = std::nullopt,
+                                 std::stop_token stop = {});
+  /// The same, reporting failure in `ec` (0 appended, or an empty vector).
+  std::size_t recv_many(std::vector<message>& out, std::size_t max_items, channel_timeout timeout,
+                        std::stop_token stop, boost::system::error_code& ec);
+  std::vector<message> recv_many(std::size_t max_items, channel_timeout timeout,
+                                 std::stop_token stop, boost::system::error_code& ec);
   /// What is available now, up to max_items; errc::channel_empty / channel_closed if none.
   boost::system::result<std::size_t> try_recv_many(std::vector<message>& out,
                                                    std::size_t max_items);

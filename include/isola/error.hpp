@@ -3,11 +3,11 @@
 //
 // The rule across isola's API: a call that waits (or may wait) throws isola::error (or
 // python_error) when it fails; a try_* call, which never waits, returns a
-// boost::system::result whose error is an isola::errc code. Asynchronous completions get the
-// error as their first argument (an std::exception_ptr for pool tasks, a
-// boost::system::error_code for channels). The one exception: channels' send and recv return a
-// result even when they wait, because their errors end a stream normally (the channel was
-// closed and drained, the timeout the caller gave passed) and a loop tests for them.
+// boost::system::result whose error is an isola::errc code. Where a failed wait is a normal
+// end (a channel closed and drained, a timeout the caller chose), the waiting call also has a
+// form that takes a boost::system::error_code& last and sets it instead of throwing (Asio's
+// convention). Asynchronous completions get the error as their first argument (an
+// std::exception_ptr for pool tasks, a boost::system::error_code for channels).
 #pragma once
 
 #include <stdexcept>

@@ -56,15 +56,18 @@ double single_items(const options& o) {
     // Summed in a local: a total on the sending thread's stack would share a cache line with
     // the sender's own locals, and that false sharing was most of what early runs measured.
     std::int64_t total = 0;
-    for (std::size_t i = 0; i < o.messages; ++i) {
-      auto r = ch.recv();
-      if (!r) fail("recv failed");
-      total += std::get<std::int64_t>(std::get<isola::value>(r->payload).data());
+    try {
+      for (std::size_t i = 0; i < o.messages; ++i) {
+        isola::message m = ch.recv();
+        total += std::get<std::int64_t>(std::get<isola::value>(m.payload).data());
+      }
+    } catch (const isola::error& e) {  // a thread reports failure with fail(), not by throwing
+      fail(e.what());
     }
     sum = total;
   });
   for (std::size_t i = 0; i < o.messages; ++i) {
-    if (!ch.send(isola::message(static_cast<std::int64_t>(i)))) fail("send failed");
+    ch.send(isola::message(static_cast<std::int64_t>(i)));
   }
   receiver.join();
   const double s = seconds_since(t0);
@@ -87,10 +90,11 @@ double batches(const options& o) {
     std::int64_t total = 0;  // a local, as in single_items()
     while (n < o.messages) {
       got.clear();
-      auto r = ch.recv_many(got, o.batch);
-      if (!r) fail("recv_many failed");
+      boost::system::error_code ec;
+      const std::size_t k = ch.recv_many(got, o.batch, std::nullopt, {}, ec);
+      if (ec) fail("recv_many failed");
       for (auto& m : got) total += std::get<std::int64_t>(std::get<isola::value>(m.payload).data());
-      n += *r;
+      n += k;
     }
     sum = total;
   });
@@ -101,8 +105,7 @@ double batches(const options& o) {
     for (std::size_t k = 0; k < o.batch && i < o.messages; ++k, ++i) {
       batch.emplace_back(static_cast<std::int64_t>(i));
     }
-    auto r = ch.send_many(batch);
-    if (r.error) fail("send_many failed");
+    ch.send_many(batch);
   }
   receiver.join();
   const double s = seconds_since(t0);
@@ -157,10 +160,9 @@ double same_thread_ns(const options& o) {
   std::int64_t sum = 0;
   const double t0 = cpu_now();
   for (std::size_t i = 0; i < o.messages; ++i) {
-    if (!ch.send(isola::message(static_cast<std::int64_t>(i)))) fail("send failed");
-    auto r = ch.recv();
-    if (!r) fail("recv failed");
-    sum += std::get<std::int64_t>(std::get<isola::value>(r->payload).data());
+    ch.send(isola::message(static_cast<std::int64_t>(i)));
+    isola::message m = ch.recv();
+    sum += std::get<std::int64_t>(std::get<isola::value>(m.payload).data());
   }
   const double ns = cpu_now() - t0;
   const auto n = static_cast<std::int64_t>(o.messages);
@@ -177,18 +179,19 @@ rtt pingpong(const options& o) {
   isola::channel there(1), back(1);
   std::thread echo([&] {
     for (;;) {
-      auto r = there.recv();
-      if (!r) return;  // closed
-      if (!back.send(std::move(*r))) fail("echo send failed");
+      boost::system::error_code ec;
+      isola::message m = there.recv(ec);
+      if (ec) return;  // closed
+      back.send(std::move(m), ec);
+      if (ec) fail("echo send failed");
     }
   });
   std::vector<double> us;
   us.reserve(static_cast<std::size_t>(o.rounds));
   for (int i = 0; i < o.rounds; ++i) {
     auto t0 = clock_type::now();
-    if (!there.send(isola::message(std::int64_t{i}))) fail("ping send failed");
-    auto r = back.recv();
-    if (!r) fail("pong recv failed");
+    there.send(isola::message(std::int64_t{i}));
+    (void)back.recv();
     us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t0).count());
   }
   there.close();
@@ -266,14 +269,18 @@ int main(int argc, char** argv) {
 
   std::vector<double> single, batch, ring, local, p50, p99;
   auto want = [&](const char* figure) { return o.only.empty() || o.only == figure; };
-  for (int r = 0; r < o.runs; ++r) {
-    single.push_back(want("single") ? single_items(o) : 0);
-    batch.push_back(want("batch") ? batches(o) : 0);
-    ring.push_back(want("ring") ? raw_ring(o) : 0);
-    local.push_back(want("local") ? same_thread_ns(o) : 0);
-    const rtt t = want("pingpong") ? pingpong(o) : rtt{0, 0};
-    p50.push_back(t.p50_us);
-    p99.push_back(t.p99_us);
+  try {
+    for (int r = 0; r < o.runs; ++r) {
+      single.push_back(want("single") ? single_items(o) : 0);
+      batch.push_back(want("batch") ? batches(o) : 0);
+      ring.push_back(want("ring") ? raw_ring(o) : 0);
+      local.push_back(want("local") ? same_thread_ns(o) : 0);
+      const rtt t = want("pingpong") ? pingpong(o) : rtt{0, 0};
+      p50.push_back(t.p50_us);
+      p99.push_back(t.p99_us);
+    }
+  } catch (const isola::error& e) {  // a send or recv on the measuring thread failed
+    fail(e.what());
   }
   std::printf(
       "{\n"

@@ -323,13 +323,9 @@ double cpp_one_thread_ns(std::size_t rounds) {
   const double c0 = thread_cpu_seconds();
   for (std::size_t r = 0; r < rounds; ++r) {
     for (std::size_t i = 0; i < cost_loop; ++i) {
-      if (!ch.send(message(static_cast<std::int64_t>(i)))) check(false, "C++ one-thread send");
+      ch.send(message(static_cast<std::int64_t>(i)));
     }
-    for (std::size_t i = 0; i < cost_loop; ++i) {
-      auto m = ch.recv();
-      check(m.has_value(), "C++ one-thread recv");
-      sum += int_of(*m);
-    }
+    for (std::size_t i = 0; i < cost_loop; ++i) sum += int_of(ch.recv());
   }
   const double c1 = thread_cpu_seconds();
   check(sum == static_cast<std::int64_t>(rounds) * triangle(cost_loop),
@@ -381,20 +377,21 @@ transfer_run cpp_single(std::size_t capacity, std::size_t n, cpp_start start) {
     // Summed in a local and stored once: a total on the sending thread's stack shares a cache
     // line with the sender's locals, and that false sharing halved the figure.
     std::int64_t total = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      auto r = ch.recv();
-      if (!r) {
-        failed = true;
-        return;
-      }
-      total += int_of(*r);
+    try {  // the throwing forms, as a C++ user writes the loop
+      for (std::size_t i = 0; i < n; ++i) total += int_of(ch.recv());
+    } catch (const isola::error&) {
+      failed = true;
+      return;
     }
     sum = total;
   });
   if (start == cpp_start::receiver_waiting) wait_for_go();
-  for (std::size_t i = 0; i < n; ++i) {
-    if (i == fill && start == cpp_start::ring_full) go.store(true, std::memory_order_release);
-    if (!ch.send(message(static_cast<std::int64_t>(i)))) break;
+  try {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i == fill && start == cpp_start::ring_full) go.store(true, std::memory_order_release);
+      ch.send(message(static_cast<std::int64_t>(i)));
+    }
+  } catch (const isola::error&) {  // closed: the receiver reports the shortfall
   }
   go.store(true, std::memory_order_release);  // n <= capacity, or a failed send
   const auto c1 = sched_ns();
@@ -432,13 +429,14 @@ transfer_run cpp_batches(std::size_t capacity, std::size_t n, std::size_t batch)
     std::int64_t total = 0;  // a local, as in cpp_single()
     for (std::size_t k = 0; k < n;) {
       got.clear();
-      auto r = ch.recv_many(got, batch);
-      if (!r) {
+      boost::system::error_code ec;
+      const std::size_t got_now = ch.recv_many(got, batch, std::nullopt, {}, ec);
+      if (ec) {
         failed = true;
         return;
       }
       for (auto& m : got) total += int_of(m);
-      k += *r;
+      k += got_now;
     }
     sum = total;
   });
@@ -449,7 +447,9 @@ transfer_run cpp_batches(std::size_t capacity, std::size_t n, std::size_t batch)
     for (std::size_t k = 0; k < batch && i < n; ++k, ++i) {
       items.emplace_back(static_cast<std::int64_t>(i));
     }
-    if (ch.send_many(items).error) break;
+    boost::system::error_code ec;
+    ch.send_many(items, std::nullopt, {}, ec);
+    if (ec) break;
   }
   const auto c1 = sched_ns();
   receiver.join();
