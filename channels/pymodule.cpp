@@ -175,8 +175,20 @@ int exec_channels(PyObject* m) {
   if (type == nullptr) return -1;
   if (module_add(m, "Channel", type) < 0) return -1;
   if (add_shared_buffer_type(m) < 0) return -1;
+  // The exception classes of PEP 734's queues (CPython's _interpqueues and _interpreters),
+  // with the same bases, so code written for those catches isola's.
+  py::object queue_error = py::steal(new_exception(
+      "QueueError", "A channel (queue) operation failed (PEP 734's QueueError).",
+      PyExc_RuntimeError));
+  if (!queue_error || module_add(m, "QueueError", Py_NewRef(queue_error.get())) < 0) return -1;
   if (add_exception(m, "ChannelClosed", "The channel is closed (and, for receivers, drained).",
-                    nullptr) < 0) {
+                    queue_error.get()) < 0 ||
+      add_exception(m, "QueueNotFoundError",
+                    "No channel has the id given (it was never made, or it is gone).",
+                    queue_error.get()) < 0 ||
+      add_exception(m, "NotShareableError",
+                    "The object cannot go to another interpreter in the form asked for.",
+                    PyExc_ValueError) < 0) {
     return -1;
   }
   return 0;
@@ -200,9 +212,9 @@ int make_queue_exceptions(PyObject* m) {
   };
   for (const pair& p :
        {pair{"QueueEmpty", "ChannelEmpty", "Empty",
-             "No item is available (subclass of queue.Empty, as in PEP 734)."},
+             "No item is available (subclass of QueueError and queue.Empty, as in PEP 734)."},
         pair{"QueueFull", "ChannelFull", "Full",
-             "No room is available (subclass of queue.Full, as in PEP 734)."}}) {
+             "No room is available (subclass of QueueError and queue.Full, as in PEP 734)."}}) {
     PyObject* dict = PyModule_GetDict(m);  // borrowed
     PyObject* found = PyDict_GetItemString(dict, p.name);  // borrowed
     if (found == nullptr) found = PyDict_GetItemString(dict, p.alias);
@@ -210,7 +222,14 @@ int make_queue_exceptions(PyObject* m) {
     if (!exc) {
       py::object base = py::steal(PyObject_GetAttrString(queue.get(), p.base));
       if (!base) return -1;
-      exc = py::steal(new_exception(p.name, p.doc, base.get()));
+      PyObject* queue_error = PyDict_GetItemString(dict, "QueueError");  // borrowed
+      if (queue_error == nullptr) {
+        PyErr_SetString(PyExc_RuntimeError, "isola.QueueError was deleted from the module");
+        return -1;
+      }
+      py::object bases = py::steal(PyTuple_Pack(2, queue_error, base.get()));
+      if (!bases) return -1;
+      exc = py::steal(new_exception(p.name, p.doc, bases.get()));
       if (!exc) return -1;
     }
     for (const char* n : {p.name, p.alias}) {

@@ -273,6 +273,54 @@ TEST_CASE("the PEP 734 queue API and the rest of Channel", "[pychannel]") {
   CHECK(rep.ends_with(" 't-repr' 1/2 closed>"));
 }
 
+TEST_CASE("the exceptions have PEP 734's bases, the same as CPython's queues", "[pychannel]") {
+  isola::interpreter in;
+  in.exec("import isola, queue\n"
+          "def bases(cls):\n"
+          "    return [c.__name__ for c in cls.__mro__[1:] if c not in (BaseException, object)]\n"
+          "mine = {n: bases(getattr(isola, n)) for n in\n"
+          "        ['QueueError', 'QueueEmpty', 'QueueFull', 'QueueNotFoundError',\n"
+          "         'NotShareableError', 'ChannelClosed']}\n"
+          "q = isola.Channel(1)\n"
+          "q.put(1)\n"
+          "caught = []\n"
+          "for call in (lambda: q.put_nowait(2), lambda: (q.get_nowait(), q.get_nowait())):\n"
+          "    try:\n"
+          "        call()\n"
+          "    except isola.QueueError as e:\n"
+          "        caught.append(type(e).__name__)\n"
+          "q.close()\n"
+          "try:\n"
+          "    q.put(3)\n"
+          "except RuntimeError as e:\n"
+          "    caught.append(type(e).__name__)\n");
+  CHECK(in.eval("mine['QueueError']").repr() == "['RuntimeError', 'Exception']");
+  CHECK(in.eval("mine['QueueEmpty']").repr() ==
+        "['QueueError', 'RuntimeError', 'Empty', 'Exception']");
+  CHECK(in.eval("mine['QueueFull']").repr() ==
+        "['QueueError', 'RuntimeError', 'Full', 'Exception']");
+  CHECK(in.eval("mine['QueueNotFoundError']").repr() ==
+        "['QueueError', 'RuntimeError', 'Exception']");
+  CHECK(in.eval("mine['NotShareableError']").repr() == "['ValueError', 'Exception']");
+  CHECK(in.eval("mine['ChannelClosed']").repr() == "['QueueError', 'RuntimeError', 'Exception']");
+  CHECK(in.eval("caught").repr() == "['QueueFull', 'QueueEmpty', 'ChannelClosed']");
+  // The same bases as CPython's own classes, where this CPython has them (3.13's
+  // test.support.interpreters; 3.12 has no queues module).
+  in.exec("try:\n"
+          "    from test.support.interpreters import queues as cq\n"
+          "    import _interpreters\n"
+          "except ImportError:\n"
+          "    theirs = None\n"
+          "else:\n"
+          "    theirs = {'QueueError': bases(cq.QueueError), 'QueueEmpty': bases(cq.QueueEmpty),\n"
+          "              'QueueFull': bases(cq.QueueFull),\n"
+          "              'QueueNotFoundError': bases(cq.QueueNotFoundError),\n"
+          "              'NotShareableError': bases(_interpreters.NotShareableError)}\n"
+          "same = theirs is None or all(mine[k] == v for k, v in theirs.items())\n");
+  INFO(in.eval("theirs").repr());
+  CHECK(in.eval("same").as_bool());
+}
+
 TEST_CASE("send_many / recv_many keep every kind of item, in order", "[pychannel]") {
   // recv_many turns ints into Python ints straight from the ring and converts the others
   // afterwards; the list must come out in order whatever the mix.
