@@ -375,8 +375,9 @@ namespace {
 
 std::atomic<std::uint64_t> next_channel_id{1};
 
-/// Named channels. Weak references: a name is findable while its channel is alive. Leaked on
-/// purpose, so channels destroyed during static destruction can still unregister.
+/// Every live channel by id, and the named ones by name. Weak references: a channel is
+/// findable while it is alive. Leaked on purpose, so channels destroyed during static
+/// destruction can still unregister.
 struct registry {
   std::mutex mu;
   struct entry {
@@ -384,6 +385,7 @@ struct registry {
     std::weak_ptr<channel_core> weak;
   };
   std::map<std::string, entry, std::less<>> names;
+  std::map<std::uint64_t, std::weak_ptr<channel_core>> ids;  // ordered: ids grow with time
 };
 
 registry& the_registry() {
@@ -401,11 +403,14 @@ channel_core::channel_core(std::size_t capacity, std::string name)
 }
 
 channel_core::~channel_core() {
-  if (!name_.empty()) {
+  {
     registry& r = the_registry();
     std::lock_guard lock(r.mu);
-    auto it = r.names.find(name_);
-    if (it != r.names.end() && it->second.core == this) r.names.erase(it);
+    r.ids.erase(id_);
+    if (!name_.empty()) {
+      auto it = r.names.find(name_);
+      if (it != r.names.end() && it->second.core == this) r.names.erase(it);
+    }
   }
   // No handle is left, so nothing else runs here: pending async receivers get what is queued,
   // then channel_closed; pending senders get channel_closed. The ring destroys the rest.
@@ -682,7 +687,11 @@ using detail::ring_status;
 static_assert(channel::max_capacity == detail::ring<message>::max_capacity);
 
 channel::channel(std::size_t capacity)
-    : core_(std::make_shared<detail::channel_core>(capacity, std::string())) {}
+    : core_(std::make_shared<detail::channel_core>(capacity, std::string())) {
+  auto& r = detail::the_registry();
+  std::lock_guard lock(r.mu);
+  r.ids.emplace(core_->id_, core_);
+}
 
 channel channel::open(std::string_view name, std::size_t capacity) {
   if (name.empty()) throw std::invalid_argument("channel::open: the name must not be empty");
@@ -693,12 +702,34 @@ channel channel::open(std::string_view name, std::size_t capacity) {
     if (auto core = it->second.weak.lock()) return channel(std::move(core));
   }
   auto core = std::make_shared<detail::channel_core>(capacity, std::string(name));
+  r.ids.emplace(core->id_, core);
   if (it != r.names.end()) {
     it->second = {core.get(), core};
   } else {
     r.names.emplace(std::string(name), detail::registry::entry{core.get(), core});
   }
   return channel(std::move(core));
+}
+
+std::optional<channel> channel::find_id(std::uint64_t id) {
+  auto& r = detail::the_registry();
+  std::lock_guard lock(r.mu);
+  auto it = r.ids.find(id);
+  if (it == r.ids.end()) return std::nullopt;
+  auto core = it->second.lock();  // empty while its destructor waits for the lock
+  if (!core) return std::nullopt;
+  return channel(std::move(core));
+}
+
+std::vector<channel> channel::list_all() {
+  std::vector<channel> out;
+  auto& r = detail::the_registry();
+  std::lock_guard lock(r.mu);
+  out.reserve(r.ids.size());
+  for (auto& [id, weak] : r.ids) {
+    if (auto core = weak.lock()) out.push_back(channel(std::move(core)));
+  }
+  return out;
 }
 
 std::optional<channel> channel::find(std::string_view name) {

@@ -226,7 +226,47 @@ constexpr const char* dumps_name = "dumps";
 constexpr const char* loads_name = "loads";
 #endif
 
+namespace {
+
+// The pickle stream of an item that names channels (a Channel pickled inside a container, as
+// Channel(id=N)): its source also holds those channels, so they live while the item does and
+// the id still names a channel when the receiver unpickles it.
+class stream_with_channels final : public buffer_source {
+ public:
+  stream_with_channels(shared_buffer stream, std::vector<channel_ref> channels) noexcept
+      : stream_(std::move(stream)), channels_(std::move(channels)) {}
+  std::span<const std::byte> bytes() const noexcept override { return stream_.bytes(); }
+
+ private:
+  shared_buffer stream_;
+  std::vector<channel_ref> channels_;
+};
+
+// The channels the pickle_to running on this thread has met (nullptr outside one).
+thread_local std::vector<channel_ref>* pickling_channels = nullptr;
+
+}  // namespace
+
+bool note_pickled_channel(const channel& ch) {
+  if (pickling_channels == nullptr) return true;
+  try {
+    pickling_channels->push_back(channel_ref(ch));
+    return true;
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+    return false;
+  }
+}
+
 bool pickle_to(PyObject* obj, pickled& out) {
+  std::vector<channel_ref> channels;
+  struct collect {
+    std::vector<channel_ref>* outer;
+    explicit collect(std::vector<channel_ref>* mine) : outer(pickling_channels) {
+      pickling_channels = mine;
+    }
+    ~collect() { pickling_channels = outer; }
+  } scope(&channels);
   try {
     auto pickle = py::import("pickle");
     auto dumps = py::getattr(pickle.get(), dumps_name);
@@ -244,6 +284,10 @@ bool pickle_to(PyObject* obj, pickled& out) {
       shared_buffer b;
       if (!buffer_from_python(PyList_GET_ITEM(buffers.get(), i), b)) return false;
       p.out_of_band.push_back(std::move(b));
+    }
+    if (!channels.empty()) {
+      p.data = shared_buffer(
+          std::make_shared<stream_with_channels>(std::move(p.data), std::move(channels)));
     }
     out = std::move(p);
     return true;

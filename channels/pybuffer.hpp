@@ -32,8 +32,12 @@ bool buffer_from_python(PyObject* obj, shared_buffer& out);
 /// A new read-only memoryview of b in the current interpreter.
 PyObject* memoryview_of(PyObject* module, const shared_buffer& b);
 
-/// pickle.dumps(obj, protocol=5) with out-of-band buffers. False with an exception set.
+/// pickle.dumps(obj, protocol=5) with out-of-band buffers. False with an exception set. The
+/// channels pickled inside obj (see note_pickled_channel) are kept alive by the payload.
 bool pickle_to(PyObject* obj, pickled& out);
+/// Called by Channel.__reduce__: while a pickle_to runs on this thread, the payload it makes
+/// will hold ch. False with MemoryError set.
+bool note_pickled_channel(const channel& ch);
 /// pickle.loads of a payload, its buffers given as memoryviews.
 PyObject* unpickle(PyObject* module, const pickled& p);
 

@@ -761,15 +761,47 @@ Py_hash_t ch_hash(PyObject* self) {
   return static_cast<Py_hash_t>(as_chan(self)->ch.id() & 0x7fffffffffffffffULL);
 }
 
-PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
-  static const char* kwlist[] = {"maxsize", "pickle", nullptr};
-  PyObject* maxsize_arg = nullptr;
-  Py_ssize_t maxsize = 0;
-  int pickle = 1;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:Channel", const_cast<char**>(kwlist),
-                                   &maxsize_arg, &pickle)) {
+// Channel(id=N): a handle to the live channel with that id, or QueueNotFoundError.
+PyObject* attach_by_id(PyTypeObject* type, PyObject* id_arg) {
+  if (!PyLong_Check(id_arg)) {
+    PyErr_Format(PyExc_TypeError, "Channel: id must be an int, not %s", Py_TYPE(id_arg)->tp_name);
     return nullptr;
   }
+  const unsigned long long id = PyLong_AsUnsignedLongLong(id_arg);
+  if (id == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();  // negative or too large: no channel has it
+  } else if (auto ch = channel::find_id(id)) {
+    return wrap_channel(type, std::move(*ch));
+  }
+  PyObject* module = module_of(type);
+  PyObject* text = PyUnicode_FromFormat(
+      "Channel: no channel has id %R (it was never made, or every handle to it is gone)",
+      id_arg);
+  if (text == nullptr) return nullptr;
+  raise_from_module(module, "QueueNotFoundError", PyUnicode_AsUTF8(text));
+  Py_DECREF(text);
+  return nullptr;
+}
+
+PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
+  static const char* kwlist[] = {"maxsize", "pickle", "id", nullptr};
+  PyObject* maxsize_arg = nullptr;
+  PyObject* pickle_arg = nullptr;
+  PyObject* id_arg = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OO:Channel", const_cast<char**>(kwlist),
+                                   &maxsize_arg, &pickle_arg, &id_arg)) {
+    return nullptr;
+  }
+  if (id_arg != nullptr) {
+    if (maxsize_arg != nullptr || pickle_arg != nullptr) {
+      PyErr_SetString(PyExc_TypeError,
+                      "Channel: give id alone (a handle to an existing channel), or maxsize "
+                      "and pickle (a new channel)");
+      return nullptr;
+    }
+    return attach_by_id(type, id_arg);
+  }
+  Py_ssize_t maxsize = 0;
   if (maxsize_arg != nullptr && !parse_size(maxsize_arg, "Channel", "maxsize", maxsize)) {
     return nullptr;
   }
@@ -777,6 +809,8 @@ PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
     PyErr_SetString(PyExc_ValueError, "Channel: maxsize must be >= 0 (0 means the default bound)");
     return nullptr;
   }
+  int pickle = 1;
+  if (pickle_arg != nullptr && (pickle = PyObject_IsTrue(pickle_arg)) < 0) return nullptr;
   try {
     channel ch(maxsize == 0 ? default_maxsize : static_cast<std::size_t>(maxsize));
     set_channel_pickle(ch, pickle != 0);
@@ -788,6 +822,26 @@ PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
     PyErr_Format(PyExc_ValueError, "Channel: %s", e.what());
     return nullptr;
   }
+}
+
+// Pickles as Channel(id=N): unpickled in any interpreter of this process while the channel
+// lives, it is a handle to the same channel (QueueNotFoundError once it is gone). Pickled
+// inside an item sent through a channel, the item keeps the channel alive.
+PyObject* ch_reduce(PyObject* self, PyObject*) {
+  if (!note_pickled_channel(as_chan(self)->ch)) return nullptr;
+  PyObject* copyreg = PyImport_ImportModule("copyreg");
+  if (copyreg == nullptr) return nullptr;
+  PyObject* newobj_ex = PyObject_GetAttrString(copyreg, "__newobj_ex__");
+  Py_DECREF(copyreg);
+  if (newobj_ex == nullptr) return nullptr;
+  PyObject* kwargs = Py_BuildValue("{sK}", "id",
+                                   static_cast<unsigned long long>(as_chan(self)->ch.id()));
+  PyObject* r = kwargs == nullptr ? nullptr
+                                  : Py_BuildValue("(N(O()N))", newobj_ex,
+                                                  reinterpret_cast<PyObject*>(Py_TYPE(self)),
+                                                  kwargs);
+  if (kwargs == nullptr) Py_DECREF(newobj_ex);
+  return r;
 }
 
 void ch_dealloc(PyObject* self) {
@@ -839,6 +893,9 @@ PyMethodDef channel_methods[] = {
     {"qsize", ch_qsize, METH_NOARGS, "qsize() -> int\n\nItems queued now (approximate)."},
     {"empty", ch_empty, METH_NOARGS, "empty() -> bool"},
     {"full", ch_full, METH_NOARGS, "full() -> bool"},
+    {"__reduce__", ch_reduce, METH_NOARGS,
+     "Pickles as Channel(id=...): a handle to the same channel in any interpreter of this "
+     "process."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef channel_getset[] = {

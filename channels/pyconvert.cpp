@@ -25,12 +25,14 @@ namespace {
 // ---- Python object <-> message ----------------------------------------------------------------
 
 
-// Finds the first object inside obj (depth first) that is not a plain value and says where:
-// `where` becomes "[0]", "['key'][2]" ... (empty for obj itself) and `type` its type's name.
-// False if everything in it is plain (conversion failed for another reason: depth, a cycle).
-bool find_not_plain(PyObject* obj, std::string& where, std::string& type, int depth = 0) {
+// Finds the first object inside obj (depth first) that is not a plain value, nor a channel
+// (which pickles), and says where: `where` becomes "[0]", "['key'][2]" ... (empty for obj
+// itself) and `type` its type's name. False if there is none (pickling failed for another
+// reason: depth, a cycle).
+bool find_not_plain(PyObject* obj, PyTypeObject* channel_type, std::string& where,
+                    std::string& type, int depth = 0) {
   if (obj == Py_None || PyBool_Check(obj) || PyLong_CheckExact(obj) || PyFloat_CheckExact(obj) ||
-      PyUnicode_CheckExact(obj) || PyBytes_CheckExact(obj)) {
+      PyUnicode_CheckExact(obj) || PyBytes_CheckExact(obj) || Py_TYPE(obj) == channel_type) {
     return false;
   }
   if (depth > value::max_depth) return false;
@@ -38,7 +40,7 @@ bool find_not_plain(PyObject* obj, std::string& where, std::string& type, int de
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
     for (Py_ssize_t i = 0; i < n && i < PySequence_Fast_GET_SIZE(obj); ++i) {
       std::string inner;
-      if (find_not_plain(PySequence_Fast_ITEMS(obj)[i], inner, type, depth + 1)) {
+      if (find_not_plain(PySequence_Fast_ITEMS(obj)[i], channel_type, inner, type, depth + 1)) {
         where = "[" + std::to_string(i) + "]" + inner;
         return true;
       }
@@ -50,11 +52,11 @@ bool find_not_plain(PyObject* obj, std::string& where, std::string& type, int de
     PyObject *k = nullptr, *v = nullptr;
     while (PyDict_Next(obj, &pos, &k, &v)) {
       std::string inner;
-      if (find_not_plain(k, inner, type, depth + 1)) {
+      if (find_not_plain(k, channel_type, inner, type, depth + 1)) {
         where = " key " + py::to_string(py::steal(PyObject_Repr(k)).get());
         return true;
       }
-      if (find_not_plain(v, inner, type, depth + 1)) {
+      if (find_not_plain(v, channel_type, inner, type, depth + 1)) {
         py::object r = py::steal(PyObject_Repr(k));
         where = "[" + (r ? py::to_string(r.get()) : std::string("?")) + "]" + inner;
         return true;
@@ -114,15 +116,12 @@ bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, me
     // pickle's own exception (PicklingError, AttributeError, TypeError: callers may catch
     // those), with a note that says why pickle was involved at all.
     std::string where, type;
-    const bool inside = find_not_plain(obj, where, type) && !where.empty();
+    const bool inside = find_not_plain(obj, channel_type, where, type) && !where.empty();
     std::string why;
     if (inside) {
       why = std::string("a ") + Py_TYPE(obj)->tp_name + " is sent as a plain value only if " +
             "everything in it is one, and item" + where + " is an object of type '" + type +
-            "'" +
-            (type.find("Channel") != std::string::npos
-                 ? " (a channel can be sent on its own, not inside a tuple, list or dict)"
-                 : "");
+            "'";
     } else {
       why = std::string("an object of type '") + Py_TYPE(obj)->tp_name +
             "' is not a plain value (None, bool, int, float, str, bytes, tuple, list, dict), "

@@ -72,6 +72,20 @@ PyObject* open_named(PyObject* module, PyObject* args, PyObject* kwds) {
   }
 }
 
+PyObject* list_channels(PyObject* module, PyObject*) {
+  PyTypeObject* type = channel_type_of(module);
+  if (type == nullptr) return nullptr;
+  std::vector<channel> all = channel::list_all();
+  py::object list = py::steal(PyList_New(static_cast<Py_ssize_t>(all.size())));
+  if (!list) return nullptr;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    PyObject* handle = wrap_channel(type, std::move(all[i]));
+    if (handle == nullptr) return nullptr;
+    PyList_SET_ITEM(list.get(), static_cast<Py_ssize_t>(i), handle);
+  }
+  return list.release();
+}
+
 PyObject* select_ready(PyObject* module, PyObject* args, PyObject* kwds) {
   static const char* kwlist[] = {"channels", "timeout", nullptr};
   PyObject* seq = nullptr;
@@ -150,6 +164,9 @@ PyMethodDef channel_functions[] = {
      "channel(name, maxsize=0) -> Channel\n\nThe channel registered under name, created (with "
      "maxsize, 0 meaning the default bound) if there is none: the way to wire interpreters "
      "together. The name is registered while any handle to the channel exists."},
+    {"list_channels", list_channels, METH_NOARGS,
+     "list_channels() -> list[Channel]\n\nA handle to every live channel of the process, "
+     "oldest first (PEP 734's list_all())."},
     {"select", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(select_ready)),
      METH_VARARGS | METH_KEYWORDS,
      "select(channels, timeout=None) -> Channel | None\n\nWaits (GIL released) until one of "

@@ -1049,6 +1049,29 @@ TEST_CASE("channel: named channels", "[channel]") {
   CHECK_FALSE(channel::find("test.named.inner"));
 }
 
+TEST_CASE("channel: find_id and list_all see every live channel, and only those",
+          "[channel]") {
+  std::uint64_t gone_id = 0;
+  {
+    channel gone(1);
+    gone_id = gone.id();
+    REQUIRE(channel::find_id(gone_id));
+    CHECK(*channel::find_id(gone_id) == gone);
+  }
+  CHECK_FALSE(channel::find_id(gone_id));
+  channel a(2);
+  channel named = channel::open("test.find-id", 3);
+  CHECK(channel::find_id(named.id())->name() == "test.find-id");
+  auto all = channel::list_all();
+  auto has = [&](const channel& c) { return std::find(all.begin(), all.end(), c) != all.end(); };
+  CHECK(has(a));
+  CHECK(has(named));
+  CHECK(std::none_of(all.begin(), all.end(), [&](const channel& c) { return c.id() == gone_id; }));
+  CHECK(std::is_sorted(all.begin(), all.end(),
+                       [](const channel& x, const channel& y) { return x.id() < y.id(); }));
+  CHECK_FALSE(channel::find_id(0));
+}
+
 TEST_CASE("channel: named open from many threads agrees on one channel", "[channel][concurrent]") {
   for (int round = 0; round < 50; ++round) {
     std::vector<std::uint64_t> ids(4);

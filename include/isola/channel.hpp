@@ -153,6 +153,11 @@ class channel {
   static channel open(std::string_view name, std::size_t capacity);
   /// The channel registered under name, if one exists.
   static std::optional<channel> find(std::string_view name);
+  /// The live channel whose id() is id, if one exists (every channel is findable by id while
+  /// any handle, ref or queued message keeps it alive).
+  static std::optional<channel> find_id(std::uint64_t id);
+  /// Every live channel, in the order they were made.
+  static std::vector<channel> list_all();
 
   /// Waits for room, then appends msg; msg is moved from only on success. Throws isola::error
   /// with errc::channel_closed, errc::timeout (after `timeout`), or errc::cancelled (once stop
