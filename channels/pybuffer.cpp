@@ -40,6 +40,12 @@ class py_buffer_source final : public buffer_source {
   std::span<const std::byte> bytes() const noexcept override {
     return {static_cast<const std::byte*>(view_.buf), static_cast<std::size_t>(view_.len)};
   }
+  /// Whether the shared object is a bytes object (not a subclass, not another exporter).
+  bool exact_bytes() const noexcept { return exact_bytes_; }
+  /// The shared object, if the current interpreter is the one that sent it (borrowed).
+  PyObject* object_if_here() const noexcept {
+    return attached_here(*owner_) ? view_.obj : nullptr;
+  }
 
   ~py_buffer_source() override {
     if (attached_here(*owner_)) {
@@ -194,6 +200,21 @@ bool buffer_from_python(PyObject* obj, shared_buffer& out) {
   }
   out = shared_buffer(std::make_shared<py_buffer_source>(view, std::move(owner), std::move(reg)));
   return true;
+}
+
+bool is_shared_bytes(const shared_buffer& b) noexcept {
+  const auto* src = dynamic_cast<const py_buffer_source*>(b.source().get());
+  return src != nullptr && src->exact_bytes();
+}
+
+PyObject* bytes_of(const shared_buffer& b) {
+  const auto* src = dynamic_cast<const py_buffer_source*>(b.source().get());
+  if (src != nullptr && src->exact_bytes()) {
+    // Received where it was sent: the bytes object itself (immutable, so nothing can tell).
+    if (PyObject* o = src->object_if_here()) return Py_NewRef(o);
+  }
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(b.data()),
+                                   static_cast<Py_ssize_t>(b.size()));
 }
 
 PyObject* memoryview_of(PyObject* module, const shared_buffer& b) {

@@ -3,8 +3,9 @@
 //   Py_buffer of the sender's object, released in the sender's interpreter (attached safely)
 //   when the last reference anywhere is gone. See docs/channels.md for what happens when the
 //   sender ends first.
-// - Receiving gives a read-only memoryview over an isola._SharedBuffer that holds the message's
-//   buffer.
+// - Receiving gives what was sent: a bytes object for bytes (one copy, made by the receiver),
+//   a read-only memoryview over an isola._SharedBuffer that holds the message's buffer for a
+//   memoryview or any other buffer.
 // Everything here needs the GIL of the current interpreter.
 #pragma once
 
@@ -31,6 +32,10 @@ bool buffer_from_python(PyObject* obj, shared_buffer& out);
 
 /// A new read-only memoryview of b in the current interpreter.
 PyObject* memoryview_of(PyObject* module, const shared_buffer& b);
+/// Whether b shares a bytes object that a Python sender sent (it arrives as bytes).
+bool is_shared_bytes(const shared_buffer& b) noexcept;
+/// b as a bytes object: the sender's own object where it was sent, else a copy.
+PyObject* bytes_of(const shared_buffer& b);
 
 /// pickle.dumps(obj, protocol=5) with out-of-band buffers. False with an exception set. The
 /// channels pickled inside obj (see note_pickled_channel) are kept alive by the payload.

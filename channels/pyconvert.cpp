@@ -81,12 +81,16 @@ bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, me
     out = message(channel_ref(reinterpret_cast<py_channel*>(obj)->ch));
     return true;
   }
-  if ((PyBytes_CheckExact(obj) && PyBytes_GET_SIZE(obj) >= zero_copy_min) ||
-      PyMemoryView_Check(obj)) {
+  const bool big_bytes = PyBytes_CheckExact(obj) && PyBytes_GET_SIZE(obj) >= zero_copy_min;
+  if (big_bytes || PyMemoryView_Check(obj)) {
     shared_buffer b;
     if (!buffer_from_python(obj, b)) return false;
-    out = message(std::move(b));
-    return true;
+    // Bytes are shared in flight and arrive as bytes. Where they could not be shared (an
+    // interpreter isola does not manage), they travel as a plain value, which does too.
+    if (!big_bytes || is_shared_bytes(b)) {
+      out = message(std::move(b));
+      return true;
+    }
   }
   try {
     out = message(from_python(obj));
@@ -147,6 +151,8 @@ PyObject* from_message(PyObject* module, const message& m) {
         return nullptr;
       }
     case 1:
+      // As it was sent: bytes as bytes, a memoryview (or C++'s shared_buffer) as a memoryview.
+      if (is_shared_bytes(*m.as_buffer())) return bytes_of(*m.as_buffer());
       return memoryview_of(module, *m.as_buffer());
     case 2: {
       PyObject* o = unpickle(module, *m.as_pickled());

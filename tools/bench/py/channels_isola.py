@@ -183,20 +183,24 @@ def make_big(size):
     big = bytes(size - 1) + b'\x07'
 
 
-def send_big(name):
+def send_big(name, as_bytes):
+    """Sends the big bytes as bytes, or a memoryview of them; returns (t0, their address)."""
     ch = isola.channel(name)
+    obj = big if as_bytes else memoryview(big)
     t0 = time.perf_counter_ns()
-    ch.send(big)
+    ch.send(obj)
     return t0, isola._buffer_address(big)
 
 
-def recv_big(name, copy):
-    mv = isola.channel(name).recv()
-    data = bytes(mv) if copy else mv
+def recv_big(name, as_bytes, size):
+    """Receives what send_big sent, checks its type and size and reads its last byte."""
+    data = isola.channel(name).recv()
     last = data[-1]
     t1 = time.perf_counter_ns()
-    if last != 7 or len(data) != len(mv):
-        raise AssertionError(f'large transfer: last byte {last}, length {len(data)}')
+    expected = bytes if as_bytes else memoryview
+    if type(data) is not expected or last != 7 or len(data) != size:
+        raise AssertionError(f'large transfer: got {type(data).__name__}, last byte {last}, '
+                             f'length {len(data)}; expected {expected.__name__}')
     address = isola._buffer_address(data)
-    del data, mv
+    del data
     return t1, address
