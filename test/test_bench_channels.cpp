@@ -19,6 +19,7 @@ std::string isola_path() {
 }  // namespace
 
 TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-channels]") {
+  // The bench inherits this process's CPUs, which the pinning check below reads.
   auto r = isola_test::run_program(
       {isola_path(), "bench", "channels", "--quick", "--json", "--quiet"});
   INFO(r.describe());
@@ -35,7 +36,9 @@ TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-ch
       "            'pingpong_rtt_us_p99', 'cpp_msgs_per_s', 'cpp_msgs_per_s_receiver_waits',\n"
       "            'cpp_batch_items_per_s',\n"
       "            'zero_copy_100mb_ms', 'bytes_100mb_ms', 'cpython_queue_100mb_ms',\n"
-      "            'bytes_vs_cpython_queue',\n"
+      "            'bytes_vs_cpython_queue', 'cpp_msgs_per_s_min', 'cpp_msgs_per_s_max',\n"
+      "            'boost_mpmc_msgs_per_s', 'boost_spsc_msgs_per_s', 'cpp_vs_boost_mpmc',\n"
+      "            'cpp_vs_boost_spsc',\n"
       "            'py_vs_cpython_queue', 'py_vs_mp_queue', 'py_send_ns_cpu', 'py_recv_ns_cpu',\n"
       "            'cpp_send_recv_ns_cpu', 'py_msgs_cores_used', 'py_vs_cpython_queue_cpu',\n"
       "            'py_no_channel_per_s_int', 'py_vs_no_channel', 'py_batch_no_channel_per_s',\n"
@@ -56,7 +59,31 @@ TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-ch
       "for k in ['py_msgs_cpu_stolen_pct', 'py_batch_cpu_stolen_pct', 'cpp_cpu_stolen_pct']:\n"
       "    if k not in results or not (results[k] is None or percent(results[k])):\n"
       "        bad.append(f'{k}={results.get(k)!r}')\n"
+      "lo, mid, hi = (results.get(k) for k in\n"
+      "               ('cpp_msgs_per_s_min', 'cpp_msgs_per_s', 'cpp_msgs_per_s_max'))\n"
+      "if not (isinstance(lo, (int, float)) and lo <= mid <= hi):\n"
+      "    bad.append(f'cpp_msgs_per_s {mid!r} outside [{lo!r}, {hi!r}]')\n"
+      "# Pinned when the machine lets this process run on two CPUs or more.\n"
+      "import os\n"
+      "expect_pinned = 1 if len(os.sched_getaffinity(0)) >= 2 else 0\n"
+      "if results.get('cpp_threads_pinned') != expect_pinned:\n"
+      "    bad.append(f\"cpp_threads_pinned={results.get('cpp_threads_pinned')!r}\")\n"
       "problem = ', '.join(bad)\n");
   INFO(r.out);
   CHECK(in.get_global("problem").as_str() == "");
+}
+
+TEST_CASE("isola bench channels --no-pin leaves the C++ threads unpinned", "[bench-channels]") {
+  auto r = isola_test::run_program({isola_path(), "bench", "channels", "--quick", "--json",
+                                    "--quiet", "--no-peers", "--no-pin"});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  isola::interpreter in;
+  in.set_global("text", r.out);
+  in.exec("import json\n"
+          "results = json.loads(text)['results']\n"
+          "pinned = results['cpp_threads_pinned']\n"
+          "peers = [results['boost_mpmc_msgs_per_s'] > 0, results['cpp_vs_boost_spsc'] > 0]\n");
+  CHECK(in.get_global("pinned").as_int() == 0);
+  CHECK(in.get_global("peers").repr() == "[True, True]");
 }

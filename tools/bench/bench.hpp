@@ -88,6 +88,10 @@ struct bench_suite_registrar {
 /// The median of samples (the mean of the middle two for an even count); 0 if empty.
 double median(std::vector<double> samples);
 
+/// The median of a[i] / b[i]: the ratio of two figures measured in turn, round by round, so
+/// that a drift of the machine's speed moves both sides of each ratio alike. 0 if empty.
+double median_ratio(const std::vector<double>& a, const std::vector<double>& b);
+
 /// A new temporary folder holding one Python module (for a peer benchmark's subprocess to
 /// import); removed with the object. Throws std::runtime_error naming what failed.
 class module_folder {

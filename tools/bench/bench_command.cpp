@@ -40,6 +40,14 @@ double median(std::vector<double> samples) {
   return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
 }
 
+double median_ratio(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<double> ratios;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (b[i] > 0) ratios.push_back(a[i] / b[i]);
+  }
+  return median(std::move(ratios));
+}
+
 module_folder::module_folder(const std::string& prefix, const std::string& file_name,
                              const std::string& contents) {
   namespace fs = std::filesystem;

@@ -18,6 +18,8 @@
 #include "tools/bench/py/channels_peer.py.hpp"
 
 #include <boost/json.hpp>
+#include <boost/lockfree/queue.hpp>
+#include <boost/lockfree/spsc_queue.hpp>
 
 #include <isola/channel.hpp>
 #include <isola/error.hpp>
@@ -43,6 +45,8 @@
 #include <vector>
 
 #include <fmt/core.h>
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 namespace isola::cli {
@@ -69,6 +73,7 @@ struct channels_options {
   unsigned big_rounds = 7;
   unsigned repeat = 3;
   bool no_peers = false;
+  bool no_pin = false;
   bool quick = false;
 };
 
@@ -343,8 +348,111 @@ double cpp_one_thread_ns(std::size_t rounds) {
 /// - receiver_waiting: the sender starts once the receiver is about to receive.
 enum class cpp_start { ring_full, receiver_waiting };
 
+/// Where the two threads of a C++ transfer run: the sender on one CPU and the receiver on
+/// another, fixed for the whole run, or wherever the scheduler puts them (`on` false). Two
+/// threads left free share a core now and then, and move between cores; each move changes
+/// which side waits, and with it the figure.
+struct cpu_pins {
+  bool on = false;
+  int sender = -1, receiver = -1;
+};
+
+/// The first two CPUs this process may run on, or pins that are off (one CPU, or --no-pin).
+cpu_pins choose_pins(bool wanted) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (!wanted || sched_getaffinity(0, sizeof set, &set) != 0) return {};
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE && cpus.size() < 2; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  if (cpus.size() < 2) return {};
+  return {true, cpus[0], cpus[1]};
+}
+
+/// Pins the calling thread to one CPU for its scope, then gives it back its earlier CPUs.
+class pinned_thread {
+ public:
+  explicit pinned_thread(int cpu) {
+    if (cpu < 0) return;
+    restore_ = pthread_getaffinity_np(pthread_self(), sizeof old_, &old_) == 0;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    check(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0,
+          fmt::format("cannot pin a thread to CPU {} (run with --no-pin)", cpu));
+  }
+  ~pinned_thread() {
+    if (restore_) pthread_setaffinity_np(pthread_self(), sizeof old_, &old_);
+  }
+  pinned_thread(const pinned_thread&) = delete;
+  pinned_thread& operator=(const pinned_thread&) = delete;
+
+ private:
+  cpu_set_t old_{};
+  bool restore_ = false;
+};
+
+/// A spin-wait hint for the peers' loops (Boost.Lockfree has no blocking calls).
+inline void pause_cpu() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+/// The same transfer as cpp_single (n ints, one sending and one receiving thread, the
+/// receiver summing them), through one of Boost.Lockfree's queues, whose loops spin while
+/// the queue is full or empty: boost::lockfree::queue is multi-producer multi-consumer like
+/// isola::channel, spsc_queue single-producer single-consumer. Items are plain int64s, since
+/// Boost.Lockfree takes only trivially copyable ones. Messages per second.
+template <typename Queue>
+double boost_transfer(Queue& q, std::size_t n, const cpu_pins& pins) {
+  std::int64_t sum = 0;
+  auto t0 = clock::now();
+  std::thread receiver([&q, &sum, n, cpu = pins.receiver] {
+    pinned_thread here(cpu);
+    std::int64_t total = 0, v = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      while (!q.pop(v)) pause_cpu();
+      total += v;
+    }
+    sum = total;
+  });
+  {
+    pinned_thread here(pins.sender);
+    for (std::size_t i = 0; i < n; ++i) {
+      while (!q.push(static_cast<std::int64_t>(i))) pause_cpu();
+    }
+  }
+  receiver.join();
+  const double s = seconds_since(t0);
+  check(sum == triangle(n), "Boost.Lockfree transfer: wrong sum");
+  return static_cast<double>(n) / s;
+}
+
+double boost_mpmc(std::size_t capacity, std::size_t n, const cpu_pins& pins) {
+  // Bounded, as isola's channel is (without a bound, push() grows the queue instead of
+  // waiting). The capacity fixed at compile time is the faster form (2.9 against 1.8 M
+  // msgs/s on a 2-core VM), so the default capacity uses it.
+  if (capacity == default_capacity) {
+    boost::lockfree::queue<std::int64_t, boost::lockfree::capacity<default_capacity>> q;
+    return boost_transfer(q, n, pins);
+  }
+  boost::lockfree::queue<std::int64_t, boost::lockfree::fixed_sized<true>> q(capacity);
+  return boost_transfer(q, n, pins);
+}
+
+double boost_spsc(std::size_t capacity, std::size_t n, const cpu_pins& pins) {
+  boost::lockfree::spsc_queue<std::int64_t> q(capacity);
+  return boost_transfer(q, n, pins);
+}
+
 /// Messages per second, one sending and one receiving thread, single-item send()/recv().
-transfer_run cpp_single(std::size_t capacity, std::size_t n, cpp_start start) {
+transfer_run cpp_single(std::size_t capacity, std::size_t n, cpp_start start,
+                        const cpu_pins& pins = {}) {
+  pinned_thread sender_cpu(pins.sender);
   channel ch(capacity);
   std::int64_t sum = 0;
   bool failed = false;
@@ -363,6 +471,7 @@ transfer_run cpp_single(std::size_t capacity, std::size_t n, cpp_start start) {
   // `ch` or `n` (on the sender's stack) for every item shares a cache line with the sender's
   // locals, which the sender writes for every item.
   std::thread receiver([&, ch = ch, n = n]() mutable {
+    pinned_thread receiver_cpu(pins.receiver);
     struct at_end {
       std::pair<double, double> r0 = sched_ns();
       std::pair<double, double>& out;
@@ -517,6 +626,11 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   double zero_copy_ms = 0, bytes_ms = 0;
   double py_send_ns = 0, py_recv_ns = 0, py_loop_ns = 0, py_keep_ns = 0, py_make_ns = 0;
   double cpp_pair_ns = 0;
+  // The C++ transfers and their Boost.Lockfree peers, run in turn, one value per round. More
+  // rounds than the other figures: this one moves most from run to run.
+  const unsigned cpp_rounds = o.quick ? 1 : std::max(5u, o.repeat);
+  std::vector<double> cpp_rates, mpmc_rates, spsc_rates;
+  cpu_pins pins;
   {
     runtime rt;
     interpreter_pair p;
@@ -604,16 +718,34 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   cpp_one_thread_ns(10);
   cpp_pair_ns = cpp_one_thread_ns(o.quick ? 50 : 500);
   ctx.progress(fmt::format("  {:.1f} ns", cpp_pair_ns));
-  ctx.progress(fmt::format("C++: {} runs of {} int messages, one thread to another", o.repeat,
-                           o.cpp_messages));
-  cpp_single(o.capacity, std::min<std::size_t>(o.cpp_messages, 1'000'000), cpp_start::ring_full);
-  cpp = repeated(o.repeat, ctx, "msgs/s", [&] {
-    return cpp_single(o.capacity, o.cpp_messages, cpp_start::ring_full);
-  });
+  pins = choose_pins(!o.no_pin);
+  ctx.progress(fmt::format(
+      "C++: {} rounds of {} int messages, one thread to another, {}; in each round isola, "
+      "then Boost.Lockfree's queue and spsc_queue",
+      cpp_rounds, o.cpp_messages,
+      pins.on ? fmt::format("sender on CPU {}, receiver on CPU {}", pins.sender, pins.receiver)
+              : std::string("threads not pinned")));
+  cpp_single(o.capacity, std::min<std::size_t>(o.cpp_messages, 1'000'000), cpp_start::ring_full,
+             pins);
+  {
+    rate_samples isola_runs;
+    for (unsigned r = 0; r < cpp_rounds; ++r) {
+      const transfer_run t = cpp_single(o.capacity, o.cpp_messages, cpp_start::ring_full, pins);
+      isola_runs.add(t);
+      cpp_rates.push_back(t.rate);
+      mpmc_rates.push_back(boost_mpmc(o.capacity, o.cpp_messages, pins));
+      spsc_rates.push_back(boost_spsc(o.capacity, o.cpp_messages, pins));
+      ctx.progress(fmt::format("  round {}/{}: isola {:.0f}, Boost queue {:.0f}, Boost "
+                               "spsc_queue {:.0f} msgs/s",
+                               r + 1, cpp_rounds, t.rate, mpmc_rates.back(),
+                               spsc_rates.back()));
+    }
+    cpp = isola_runs.figures();
+  }
   ctx.progress(fmt::format("C++: {} runs of {} int messages, the receiver waiting at the start",
                            o.repeat, o.cpp_messages));
   cpp_receiver_waits = repeated(o.repeat, ctx, "msgs/s", [&] {
-    return cpp_single(o.capacity, o.cpp_messages, cpp_start::receiver_waiting);
+    return cpp_single(o.capacity, o.cpp_messages, cpp_start::receiver_waiting, pins);
   });
   ctx.progress(fmt::format("C++: {} runs of {} ints in send_many/recv_many batches of {}",
                            o.repeat, o.cpp_messages, o.batch));
@@ -728,6 +860,22 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
         fmt::format("C++ thread to C++ thread, isola::channel send/recv of int messages, {} "
                     "(median of {}); the receiver starts once the ring is full",
                     o.cpp_messages, o.repeat));
+  r.add("cpp_msgs_per_s_min", *std::min_element(cpp_rates.begin(), cpp_rates.end()), "msgs/s",
+        0, "the slowest of those runs");
+  r.add("cpp_msgs_per_s_max", *std::max_element(cpp_rates.begin(), cpp_rates.end()), "msgs/s",
+        0, "the fastest of those runs");
+  r.add("cpp_threads_pinned", pins.on ? 1.0 : 0.0, "", 0,
+        "1 when the sender and the receiver each ran on a CPU of their own (--no-pin: 0)");
+  r.add("boost_mpmc_msgs_per_s", median(mpmc_rates), "msgs/s", 0,
+        "boost::lockfree::queue (multi-producer multi-consumer, fixed-size, the capacity of "
+        "isola's channel), the same transfer of int64s, spinning while full or empty; median "
+        "of the rounds");
+  r.add("boost_spsc_msgs_per_s", median(spsc_rates), "msgs/s", 0,
+        "boost::lockfree::spsc_queue (single producer, single consumer), the same");
+  r.add("cpp_vs_boost_mpmc", median_ratio(cpp_rates, mpmc_rates), "x", 2,
+        "isola / boost::lockfree::queue, median of the rounds' ratios (measured in turn)");
+  r.add("cpp_vs_boost_spsc", median_ratio(cpp_rates, spsc_rates), "x", 2,
+        "isola / boost::lockfree::spsc_queue, the same");
   r.add("cpp_msgs_per_s_receiver_waits", cpp_receiver_waits.median, "msgs/s", 0,
         "the same, with the sender starting once the receiver is waiting for items");
   r.add("cpp_cores_used", cpp.cores, "", 2, "time both threads ran / wall time");
@@ -795,6 +943,9 @@ bench_suite_registrar channels_suite({
           ->check(CLI::Range(1u, 100u))
           ->capture_default_str()
           ->type_name("R");
+      app.add_flag("--no-pin", o->no_pin,
+                   "Leave the C++ transfers' two threads wherever the scheduler puts them "
+                   "(by default each is pinned to a CPU of its own)");
       app.add_flag("--no-peers", o->no_peers,
                    "Measure isola only (no CPython queue / multiprocessing subprocess)");
       app.add_flag("--quick", o->quick,
@@ -806,9 +957,12 @@ bench_suite_registrar channels_suite({
           "(and _best); py_no_channel_per_s_int, py_batch_no_channel_per_s (the same loops\n"
           "with no channel, in turn with them: what CPython allows) and py_vs_no_channel,\n"
           "py_batch_vs_no_channel; pingpong_rtt_us_p50/_p99; zero_copy_100mb_ms, bytes_100mb_ms,\n"
-          "bytes_vs_zero_copy, cpython_queue_100mb_ms, bytes_vs_cpython_queue; cpp_msgs_per_s (the receiver starting\n"
-          "once the ring is full), cpp_msgs_per_s_receiver_waits (the sender starting once the\n"
-          "receiver waits), cpp_batch_items_per_s;\n"
+          "bytes_vs_zero_copy, cpython_queue_100mb_ms, bytes_vs_cpython_queue; cpp_msgs_per_s\n"
+          "(the receiver starting once the ring is full; _min, _max over the rounds),\n"
+          "boost_mpmc_msgs_per_s, boost_spsc_msgs_per_s (Boost.Lockfree's queue and spsc_queue,\n"
+          "measured in turn with it), cpp_vs_boost_mpmc, cpp_vs_boost_spsc, cpp_threads_pinned,\n"
+          "cpp_msgs_per_s_receiver_waits (the sender starting once the receiver waits),\n"
+          "cpp_batch_items_per_s;\n"
           "load_avg_1m_start/_end (other work on the machine skews every figure); cpu_stolen_pct\n"
           "and *_cpu_stolen_pct, the share of the CPU time a hypervisor took (steal in /proc/stat:\n"
           "on a VM whose host is busy, every figure drops with it).\n"
