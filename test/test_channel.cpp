@@ -1072,6 +1072,38 @@ TEST_CASE("channel: find_id and list_all see every live channel, and only those"
   CHECK_FALSE(channel::find_id(0));
 }
 
+TEST_CASE("channel: find_id and list_all while other threads make and drop channels",
+          "[channel][concurrent]") {
+  // A channel being destroyed must be neither returned half-dead nor block its destructor.
+  std::atomic<bool> stop{false};
+  thread_failures failures;
+  std::vector<std::thread> makers;
+  for (int t = 0; t < 2; ++t) {
+    makers.emplace_back([&] {
+      while (!stop.load()) {
+        channel c(2);
+        c.send(message(1));
+        channel named = channel::open("test.find-id-churn", 1);
+        failures.check(channel::find_id(c.id()).has_value(), "a live channel was not found");
+      }
+    });
+  }
+  std::uint64_t lookups = 0;
+  const auto until = std::chrono::steady_clock::now() + 300ms;
+  while (std::chrono::steady_clock::now() < until) {
+    for (const channel& c : channel::list_all()) {
+      auto again = channel::find_id(c.id());  // may be gone by now only if c was the last
+      failures.check(again.has_value(), "a listed channel held by a handle was not found");
+      ++lookups;
+    }
+  }
+  stop = true;
+  for (auto& m : makers) m.join();
+  INFO(failures.first);
+  CHECK(failures.count == 0);
+  CHECK(lookups > 0);
+}
+
 TEST_CASE("channel: named open from many threads agrees on one channel", "[channel][concurrent]") {
   for (int round = 0; round < 50; ++round) {
     std::vector<std::uint64_t> ids(4);
