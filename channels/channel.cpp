@@ -352,6 +352,8 @@ class channel_core {
   friend boost::system::result<std::size_t> try_recv_each(const channel&, std::size_t,
                                                           consume_fn, void*) noexcept;
   friend void set_channel_pickle(const channel&, bool) noexcept;
+  friend bool channel_syncobj_default(const channel&) noexcept;
+  friend void set_channel_syncobj_default(const channel&, bool) noexcept;
   /// isola.select waiters: bells rung when an item arrives or the channel closes.
   void notify_watchers() noexcept {
     std::lock_guard lock(watch_mu_);
@@ -364,6 +366,7 @@ class channel_core {
   std::mutex watch_mu_;
   std::vector<std::atomic<std::uint32_t>*> watch_bells_;
   std::atomic<bool> allow_pickle_{true};
+  std::atomic<bool> syncobj_default_{false};  ///< Python's put(syncobj=None) default
 
   std::mutex async_mu_;  ///< guards the two lists and async_op::cancelled; slow path only
   std::deque<std::shared_ptr<async_recv_op>> async_recv_;
@@ -973,6 +976,14 @@ bool channel_allows_pickle(const channel& ch) noexcept {
 
 void set_channel_pickle(const channel& ch, bool allow) noexcept {
   channel_access::core(ch)->allow_pickle_.store(allow, std::memory_order_relaxed);
+}
+
+bool channel_syncobj_default(const channel& ch) noexcept {
+  return channel_access::core(ch)->syncobj_default_.load(std::memory_order_relaxed);
+}
+
+void set_channel_syncobj_default(const channel& ch, bool on) noexcept {
+  channel_access::core(ch)->syncobj_default_.store(on, std::memory_order_relaxed);
 }
 
 bool receiver_streaming(const channel& ch) noexcept {

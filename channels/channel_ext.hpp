@@ -21,6 +21,10 @@ struct channel_access {
 /// Whether a channel accepts pickled objects from Python (true unless turned off when made).
 bool channel_allows_pickle(const channel& ch) noexcept;
 void set_channel_pickle(const channel& ch, bool allow) noexcept;
+/// The default of Python's put(..., syncobj=None) for this channel (PEP 734 as in CPython
+/// 3.13: create(syncobj=...)); false unless set when it was made.
+bool channel_syncobj_default(const channel& ch) noexcept;
+void set_channel_syncobj_default(const channel& ch, bool on) noexcept;
 
 /// The int a message holds when it is a plain (64-bit) int, else nullptr.
 inline const std::int64_t* plain_int(const message& m) noexcept {

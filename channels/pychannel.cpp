@@ -467,12 +467,33 @@ PyObject* ch_send_nowait(PyObject* self, PyObject* obj) {
 PyObject* ch_recv_nowait(PyObject* self, PyObject*) {
   return do_recv(self, false, nullptr, true);
 }
+// put's and put_nowait's syncobj (CPython 3.13): None takes the channel's default; true
+// refuses, with NotShareableError, what CPython would not share. False with an exception set.
+bool check_syncobj(PyObject* self, PyObject* obj, PyObject* syncobj_arg) {
+  bool sync = channel_syncobj_default(as_chan(self)->ch);
+  if (syncobj_arg != nullptr && syncobj_arg != Py_None) {
+    const int t = PyObject_IsTrue(syncobj_arg);
+    if (t < 0) return false;
+    sync = t != 0;
+  }
+  return !sync || require_shareable(self_module(self), Py_TYPE(self), obj);
+}
+
 PyObject* ch_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
-  if (!parse_args("put", args, nargs, kw, {"obj", "block", "timeout"}, 1, a)) return nullptr;
+  if (!parse_args("put", args, nargs, kw, {"obj", "block", "timeout", "syncobj"}, 1, a)) {
+    return nullptr;
+  }
   int block = 1;
   if (!truthy(a[1], true, block)) return nullptr;
+  if (!check_syncobj(self, a[0], a[3])) return nullptr;
   return do_send(self, a[0], block != 0, a[2], true);
+}
+PyObject* ch_put_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  std::vector<PyObject*> a;
+  if (!parse_args("put_nowait", args, nargs, kw, {"obj", "syncobj"}, 1, a)) return nullptr;
+  if (!check_syncobj(self, a[0], a[1])) return nullptr;
+  return do_send(self, a[0], false, nullptr, true);
 }
 PyObject* ch_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
@@ -784,19 +805,20 @@ PyObject* attach_by_id(PyTypeObject* type, PyObject* id_arg) {
 }
 
 PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
-  static const char* kwlist[] = {"maxsize", "pickle", "id", nullptr};
+  static const char* kwlist[] = {"maxsize", "pickle", "syncobj", "id", nullptr};
   PyObject* maxsize_arg = nullptr;
   PyObject* pickle_arg = nullptr;
+  PyObject* syncobj_arg = nullptr;
   PyObject* id_arg = nullptr;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OO:Channel", const_cast<char**>(kwlist),
-                                   &maxsize_arg, &pickle_arg, &id_arg)) {
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOO:Channel", const_cast<char**>(kwlist),
+                                   &maxsize_arg, &pickle_arg, &syncobj_arg, &id_arg)) {
     return nullptr;
   }
   if (id_arg != nullptr) {
-    if (maxsize_arg != nullptr || pickle_arg != nullptr) {
+    if (maxsize_arg != nullptr || pickle_arg != nullptr || syncobj_arg != nullptr) {
       PyErr_SetString(PyExc_TypeError,
-                      "Channel: give id alone (a handle to an existing channel), or maxsize "
-                      "and pickle (a new channel)");
+                      "Channel: give id alone (a handle to an existing channel), or maxsize, "
+                      "pickle and syncobj (a new channel)");
       return nullptr;
     }
     return attach_by_id(type, id_arg);
@@ -809,11 +831,13 @@ PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
     PyErr_SetString(PyExc_ValueError, "Channel: maxsize must be >= 0 (0 means the default bound)");
     return nullptr;
   }
-  int pickle = 1;
+  int pickle = 1, syncobj = 0;
   if (pickle_arg != nullptr && (pickle = PyObject_IsTrue(pickle_arg)) < 0) return nullptr;
+  if (syncobj_arg != nullptr && (syncobj = PyObject_IsTrue(syncobj_arg)) < 0) return nullptr;
   try {
     channel ch(maxsize == 0 ? default_maxsize : static_cast<std::size_t>(maxsize));
     set_channel_pickle(ch, pickle != 0);
+    set_channel_syncobj_default(ch, syncobj != 0);
     return wrap_channel(type, std::move(ch));
   } catch (const std::length_error& e) {  // a ring that cannot be allocated
     PyErr_Format(PyExc_MemoryError, "Channel(maxsize=%zd): %s", maxsize, e.what());
@@ -871,13 +895,18 @@ PyMethodDef channel_methods[] = {
      "closed and drained)."},
     {"put", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_put)),
      METH_FASTCALL | METH_KEYWORDS,
-     "put(obj, block=True, timeout=None)\n\nqueue.Queue / PEP 734 style send: raises QueueFull "
-     "when not blocking and full, or when the timeout passes."},
+     "put(obj, block=True, timeout=None, syncobj=None)\n\nqueue.Queue / PEP 734 style send: "
+     "raises QueueFull when not blocking and full, or when the timeout passes. syncobj=True "
+     "(CPython 3.13's meaning; None takes the channel's default) sends only what CPython "
+     "shares (None, bool, int, float, str, bytes, memoryview, channels, tuples of them) and "
+     "raises NotShareableError for anything else."},
     {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_get)),
      METH_FASTCALL | METH_KEYWORDS,
      "get(block=True, timeout=None)\n\nqueue.Queue / PEP 734 style receive: raises QueueEmpty "
      "when not blocking and empty, or when the timeout passes."},
-    {"put_nowait", ch_send_nowait, METH_O, "put_nowait(obj)\n\nThe same as send_nowait(obj)."},
+    {"put_nowait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_put_nowait)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "put_nowait(obj, syncobj=None)\n\nThe same as send_nowait(obj); syncobj as for put()."},
     {"get_nowait", ch_recv_nowait, METH_NOARGS, "get_nowait()\n\nThe same as recv_nowait()."},
     {"send_many", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(ch_send_many)),
      METH_FASTCALL | METH_KEYWORDS,

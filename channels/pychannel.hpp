@@ -101,6 +101,11 @@ inline bool small_int(PyObject* obj, std::int64_t& out) noexcept {
 
 /// Converts obj for sending through ch. Returns false with a Python exception set.
 bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, message& out);
+/// The first object in obj that CPython 3.13 would not share (syncobj=True), or nullptr:
+/// obj is None, bool, int, float, str, bytes, memoryview, a channel or a tuple of them.
+PyObject* first_not_shareable(PyObject* obj, PyTypeObject* channel_type, int depth = 0);
+/// True if obj is shareable; else false with isola.NotShareableError raised, naming the item.
+bool require_shareable(PyObject* module, PyTypeObject* channel_type, PyObject* obj);
 /// A Python int for an item still in its ring slot; nullptr (no exception set) if there is
 /// no memory now: the item is then left for the general path, which raises that properly.
 /// Inline: the receive loops call it for every item.

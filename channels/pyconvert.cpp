@@ -71,6 +71,36 @@ bool find_not_plain(PyObject* obj, PyTypeObject* channel_type, std::string& wher
 
 }  // namespace
 
+// CPython 3.13's shareable objects (what its queues take with syncobj=True): None, bool,
+// int, float, str, bytes, memoryview, a channel, and a tuple of such objects. The first one
+// inside obj that is not, or nullptr.
+PyObject* first_not_shareable(PyObject* obj, PyTypeObject* channel_type, int depth) {
+  if (obj == Py_None || PyBool_Check(obj) || PyLong_CheckExact(obj) || PyFloat_CheckExact(obj) ||
+      PyUnicode_CheckExact(obj) || PyBytes_CheckExact(obj) || PyMemoryView_Check(obj) ||
+      Py_TYPE(obj) == channel_type) {
+    return nullptr;
+  }
+  if (!PyTuple_CheckExact(obj) || depth > value::max_depth) return obj;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); ++i) {
+    if (PyObject* bad = first_not_shareable(PyTuple_GET_ITEM(obj, i), channel_type, depth + 1)) {
+      return bad;
+    }
+  }
+  return nullptr;
+}
+
+bool require_shareable(PyObject* module, PyTypeObject* channel_type, PyObject* obj) {
+  PyObject* bad = first_not_shareable(obj, channel_type, 0);
+  if (bad == nullptr) return true;
+  py::object r = py::steal(PyObject_Repr(bad));
+  if (!r) return false;
+  raise_from_module(module, "NotShareableError",
+                    py::to_string(r.get()) + " does not support cross-interpreter data (with "
+                    "syncobj=True only None, bool, int, float, str, bytes, memoryview, a "
+                    "channel and tuples of them are sent; send it with syncobj=False)");
+  return false;
+}
+
 // Converts obj for sending through ch. Returns false with a Python exception set.
 bool to_message(PyTypeObject* channel_type, const channel& ch, PyObject* obj, message& out) {
   if (std::int64_t v = 0; PyLong_CheckExact(obj) && small_int(obj, v)) {

@@ -72,6 +72,12 @@ PyObject* open_named(PyObject* module, PyObject* args, PyObject* kwds) {
   }
 }
 
+PyObject* is_shareable(PyObject* module, PyObject* obj) {
+  PyTypeObject* type = channel_type_of(module);
+  if (type == nullptr) return nullptr;
+  return PyBool_FromLong(first_not_shareable(obj, type) == nullptr);
+}
+
 PyObject* list_channels(PyObject* module, PyObject*) {
   PyTypeObject* type = channel_type_of(module);
   if (type == nullptr) return nullptr;
@@ -164,6 +170,10 @@ PyMethodDef channel_functions[] = {
      "channel(name, maxsize=0) -> Channel\n\nThe channel registered under name, created (with "
      "maxsize, 0 meaning the default bound) if there is none: the way to wire interpreters "
      "together. The name is registered while any handle to the channel exists."},
+    {"is_shareable", is_shareable, METH_O,
+     "is_shareable(obj) -> bool\n\nWhether CPython 3.13 would share obj between "
+     "interpreters: None, bool, int, float, str, bytes, memoryview, a channel, or a tuple of "
+     "them (put(obj, syncobj=True) takes exactly these)."},
     {"list_channels", list_channels, METH_NOARGS,
      "list_channels() -> list[Channel]\n\nA handle to every live channel of the process, "
      "oldest first (PEP 734's list_all())."},

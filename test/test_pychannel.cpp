@@ -377,6 +377,53 @@ TEST_CASE("a channel handle pickles, attaches by id and is listed", "[pychannel]
   CHECK(b.eval("reply.id").as_int() == a.eval("inner_id").as_int());
 }
 
+TEST_CASE("syncobj=True sends only what CPython 3.13 shares, as its queues do",
+          "[pychannel]") {
+  isola::interpreter in;
+  in.exec("import isola\n"
+          "probes = [None, True, 1, 2**70, 1.5, 'x', b'x', (1, 2), memoryview(b'ab'),\n"
+          "          isola.Channel(1), [1], {1: 2}, {1}, bytearray(b'a'), 1j, ..., (1, [2])]\n"
+          "mine = [isola.is_shareable(o) for o in probes]\n"
+          "def refused(call):\n"
+          "    try:\n"
+          "        call()\n"
+          "    except isola.NotShareableError as e:\n"
+          "        return str(e).split(' (')[0]\n"
+          "    return 'sent'\n"
+          "q = isola.Channel(8)\n"
+          "outcomes = [refused(lambda: q.put([1, 2, 3], syncobj=True)),\n"
+          "            refused(lambda: q.put_nowait((1, [2]), syncobj=True)),\n"
+          "            refused(lambda: q.put((1, 'a', b'b'), syncobj=True)),\n"
+          "            refused(lambda: q.put([4], syncobj=False)),\n"
+          "            refused(lambda: q.put([5]))]\n"
+          "got = [q.get_nowait() for _ in range(3)]\n"
+          // A channel made with syncobj=True refuses by default, on every handle to it.
+          "strict = isola.Channel(4, syncobj=True)\n"
+          "again = isola.Channel(id=strict.id)\n"
+          "defaults = [refused(lambda: again.put({'k': 1})),\n"
+          "            refused(lambda: again.put_nowait({'k': 1}, syncobj=False)),\n"
+          "            refused(lambda: strict.put(('ok',)))]\n");
+  CHECK(in.eval("mine").repr() ==
+        "[True, True, True, True, True, True, True, True, True, True, "
+        "False, False, False, False, False, False, False]");
+  CHECK(in.eval("outcomes").repr() ==
+        "['[1, 2, 3] does not support cross-interpreter data', "
+        "'[2] does not support cross-interpreter data', 'sent', 'sent', 'sent']");
+  CHECK(in.eval("got").repr() == "[(1, 'a', b'b'), [4], [5]]");
+  CHECK(in.eval("defaults").repr() ==
+        "[\"{'k': 1} does not support cross-interpreter data\", 'sent', 'sent']");
+  // CPython's own answers where this CPython has them: the same, except that 3.13 calls a
+  // tuple shareable whatever it holds (its put then refuses the inner list, as here).
+  in.exec("try:\n"
+          "    import _interpreters\n"
+          "except ImportError:\n"
+          "    same = True\n"
+          "else:\n"
+          "    theirs = [_interpreters.is_shareable(o) for o in probes[:-1]]\n"
+          "    same = theirs[:9] == mine[:9] and theirs[10:] == mine[10:-1]\n");
+  CHECK(in.eval("same").as_bool());
+}
+
 TEST_CASE("send_many / recv_many keep every kind of item, in order", "[pychannel]") {
   // recv_many turns ints into Python ints straight from the ring and converts the others
   // afterwards; the list must come out in order whatever the mix.
