@@ -699,12 +699,15 @@ channel::channel(std::size_t capacity)
 channel channel::open(std::string_view name, std::size_t capacity) {
   if (name.empty()) throw std::invalid_argument("channel::open: the name must not be empty");
   auto& r = detail::the_registry();
+  // Declared before the lock, so that if registering it throws, the new channel is destroyed
+  // (and its destructor takes the registry's lock) only after this call has released it.
+  std::shared_ptr<detail::channel_core> core;
   std::lock_guard lock(r.mu);
   auto it = r.names.find(name);
   if (it != r.names.end()) {
-    if (auto core = it->second.weak.lock()) return channel(std::move(core));
+    if ((core = it->second.weak.lock())) return channel(std::move(core));
   }
-  auto core = std::make_shared<detail::channel_core>(capacity, std::string(name));
+  core = std::make_shared<detail::channel_core>(capacity, std::string(name));
   r.ids.emplace(core->id_, core);
   if (it != r.names.end()) {
     it->second = {core.get(), core};
