@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <boost/json.hpp>
 
 namespace isola::cli {
 
@@ -110,6 +111,12 @@ class module_folder {
 /// Runs argv (argv[0] is a path) and returns its stdout; stderr passes through. Throws if it
 /// cannot start or does not exit with 0.
 std::string run_capture(std::vector<std::string> args);
+
+/// Runs a peer benchmark's script with the tools' Python (`python -I -c script folder
+/// config-json`) and returns the JSON object it prints. Throws std::runtime_error when it
+/// fails or prints no JSON object.
+boost::json::object run_peer(const std::string& script, const std::filesystem::path& folder,
+                             const boost::json::object& config);
 
 /// The 1-minute load average, or -1 where it cannot be read.
 double load_average();

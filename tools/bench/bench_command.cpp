@@ -2,6 +2,7 @@
 // the output: a readable table, or with --json one object
 // {"suite", "isola", "python", "cores", "params", "results"}.
 #include "tools/bench/bench.hpp"
+#include "tools/build_info.hpp"
 #include "tools/isola/cli.hpp"
 #include <boost/json.hpp>
 
@@ -38,6 +39,18 @@ double median(std::vector<double> samples) {
   std::sort(samples.begin(), samples.end());
   std::size_t n = samples.size();
   return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+}
+
+boost::json::object run_peer(const std::string& script, const std::filesystem::path& folder,
+                             const boost::json::object& config) {
+  std::string out = run_capture({ISOLA_TOOLS_PYTHON_EXECUTABLE, "-I", "-c", script,
+                                 folder.string(), boost::json::serialize(config)});
+  try {
+    return boost::json::parse(out).as_object();
+  } catch (const std::exception& e) {
+    throw std::runtime_error(
+        fmt::format("the peer benchmark printed no JSON object ({}): {}", e.what(), out));
+  }
 }
 
 double median_ratio(const std::vector<double>& a, const std::vector<double>& b) {

@@ -581,14 +581,7 @@ boost::json::object measure_peers(const fs::path& folder, const channels_options
                              {"cost_rounds", o.quick ? 3 : 30},
                              {"cost_loop", cost_loop},
                              {"quiet", quiet}};
-  std::string out = run_capture({ISOLA_TOOLS_PYTHON_EXECUTABLE, "-I", "-c", embedded::channels_peer,
-                                 folder.string(), boost::json::serialize(config)});
-  try {
-    return boost::json::parse(out).as_object();
-  } catch (const std::exception& e) {
-    throw std::runtime_error(
-        fmt::format("the peer benchmark printed no JSON object ({}): {}", e.what(), out));
-  }
+  return run_peer(embedded::channels_peer, folder, config);
 }
 
 /// A peer's figure, or NaN (printed as null) when it has none.

@@ -180,14 +180,7 @@ boost::json::object measure_peers(const fs::path& folder, const pool_bench_optio
                              {"spin_n", spin_n},
                              {"spin_expected", spin_expected},
                              {"quiet", quiet}};
-  std::string out = run_capture({ISOLA_TOOLS_PYTHON_EXECUTABLE, "-I", "-c", embedded::pool_peer,
-                                 folder.string(), boost::json::serialize(config)});
-  try {
-    return boost::json::parse(out).as_object();
-  } catch (const std::exception& e) {
-    throw std::runtime_error(
-        fmt::format("the peer benchmark printed no JSON object ({}): {}", e.what(), out));
-  }
+  return run_peer(embedded::pool_peer, folder, config);
 }
 
 double number(const boost::json::object& o, const char* key) {
