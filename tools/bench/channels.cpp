@@ -348,6 +348,23 @@ double cpp_one_thread_ns(std::size_t rounds) {
 /// - receiver_waiting: the sender starts once the receiver is about to receive.
 enum class cpp_start { ring_full, receiver_waiting };
 
+/// Stores into `out` the (CPU, waiting) nanoseconds sched_ns() counts for the calling thread
+/// while the object lives: a receiving thread's share of a transfer.
+class sched_scope {
+ public:
+  explicit sched_scope(std::pair<double, double>& out) : out_(out), start_(sched_ns()) {}
+  ~sched_scope() {
+    const auto end = sched_ns();
+    out_ = {end.first - start_.first, end.second - start_.second};
+  }
+  sched_scope(const sched_scope&) = delete;
+  sched_scope& operator=(const sched_scope&) = delete;
+
+ private:
+  std::pair<double, double>& out_;
+  std::pair<double, double> start_;
+};
+
 /// Where the two threads of a C++ transfer run: the sender on one CPU and the receiver on
 /// another, fixed for the whole run, or wherever the scheduler puts them (`on` false). Two
 /// threads left free share a core now and then, and move between cores; each move changes
@@ -472,14 +489,7 @@ transfer_run cpp_single(std::size_t capacity, std::size_t n, cpp_start start,
   // locals, which the sender writes for every item.
   std::thread receiver([&, ch = ch, n = n]() mutable {
     pinned_thread receiver_cpu(pins.receiver);
-    struct at_end {
-      std::pair<double, double> r0 = sched_ns();
-      std::pair<double, double>& out;
-      ~at_end() {
-        auto r1 = sched_ns();
-        out = {r1.first - r0.first, r1.second - r0.second};
-      }
-    } sched{.out = receiver_sched};
+    sched_scope sched(receiver_sched);
     if (start == cpp_start::ring_full) {
       wait_for_go();
     } else {
@@ -527,14 +537,7 @@ transfer_run cpp_batches(std::size_t capacity, std::size_t n, std::size_t batch)
   // `ch` or `n` (on the sender's stack) for every item shares a cache line with the sender's
   // locals, which the sender writes for every item.
   std::thread receiver([&, ch = ch, n = n, batch = batch]() mutable {
-    struct at_end {
-      std::pair<double, double> r0 = sched_ns();
-      std::pair<double, double>& out;
-      ~at_end() {
-        auto r1 = sched_ns();
-        out = {r1.first - r0.first, r1.second - r0.second};
-      }
-    } sched{.out = receiver_sched};
+    sched_scope sched(receiver_sched);
     std::vector<message> got;
     got.reserve(batch);
     std::int64_t total = 0;  // a local, as in cpp_single()
