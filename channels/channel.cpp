@@ -5,6 +5,7 @@
 #include "channels/channel_ext.hpp"
 #include "lib/sync.hpp"
 #include "lib/ring.hpp"
+#include "lib/ring_chain.hpp"
 
 #include <algorithm>
 #include <climits>
@@ -142,9 +143,9 @@ static thread_local recv_pace pace;  ///< this thread's (see recv_pacer)
 /// - Rings with room for fewer than 2 runs of 2 (capacity under 8) are never paced.
 class recv_pacer {
  public:
-  explicit recv_pacer(const ring<message>& r) noexcept
+  explicit recv_pacer(const ring_chain<message>& r) noexcept
       : ring_(r),
-        run_(std::min<std::uint64_t>(item_run, r.capacity() / 4)),
+        run_(std::min<std::uint64_t>(item_run, r.claim_limit() / 4)),
         streaming_(run_ >= 2 && pace.streaming_on(&r)) {}
 
   /// Spinning round `round` (0, 1, ...), or -1 for a plain look: is there something to take?
@@ -168,7 +169,7 @@ class recv_pacer {
 
  private:
   static constexpr std::uint64_t few = 4;
-  const ring<message>& ring_;
+  const ring_chain<message>& ring_;
   const std::uint64_t run_;
   const bool streaming_;
   recv_wait_outcome w_;
@@ -240,7 +241,7 @@ class channel_core {
     got = 0;
     ring_status st = ring_status::ok;
     while (got < max_items) {
-      const std::size_t chunk = std::min(max_items - got, ring_.capacity());
+      const std::size_t chunk = std::min(max_items - got, ring_.claim_limit());
       prepare(chunk);
       std::size_t k = 0;
       // Once something moved, the call succeeds whatever follows: later claims may be quick.
@@ -276,7 +277,7 @@ class channel_core {
   void start(std::shared_ptr<async_send_op> op) { enqueue(async_send_, senders_, std::move(op)); }
   void cancel(async_op* op) noexcept;
 
-  ring<message> ring_;
+  ring_chain<message> ring_;  ///< capacity 0: unbounded
   side receivers_;
   side senders_;
   const std::uint64_t id_;
@@ -354,6 +355,10 @@ class channel_core {
   friend void set_channel_pickle(const channel&, bool) noexcept;
   friend bool channel_syncobj_default(const channel&) noexcept;
   friend void set_channel_syncobj_default(const channel&, bool) noexcept;
+  friend std::int64_t channel_maxsize(const channel&) noexcept;
+  friend void set_channel_maxsize(const channel&, std::int64_t) noexcept;
+  friend int channel_unbound_default(const channel&) noexcept;
+  friend void set_channel_unbound_default(const channel&, int) noexcept;
   /// isola.select waiters: bells rung when an item arrives or the channel closes.
   void notify_watchers() noexcept {
     std::lock_guard lock(watch_mu_);
@@ -367,6 +372,8 @@ class channel_core {
   std::vector<std::atomic<std::uint32_t>*> watch_bells_;
   std::atomic<bool> allow_pickle_{true};
   std::atomic<bool> syncobj_default_{false};  ///< Python's put(syncobj=None) default
+  std::atomic<std::int64_t> maxsize_;         ///< Python's maxsize as given
+  std::atomic<int> unbound_default_{0};       ///< Python's put(unbounditems=None) default
 
   std::mutex async_mu_;  ///< guards the two lists and async_op::cancelled; slow path only
   std::deque<std::shared_ptr<async_recv_op>> async_recv_;
@@ -399,7 +406,10 @@ registry& the_registry() {
 }  // namespace
 
 channel_core::channel_core(std::size_t capacity, std::string name)
-    : ring_(capacity), id_(next_channel_id.fetch_add(1)), name_(std::move(name)) {
+    : ring_(capacity),
+      id_(next_channel_id.fetch_add(1)),
+      name_(std::move(name)),
+      maxsize_(static_cast<std::int64_t>(capacity)) {
   // Registers the asymmetric fence if nothing has yet (isola::runtime does it first thing):
   // here, not mid-stream when a side is first biased (see lib/sync.hpp).
   (void)asymmetric_fence_available();
@@ -689,14 +699,40 @@ using detail::ring_status;
 
 static_assert(channel::max_capacity == detail::ring<message>::max_capacity);
 
-channel::channel(std::size_t capacity)
-    : core_(std::make_shared<detail::channel_core>(capacity, std::string())) {
+namespace {
+/// Refuses 0 as a bound: an unbounded channel is asked for by name (isola::unbounded), so
+/// that a computed capacity of 0 is an error rather than a channel without limit.
+std::size_t checked_capacity(std::size_t capacity) {
+  if (capacity == 0) {
+    throw std::invalid_argument(
+        "a channel's capacity must be between 1 and 2^40, not 0; for a channel without a bound "
+        "pass isola::unbounded");
+  }
+  return capacity;
+}
+}  // namespace
+
+channel::channel(std::size_t capacity) : channel(std::make_shared<detail::channel_core>(
+                                             checked_capacity(capacity), std::string())) {
   auto& r = detail::the_registry();
   std::lock_guard lock(r.mu);
   r.ids.emplace(core_->id_, core_);
 }
 
+channel::channel(unbounded_t)
+    : core_(std::make_shared<detail::channel_core>(0, std::string())) {
+  auto& r = detail::the_registry();
+  std::lock_guard lock(r.mu);
+  r.ids.emplace(core_->id_, core_);
+}
+
+channel channel::open(std::string_view name, unbounded_t) { return open_with(name, 0); }
+
 channel channel::open(std::string_view name, std::size_t capacity) {
+  return open_with(name, checked_capacity(capacity));
+}
+
+channel channel::open_with(std::string_view name, std::size_t capacity) {
   if (name.empty()) throw std::invalid_argument("channel::open: the name must not be empty");
   auto& r = detail::the_registry();
   // Declared before the lock, so that if registering it throws, the new channel is destroyed
@@ -987,6 +1023,26 @@ bool channel_syncobj_default(const channel& ch) noexcept {
 
 void set_channel_syncobj_default(const channel& ch, bool on) noexcept {
   channel_access::core(ch)->syncobj_default_.store(on, std::memory_order_relaxed);
+}
+
+std::size_t channel_rings(const channel& ch) noexcept {
+  return channel_access::core(ch)->ring_.rings();
+}
+
+std::int64_t channel_maxsize(const channel& ch) noexcept {
+  return channel_access::core(ch)->maxsize_.load(std::memory_order_relaxed);
+}
+
+void set_channel_maxsize(const channel& ch, std::int64_t maxsize) noexcept {
+  channel_access::core(ch)->maxsize_.store(maxsize, std::memory_order_relaxed);
+}
+
+int channel_unbound_default(const channel& ch) noexcept {
+  return channel_access::core(ch)->unbound_default_.load(std::memory_order_relaxed);
+}
+
+void set_channel_unbound_default(const channel& ch, int mode) noexcept {
+  channel_access::core(ch)->unbound_default_.store(mode, std::memory_order_relaxed);
 }
 
 bool receiver_streaming(const channel& ch) noexcept {

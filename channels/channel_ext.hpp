@@ -25,6 +25,14 @@ void set_channel_pickle(const channel& ch, bool allow) noexcept;
 /// 3.13: create(syncobj=...)); false unless set when it was made.
 bool channel_syncobj_default(const channel& ch) noexcept;
 void set_channel_syncobj_default(const channel& ch, bool on) noexcept;
+/// Python's maxsize as it was given (CPython's queues report a negative one back); the
+/// capacity unless set when the channel was made.
+std::int64_t channel_maxsize(const channel& ch) noexcept;
+void set_channel_maxsize(const channel& ch, std::int64_t maxsize) noexcept;
+/// The default of Python's put(..., unbounditems=None) for this channel (channels/pyunbound.hpp
+/// names the values); 0 unless set when it was made.
+int channel_unbound_default(const channel& ch) noexcept;
+void set_channel_unbound_default(const channel& ch, int mode) noexcept;
 
 /// The int a message holds when it is a plain (64-bit) int, else nullptr.
 inline const std::int64_t* plain_int(const message& m) noexcept {
@@ -121,6 +129,10 @@ bool receiver_streaming(const channel& ch) noexcept;
 void set_receiver_streaming(const channel& ch, bool on) noexcept;
 /// Whether a receiver is parked (or about to park) on ch right now (for tests).
 bool receiver_parked(const channel& ch) noexcept;
+
+/// The rings an unbounded channel holds now (lib/ring_chain.hpp: the live ones and drained ones
+/// not yet freed); 1 for a bounded channel. For tests and memory figures.
+std::size_t channel_rings(const channel& ch) noexcept;
 
 /// Whether the channel's producers' (consumers') side is biased to one thread right now (see
 /// ring.hpp): for tests.

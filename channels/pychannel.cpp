@@ -59,6 +59,12 @@ PyTypeObject* channel_type_of(PyObject* module) {
   return type;
 }
 
+channel make_channel(Py_ssize_t maxsize) {
+  channel ch = maxsize > 0 ? channel(static_cast<std::size_t>(maxsize)) : channel(unbounded);
+  set_channel_maxsize(ch, maxsize);
+  return ch;
+}
+
 PyObject* wrap_channel(PyTypeObject* type, channel ch) {
   auto* self = reinterpret_cast<py_channel*>(type->tp_alloc(type, 0));
   if (self == nullptr) return nullptr;
@@ -81,7 +87,9 @@ void raise_channel_error(PyObject* module, const channel& ch, boost::system::err
     raise_from_module(module, "QueueEmpty", label + " is empty");
   } else if (ec == errc::channel_full) {
     raise_from_module(module, "QueueFull",
-                      label + " is full (maxsize " + std::to_string(ch.capacity()) + ")");
+                      ch.unbounded()
+                          ? label + " is full: no memory could be allocated for more items"
+                          : label + " is full (maxsize " + std::to_string(ch.capacity()) + ")");
   } else if (ec == errc::timeout) {
     if (queue_names) {
       // queue.Queue semantics: get/put with a timeout raise Empty/Full.
@@ -723,11 +731,11 @@ PyObject* ch_empty(PyObject* self, PyObject*) {
 }
 PyObject* ch_full(PyObject* self, PyObject*) {
   auto& ch = as_chan(self)->ch;
-  return PyBool_FromLong(ch.size() >= ch.capacity());
+  return PyBool_FromLong(!ch.unbounded() && ch.size() >= ch.capacity());
 }
 PyObject* ch_closed(PyObject* self, void*) { return PyBool_FromLong(as_chan(self)->ch.closed()); }
 PyObject* ch_maxsize(PyObject* self, void*) {
-  return PyLong_FromSize_t(as_chan(self)->ch.capacity());
+  return PyLong_FromLongLong(channel_maxsize(as_chan(self)->ch));
 }
 PyObject* ch_id(PyObject* self, void*) {
   return PyLong_FromUnsignedLongLong(as_chan(self)->ch.id());
@@ -766,8 +774,10 @@ PyObject* ch_repr(PyObject* self) {
   }
   s += ' ';
   s += std::to_string(ch.size());
-  s += '/';
-  s += std::to_string(ch.capacity());
+  if (!ch.unbounded()) {
+    s += '/';
+    s += std::to_string(ch.capacity());
+  }
   if (ch.closed()) s += " closed";
   s += '>';
   return PyUnicode_FromString(s.c_str());
@@ -827,15 +837,11 @@ PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   if (maxsize_arg != nullptr && !parse_size(maxsize_arg, "Channel", "maxsize", maxsize)) {
     return nullptr;
   }
-  if (maxsize < 0) {
-    PyErr_SetString(PyExc_ValueError, "Channel: maxsize must be >= 0 (0 means the default bound)");
-    return nullptr;
-  }
   int pickle = 1, syncobj = 0;
   if (pickle_arg != nullptr && (pickle = PyObject_IsTrue(pickle_arg)) < 0) return nullptr;
   if (syncobj_arg != nullptr && (syncobj = PyObject_IsTrue(syncobj_arg)) < 0) return nullptr;
   try {
-    channel ch(maxsize == 0 ? default_maxsize : static_cast<std::size_t>(maxsize));
+    channel ch = make_channel(maxsize);
     set_channel_pickle(ch, pickle != 0);
     set_channel_syncobj_default(ch, syncobj != 0);
     return wrap_channel(type, std::move(ch));
@@ -952,12 +958,14 @@ PyType_Slot channel_slots[] = {
     {Py_tp_richcompare, reinterpret_cast<void*>(ch_richcompare)},
     {Py_tp_hash, reinterpret_cast<void*>(ch_hash)},
     {Py_tp_doc, const_cast<char*>(
-                    "Channel(maxsize=0, *, pickle=True)\n\nA bounded FIFO shared by every "
-                    "interpreter and C++ thread that holds it. maxsize=0 means the default bound "
-                    "(4096). Send it through another channel to share it. Values (None, bool, "
-                    "int, float, str, bytes, tuple, list, dict) are copied; bytes of 64 KiB or "
-                    "more and memoryviews arrive as a read-only memoryview over the same memory; "
-                    "other objects are pickled (protocol 5) unless pickle=False.")},
+                    "Channel(maxsize=0, *, pickle=True, syncobj=False, unbounditems=UNBOUND_KEEP)\n"
+                    "Channel(*, id)\n\nA FIFO shared by every interpreter and C++ thread "
+                    "that holds it; maxsize <= 0 (the default) means unbounded, as in PEP 734. "
+                    "Send it through another channel, or pickle it, to share it; Channel(id=N) "
+                    "attaches to a live channel. Values (None, bool, int, float, str, bytes, "
+                    "tuple, list, dict) arrive as the type they were sent; memoryviews arrive as "
+                    "a read-only memoryview over the same memory; other objects are pickled "
+                    "(protocol 5) unless pickle=False.")},
     {0, nullptr}};
 
 }  // namespace

@@ -26,8 +26,6 @@ namespace isola::detail {
 
 using namespace std::chrono_literals;
 
-/// Channel(maxsize=0) gets this bound.
-inline constexpr std::size_t default_maxsize = 4096;
 /// Waits in the main interpreter wake this often to run signal handlers (KeyboardInterrupt).
 inline constexpr auto signal_check_interval = 50ms;
 /// A blocking send/recv that finds the channel full/empty first spins this many rounds (about

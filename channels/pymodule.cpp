@@ -53,15 +53,12 @@ PyObject* open_named(PyObject* module, PyObject* args, PyObject* kwds) {
     PyErr_SetString(PyExc_ValueError, "isola.channel: the name must not be empty");
     return nullptr;
   }
-  if (maxsize < 0) {
-    PyErr_SetString(PyExc_ValueError, "isola.channel: maxsize must be >= 0");
-    return nullptr;
-  }
   PyTypeObject* type = channel_type_of(module);
   if (type == nullptr) return nullptr;
   try {
-    auto ch = channel::open(std::string_view(name, static_cast<std::size_t>(size)),
-                            maxsize == 0 ? default_maxsize : static_cast<std::size_t>(maxsize));
+    const std::string_view n(name, static_cast<std::size_t>(size));
+    auto ch = maxsize > 0 ? channel::open(n, static_cast<std::size_t>(maxsize))
+                          : channel::open(n, unbounded);
     return wrap_channel(type, std::move(ch));
   } catch (const std::length_error& e) {  // a ring that cannot be allocated
     PyErr_Format(PyExc_MemoryError, "isola.channel(maxsize=%zd): %s", maxsize, e.what());
@@ -168,7 +165,7 @@ PyMethodDef channel_functions[] = {
     {"channel", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(open_named)),
      METH_VARARGS | METH_KEYWORDS,
      "channel(name, maxsize=0) -> Channel\n\nThe channel registered under name, created (with "
-     "maxsize, 0 meaning the default bound) if there is none: the way to wire interpreters "
+     "maxsize; <= 0 means unbounded) if there is none: the way to wire interpreters "
      "together. The name is registered while any handle to the channel exists."},
     {"is_shareable", is_shareable, METH_O,
      "is_shareable(obj) -> bool\n\nWhether CPython 3.13 would share obj between "

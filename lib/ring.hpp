@@ -437,6 +437,22 @@ class ring {
     return ((producers ? tail_ : head_).load(std::memory_order_acquire) & owned_bit) != 0;
   }
 
+  /// Whether the calling thread owns the producers' (consumers') side now.
+  bool owned_by_me(bool producers) const noexcept {
+    const side_bias& b = producers ? producers_ : consumers_;
+    return b.owner.load(std::memory_order_relaxed) == this_thread_token();
+  }
+
+  /// Biases the producers' (consumers') side to the calling thread at once, as if it had
+  /// reached the threshold: for a thread that owned the same side of the ring this one
+  /// continues (lib/ring_chain.hpp). Does nothing where sides are never biased, when the side
+  /// is owned or being changed, or when the ring is closed.
+  void bias_to_me(bool producers) noexcept {
+    if (!asymmetric_fence_available()) return;
+    side_bias& b = producers ? producers_ : consumers_;
+    claim_bias(b, producers ? tail_ : head_, this_thread_token());
+  }
+
   /// Sets the closed mark; true if this call set it. Pushes fail from now on; pops drain.
   bool close() noexcept {
     std::uint64_t tail = tail_.load(std::memory_order_seq_cst);
@@ -634,6 +650,11 @@ class ring {
       return;
     }
     streak.n = 0;
+    claim_bias(b, word, me);
+  }
+
+  /// Sets the owned bit in `word` for `me` unless the side is owned, changing or closed.
+  void claim_bias(side_bias& b, std::atomic<std::uint64_t>& word, std::uintptr_t me) noexcept {
     std::uintptr_t expected = side_bias::none;
     if (!b.owner.compare_exchange_strong(expected, side_bias::changing,
                                          std::memory_order_seq_cst)) {

@@ -195,9 +195,102 @@ TEST_CASE("channel: try_send on a full channel and try_recv on an empty one", "[
   CHECK(ch.try_recv()->as_value()->as_str() == std::string(100, 'c'));
 }
 
-TEST_CASE("channel: capacity must be at least 1", "[channel]") {
+TEST_CASE("channel: capacity must be at least 1; no bound is asked for by name", "[channel]") {
+  CHECK_THROWS_WITH(channel(0), Catch::Contains("isola::unbounded"));
   CHECK_THROWS_AS(channel(0), std::invalid_argument);
   CHECK_THROWS_AS(channel(channel::max_capacity + 1), std::invalid_argument);
+  CHECK_THROWS_AS(channel::open("capacity-zero", 0), std::invalid_argument);
+  channel u(isola::unbounded);
+  CHECK(u.unbounded());
+  CHECK(u.capacity() == 0);
+  CHECK_FALSE(channel(5).unbounded());
+  channel named = channel::open("unbounded-by-name", isola::unbounded);
+  CHECK(named.unbounded());
+  CHECK(channel::open("unbounded-by-name", 7) == named);  // an existing channel keeps its own
+}
+
+TEST_CASE("channel: an unbounded channel takes any backlog and frees its rings as it drains",
+          "[channel]") {
+  channel ch(isola::unbounded);
+  const std::size_t ring_items = 1024;  // lib/ring_chain.hpp's segment_items
+  const std::int64_t n = static_cast<std::int64_t>(ring_items) * 10 + 5;
+  REQUIRE(isola::detail::channel_rings(ch) == 1);
+  for (std::int64_t i = 0; i < n; ++i) REQUIRE(ch.try_send(message(i)));
+  CHECK(ch.size() == static_cast<std::size_t>(n));
+  CHECK(isola::detail::channel_rings(ch) == 11);
+  // Half one at a time, half in batches that cross from ring to ring.
+  for (std::int64_t i = 0; i < n / 2; ++i) REQUIRE(int_of(ch.recv(1s)) == i);
+  std::vector<message> got;
+  while (got.size() < static_cast<std::size_t>(n - n / 2)) ch.recv_many(got, 700, 1s);
+  for (std::size_t k = 0; k < got.size(); ++k) REQUIRE(int_of(got[k]) == n / 2 + std::int64_t(k));
+  CHECK(ch.size() == 0);
+  CHECK(isola::detail::channel_rings(ch) == 1);  // the rings drained were freed
+  CHECK(ch.try_recv().error() == errc::channel_empty);
+
+  // Batches in, across rings; then close with a backlog: everything drains, then closed.
+  std::vector<message> batch;
+  for (std::int64_t i = 0; i < 3000; ++i) batch.emplace_back(i);
+  CHECK(ch.send_many(batch, 1s) == batch.size());
+  CHECK(ch.close());
+  CHECK(ch.try_send(message(1)).error() == errc::channel_closed);
+  std::vector<std::int64_t> drained;
+  boost::system::error_code ec;
+  for (;;) {
+    message m = ch.recv(std::nullopt, {}, ec);
+    if (ec) break;
+    if (const std::int64_t* v = isola::detail::plain_int(m)) drained.push_back(*v);
+  }
+  CHECK(ec == errc::channel_closed);
+  REQUIRE(drained.size() == 3000);
+  for (std::int64_t i = 0; i < 3000; ++i) REQUIRE(drained[static_cast<std::size_t>(i)] == i);
+  CHECK(isola::detail::channel_rings(ch) == 1);
+}
+
+TEST_CASE("channel: an unbounded channel's backlog under a fast sender loses and reorders nothing",
+          "[channel][concurrent]") {
+  // One sender outruns one receiver: the rings chain and drain while both sides are biased
+  // (the bias carries from ring to ring), and a second sender joins half-way.
+  channel ch(isola::unbounded);
+  const std::int64_t n = under_sanitizer ? 200'000 : 2'000'000;
+  thread_failures failures;
+  std::atomic<std::int64_t> got_late{0};
+  std::thread receiver([&] {
+    std::int64_t next = 0, late_last = -1;
+    for (;;) {
+      auto r = recv_r(ch, 60s);
+      if (!r) {
+        failures.check(r.error() == errc::channel_closed, "recv: " + r.error().message());
+        return;
+      }
+      const std::int64_t v = int_of(*r);
+      if (v >= n) {  // the second sender's
+        failures.check(v > late_last, "second sender's items out of order");
+        late_last = v;
+        ++got_late;
+        continue;
+      }
+      failures.check(v == next, "first sender's items out of order or lost");
+      next = v + 1;
+    }
+  });
+  std::thread late;
+  for (std::int64_t i = 0; i < n; ++i) {
+    failures.check(bool(send_r(ch, message(i), 60s)), "send failed");
+    if (i == n / 2) {
+      late = std::thread([&] {
+        for (std::int64_t k = 0; k < 10'000; ++k) {
+          failures.check(bool(send_r(ch, message(n + k), 60s)), "late send failed");
+        }
+      });
+    }
+  }
+  late.join();
+  ch.close();
+  receiver.join();
+  REQUIRE(failures.count == 0);
+  CHECK(got_late == 10'000);
+  CHECK(ch.size() == 0);
+  CHECK(isola::detail::channel_rings(ch) == 1);
 }
 
 TEST_CASE("channel: every kind of message goes through", "[channel]") {
@@ -439,8 +532,9 @@ TEST_CASE("channel: producers x consumers move a million messages, none lost or 
   const int producers = 3, consumers = 3;
   const std::int64_t per_producer = under_sanitizer ? 30'000 : 340'000;  // >= 1 000 000 in all
   const bool batched = GENERATE(false, true);
-  INFO("batched: " << batched);
-  channel ch(256);
+  const bool unbounded = GENERATE(false, true);
+  INFO("batched: " << batched << ", unbounded: " << unbounded);
+  channel ch = unbounded ? channel(isola::unbounded) : channel(256);
   thread_failures failures;
   // seen[c][p * per_producer + seq]: how often consumer c got item seq of producer p.
   std::vector<std::vector<std::uint8_t>> seen(
@@ -553,7 +647,7 @@ TEST_CASE("channel: close wakes blocked senders and receivers; receivers drain f
 
 TEST_CASE("channel: close during traffic loses and doubles nothing", "[channel][concurrent]") {
   for (int round = 0; round < (under_sanitizer ? 5 : 30); ++round) {
-    channel ch(16);
+    channel ch = round % 2 == 0 ? channel(16) : channel(isola::unbounded);
     std::atomic<std::int64_t> sent_sum{0}, sent_count{0}, got_sum{0}, got_count{0};
     std::vector<std::thread> threads;
     for (int p = 0; p < 2; ++p) {

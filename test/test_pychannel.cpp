@@ -245,8 +245,23 @@ TEST_CASE("the PEP 734 queue API and the rest of Channel", "[pychannel]") {
   CHECK(in.eval("issubclass(isola.QueueEmpty, queue.Empty) and "
                 "issubclass(isola.QueueFull, queue.Full)")
             .as_bool());
-  CHECK(in.eval("isola.Channel().maxsize").as_int() == 4096);  // maxsize=0: the default bound
-  CHECK(error_type([&] { in.exec("isola.Channel(-1)"); }) == "ValueError");
+  // maxsize <= 0: unbounded, as PEP 734 (and CPython's queues: maxsize reads back as given).
+  in.exec("u = isola.Channel()\n"
+          "for i in range(5000): u.put_nowait(i)\n"
+          "u_state = [u.maxsize, u.qsize(), u.full()]\n"
+          "u_got = [u.get_nowait() for _ in range(5000)]\n"
+          "n = isola.Channel(-10)\n"
+          "for i in range(5000): n.put_nowait(i)\n"
+          "n_state = [n.maxsize, n.qsize(), n.full()]\n"
+          "named = isola.channel('pychannel-unbounded')\n"
+          "named.send_many(range(5000))\n"
+          "named_got = []\n"
+          "while len(named_got) < 5000: named_got += named.recv_many(10000)\n");
+  CHECK(in.eval("u_state").repr() == "[0, 5000, False]");
+  CHECK(in.eval("u_got == list(range(5000))").as_bool());
+  CHECK(in.eval("n_state").repr() == "[-10, 5000, False]");
+  CHECK(in.eval("named_got == list(range(5000))").as_bool());
+  CHECK(in.eval("repr(isola.Channel())").as_str().find('/') == std::string::npos);
   CHECK(error_type([&] { in.exec("q.recv_many(0)"); }) == "ValueError");
   // Bad sizes and names: errors that name the call and the argument.
   auto error_of = [&](const char* code) {

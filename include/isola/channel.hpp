@@ -1,5 +1,6 @@
-// isola::channel: a bounded multi-producer multi-consumer queue of isola::message between
-// threads and interpreters, with blocking, non-blocking, batch and Boost.Asio operations.
+// isola::channel: a multi-producer multi-consumer queue of isola::message between threads and
+// interpreters, bounded or unbounded, with blocking, non-blocking, batch and Boost.Asio
+// operations.
 #pragma once
 
 #include <chrono>
@@ -31,6 +32,12 @@
 #include <isola/message.hpp>
 
 namespace isola {
+
+/// Tag for an unbounded channel: `isola::channel ch(isola::unbounded);`.
+struct unbounded_t {
+  explicit unbounded_t() = default;
+};
+inline constexpr unbounded_t unbounded{};
 
 /// How long a blocking channel operation may wait. std::nullopt waits without limit; zero (or
 /// less) makes one attempt. Measured on std::chrono::steady_clock.
@@ -113,7 +120,16 @@ class send_op final : public async_send_op {
 
 }  // namespace detail
 
-/// A handle to a channel: a bounded, multi-producer multi-consumer FIFO of isola::message.
+/// A handle to a channel: a multi-producer multi-consumer FIFO of isola::message, bounded or
+/// unbounded.
+/// - Bounded (channel(capacity)): one ring of `capacity` slots, allocated whole; sends wait
+///   for room when it is full.
+/// - Unbounded (channel(isola::unbounded), what Python's Channel() and maxsize <= 0 make):
+///   rings of 1024 slots (64 KiB) linked as the backlog grows and freed as it drains, so its
+///   memory follows what is queued. Sends never wait for room; while the receivers keep up, an
+///   unbounded channel moves items through one ring as a bounded one does. When the memory for
+///   a new ring cannot be allocated, a send sees a full channel (waits, or channel_full)
+///   rather than failing with std::bad_alloc.
 /// - Copyable and cheap (a shared_ptr); every copy names the same channel. The channel lives
 ///   while any handle, channel_ref or queued message refers to it. Destroying the last one
 ///   closes it: pending async receivers get the items still queued, then channel_closed;
@@ -143,6 +159,8 @@ class channel {
   /// whose ring is larger than the machine's memory, or cannot be allocated, throws
   /// std::length_error saying so.
   explicit channel(std::size_t capacity);
+  /// A new anonymous unbounded channel (capacity() is 0).
+  explicit channel(unbounded_t);
   /// The channel a channel_ref refers to (empty if the ref is).
   channel(channel_ref ref) noexcept : core_(std::move(ref.core)) {}
 
@@ -151,6 +169,8 @@ class channel {
   /// channel is destroyed (the registry holds weak references). capacity applies only when
   /// the channel is created here; an existing channel keeps its own.
   static channel open(std::string_view name, std::size_t capacity);
+  /// open() creating an unbounded channel if there is none.
+  static channel open(std::string_view name, unbounded_t);
   /// The channel registered under name, if one exists.
   static std::optional<channel> find(std::string_view name);
   /// The live channel whose id() is id, if one exists (every channel is findable by id while
@@ -259,7 +279,9 @@ class channel {
         token, std::move(msg));
   }
 
+  /// The bound on queued items; 0 for an unbounded channel.
   std::size_t capacity() const noexcept;
+  bool unbounded() const noexcept { return capacity() == 0; }
   /// Items queued; approximate while other threads use the channel.
   std::size_t size() const noexcept;
   bool closed() const noexcept;
@@ -276,6 +298,8 @@ class channel {
 
  private:
   friend struct detail::channel_access;  // channels' own code (channels/channel_ext.hpp)
+  /// open() with capacity 0 meaning unbounded.
+  static channel open_with(std::string_view name, std::size_t capacity);
   explicit channel(std::shared_ptr<detail::channel_core> core) noexcept
       : core_(std::move(core)) {}
   std::shared_ptr<detail::channel_core> core_;
