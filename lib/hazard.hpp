@@ -61,7 +61,9 @@ class hazard_guard {
   P* protect(const std::atomic<P*>& src, bool light) noexcept {
     P* p = src.load(std::memory_order_acquire);
     for (;;) {
-      rec_->hp[slot_].store(p, std::memory_order_relaxed);
+      // Release: whatever this thread did with the pointer the slot named before happens
+      // before a reclaimer that reads the new one frees that memory.
+      rec_->hp[slot_].store(p, std::memory_order_release);
       if (light) {
         std::atomic_signal_fence(std::memory_order_seq_cst);
       } else {

@@ -23,8 +23,9 @@
 
 #if defined(__GLIBC__)
 #include <pthread.h>
-#include <unistd.h>
 #endif
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "lib/sync.hpp"
 
@@ -159,11 +160,17 @@ class ring {
   /// Largest capacity: positions need index, mark and lap bits in 64 bits.
   static constexpr std::size_t max_capacity = std::size_t{1} << 40;
 
-  /// `what` names the capacity in error messages, with the setting that chose it.
-  explicit ring(std::size_t capacity, const char* what = "a channel's capacity (maxsize)")
+  /// `what` names the capacity in error messages, with the setting that chose it. mapped: the
+  /// slots get pages of their own from the kernel (mmap) and give them back when the ring
+  /// ends, so that the memory of a ring that lived for a burst leaves the process with it
+  /// (from the heap it would stay in the allocator's free lists); for the rings of an
+  /// unbounded channel.
+  explicit ring(std::size_t capacity, const char* what = "a channel's capacity (maxsize)",
+                bool mapped = false)
       : cap_(capacity),
         mark_bit_(std::bit_ceil(capacity + 1)),
-        one_lap_(mark_bit_ * 2) {
+        one_lap_(mark_bit_ * 2),
+        mapped_(mapped) {
     if (capacity == 0 || capacity > max_capacity) {
       throw std::invalid_argument(std::string(what) + " must be between 1 and 2^40, not " +
                                   std::to_string(capacity));
@@ -171,8 +178,11 @@ class ring {
     // The whole ring is allocated (and its stamps written) up front: refuse, with a message
     // that says so, a capacity whose ring cannot fit in this machine's memory.
     const double bytes = static_cast<double>(sizeof(slot)) * static_cast<double>(cap_);
-    const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) *
-                       static_cast<double>(::sysconf(_SC_PAGESIZE));
+    // (Rings under 64 MiB fit anywhere: no system call to ask.)
+    const double ram = bytes < 64.0 * 1024 * 1024
+                           ? 0
+                           : static_cast<double>(::sysconf(_SC_PHYS_PAGES)) *
+                                 static_cast<double>(::sysconf(_SC_PAGESIZE));
     auto too_big = [&](const char* why) {
       char text[384];
       std::snprintf(text, sizeof text,
@@ -186,11 +196,18 @@ class ring {
       std::snprintf(why, sizeof why, "more than this machine's %.1f GB of memory", ram / 1e9);
       throw too_big(why);
     }
-    try {
-      slots_ = static_cast<slot*>(
-          ::operator new(sizeof(slot) * cap_, std::align_val_t{alignof(slot)}));
-    } catch (const std::bad_alloc&) {
-      throw too_big("which could not be allocated");
+    if (mapped_) {
+      void* p = ::mmap(nullptr, sizeof(slot) * cap_, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw too_big("which could not be allocated");
+      slots_ = static_cast<slot*>(p);
+    } else {
+      try {
+        slots_ = static_cast<slot*>(
+            ::operator new(sizeof(slot) * cap_, std::align_val_t{alignof(slot)}));
+      } catch (const std::bad_alloc&) {
+        throw too_big("which could not be allocated");
+      }
     }
     for (std::size_t i = 0; i < cap_; ++i) {
       new (&slots_[i].stamp) std::atomic<std::uint64_t>(i);
@@ -207,7 +224,11 @@ class ring {
       head = next(head);
     }
     for (std::size_t i = 0; i < cap_; ++i) slots_[i].stamp.~atomic();
-    ::operator delete(slots_, std::align_val_t{alignof(slot)});
+    if (mapped_) {
+      ::munmap(slots_, sizeof(slot) * cap_);
+    } else {
+      ::operator delete(slots_, std::align_val_t{alignof(slot)});
+    }
   }
 
   ring(const ring&) = delete;
@@ -718,6 +739,7 @@ class ring {
   const std::uint64_t cap_;
   const std::uint64_t mark_bit_;
   const std::uint64_t one_lap_;
+  const bool mapped_;
   slot* slots_ = nullptr;
   alignas(cache_line) std::atomic<std::uint64_t> head_{0};
   alignas(cache_line) std::atomic<std::uint64_t> tail_{0};

@@ -30,7 +30,7 @@ namespace isola::detail {
 template <typename T>
 class ring_chain {
   struct segment {
-    segment(std::size_t capacity, const char* what) : r(capacity, what) {}
+    segment(std::size_t capacity, const char* what, bool mapped) : r(capacity, what, mapped) {}
     ring<T> r;
     /// The next ring once this one is closed: nullptr before, terminal() if the chain itself
     /// was closed here.
@@ -47,7 +47,7 @@ class ring_chain {
   explicit ring_chain(std::size_t capacity, const char* what = "a channel's capacity (maxsize)")
       : bounded_(capacity != 0),
         light_(asymmetric_fence_available()),
-        fixed_(new segment(capacity != 0 ? capacity : segment_items, what)) {
+        fixed_(new segment(capacity != 0 ? capacity : segment_items, what, capacity == 0)) {
     head_.store(fixed_, std::memory_order_relaxed);
     tail_.store(fixed_, std::memory_order_relaxed);
   }
@@ -194,7 +194,7 @@ class ring_chain {
 
   segment* make_segment() noexcept {
     try {
-      auto* s = new segment(segment_items, "an unbounded channel's ring");
+      auto* s = new segment(segment_items, "an unbounded channel's ring", true);
       rings_.fetch_add(1, std::memory_order_relaxed);
       return s;
     } catch (...) {  // std::bad_alloc, or the ring's std::length_error

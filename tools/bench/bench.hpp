@@ -89,6 +89,10 @@ struct bench_suite_registrar {
 /// The median of samples (the mean of the middle two for an even count); 0 if empty.
 double median(std::vector<double> samples);
 
+/// Resident set size of this process in bytes, from /proc/self/statm. Throws
+/// std::runtime_error where there is no /proc.
+double rss_bytes();
+
 /// The median of a[i] / b[i]: the ratio of two figures measured in turn, round by round, so
 /// that a drift of the machine's speed moves both sides of each ratio alike. 0 if empty.
 double median_ratio(const std::vector<double>& a, const std::vector<double>& b);

@@ -34,6 +34,15 @@ std::vector<bench_suite>& bench_suites() {
   return s;
 }
 
+double rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  long long size = 0, resident = 0;
+  if (!(statm >> size >> resident)) {
+    throw std::runtime_error("cannot read /proc/self/statm (needs Linux's /proc)");
+  }
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
 double median(std::vector<double> samples) {
   if (samples.empty()) return 0;
   std::sort(samples.begin(), samples.end());

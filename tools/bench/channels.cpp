@@ -69,6 +69,7 @@ struct channels_options {
   std::size_t cpp_messages = 20'000'000;  ///< C++ thread to thread, per run
   std::size_t peer_messages = 500'000;    ///< for CPython's queues and multiprocessing.Queue
   std::size_t capacity = default_capacity;  ///< of the channels the transfers use
+  std::size_t burst = 10'000'000;  ///< items queued at once in the unbounded channel's burst
   std::size_t big_mb = 100;
   unsigned big_rounds = 7;
   unsigned repeat = 3;
@@ -87,6 +88,7 @@ void apply_quick(channels_options& o, const CLI::App& app) {
   if (unset("--peer-messages")) o.peer_messages = 20'000;
   if (unset("--big-rounds")) o.big_rounds = 3;
   if (unset("--repeat")) o.repeat = 1;
+  if (unset("--burst")) o.burst = 1'000'000;
 }
 
 void check(bool ok, const std::string& what) {
@@ -188,7 +190,8 @@ transfer_run python_transfer(interpreter_pair& p, std::size_t capacity, const ch
                              const char* recv_fn, std::size_t n, std::vector<value> extra,
                              bool until_both = false) {
   const std::string name = fresh_name("py");
-  channel ch = channel::open(name, capacity);  // held for the whole run
+  // Held for the whole run; capacity 0: unbounded.
+  channel ch = capacity > 0 ? channel::open(name, capacity) : channel::open(name, unbounded);
   std::vector<value> args{value(name), value(static_cast<std::int64_t>(n))};
   args.insert(args.end(), extra.begin(), extra.end());
   const cpu_ticks k0 = cpu_ticks_now();
@@ -574,6 +577,47 @@ transfer_run cpp_batches(std::size_t capacity, std::size_t n, std::size_t batch)
           (c1.second - c0.second + receiver_sched.second) / 1e9 / s, stolen_percent(k0, k1)};
 }
 
+// ---- an unbounded channel's burst -----------------------------------------------------------
+
+struct burst_figures {
+  double first_ring_mib = 0;  ///< RSS growth when the channel is made (its first ring)
+  double peak_mib = 0;        ///< RSS growth over that with the burst queued
+  double after_mib = 0;       ///< RSS growth over that once the burst is drained
+  double fill_s = 0, drain_s = 0;
+};
+
+/// n ints into an unbounded channel with no receiver, then all received: the resident memory
+/// before, at the peak and after, from /proc/self/statm.
+burst_figures unbounded_burst(std::size_t n) {
+  constexpr double mib = 1024.0 * 1024.0;
+  const double before = rss_bytes();
+  channel ch(unbounded);
+  const double baseline = rss_bytes();
+  auto t0 = clock::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    check(bool(ch.try_send(message(static_cast<std::int64_t>(i)))),
+          "unbounded burst: try_send refused an item");
+  }
+  const double fill = seconds_since(t0);
+  const double peak = rss_bytes();
+  check(ch.size() == n, "unbounded burst: size() differs from the items sent");
+  t0 = clock::now();
+  std::vector<message> got;
+  std::int64_t sum = 0;
+  for (std::size_t k = 0; k < n;) {
+    got.clear();
+    auto r = ch.try_recv_many(got, 4096);
+    check(bool(r), "unbounded burst: an item went missing");
+    for (auto& m : got) sum += int_of(m);
+    k += *r;
+  }
+  const double drain = seconds_since(t0);
+  check(sum == triangle(n), "unbounded burst: wrong sum");
+  const double after = rss_bytes();
+  return {(baseline - before) / mib, (peak - baseline) / mib, (after - baseline) / mib, fill,
+          drain};
+}
+
 // ---- the peers ------------------------------------------------------------------------------
 
 boost::json::object measure_peers(const fs::path& folder, const channels_options& o, bool quiet) {
@@ -616,8 +660,10 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   ctx.progress(
       fmt::format("load average (1 min) at start: {:.2f} on {} cores", load_start, cores()));
 
-  rate_figures ints, ints_no_channel, batches, batches_no_channel, cpp, cpp_receiver_waits,
-      cpp_batch;
+  rate_figures ints, ints_no_channel, ints_unbounded, batches, batches_no_channel, cpp,
+      cpp_receiver_waits, cpp_batch;
+  std::vector<double> bounded_rates, unbounded_rates;  // in turn, pair by pair
+  burst_figures burst;
   rtt_figures rtt;
   double zero_copy_ms = 0, bytes_ms = 0;
   double py_send_ns = 0, py_recv_ns = 0, py_loop_ns = 0, py_keep_ns = 0, py_make_ns = 0;
@@ -664,6 +710,26 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
                                  o.messages, {}, true);
         });
 
+    ctx.progress(fmt::format("isola: {} pairs of runs of {} ints, through a channel of {} "
+                             "and an unbounded one in turn",
+                             o.repeat, o.messages, o.capacity));
+    python_transfer(p, 0, "send_ints", "recv_ints", std::min<std::size_t>(o.messages, 100'000),
+                    {});
+    {
+      rate_samples runs;
+      for (unsigned k = 0; k < o.repeat; ++k) {
+        const transfer_run b =
+            python_transfer(p, o.capacity, "send_ints", "recv_ints", o.messages, {});
+        const transfer_run u = python_transfer(p, 0, "send_ints", "recv_ints", o.messages, {});
+        bounded_rates.push_back(b.rate);
+        unbounded_rates.push_back(u.rate);
+        runs.add(u);
+        ctx.progress(fmt::format("  pair {}/{}: bounded {:.0f}, unbounded {:.0f} msgs/s", k + 1,
+                                 o.repeat, b.rate, u.rate));
+      }
+      ints_unbounded = runs.figures();
+    }
+
     ctx.progress(fmt::format("isola: {} runs of {} ints in send_many/recv_many batches of {}; "
                              "in turn, the same loops with no channel",
                              o.repeat, o.batch_messages, o.batch));
@@ -709,6 +775,13 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
                              bytes_ms));
     p.sender().exec("big = None");
   }
+
+  ctx.progress(fmt::format("C++: a burst of {} ints into an unbounded channel, then drained",
+                           o.burst));
+  burst = unbounded_burst(o.burst);
+  ctx.progress(fmt::format("  memory: +{:.1f} MiB at the peak, {:+.1f} MiB once drained "
+                           "(filled in {:.2f} s, drained in {:.2f} s)",
+                           burst.peak_mib, burst.after_mib, burst.fill_s, burst.drain_s));
 
   ctx.progress("C++: CPU time per send + recv in one thread");
   cpp_one_thread_ns(10);
@@ -778,6 +851,20 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
                     "(median of {})",
                     o.messages, o.repeat));
   r.add("py_msgs_per_s_int_best", ints.best, "msgs/s", 0, "the same, best run");
+  r.add("py_msgs_per_s_int_unbounded", ints_unbounded.median, "msgs/s", 0,
+        fmt::format("the same loops through an unbounded channel (isola.Channel()), {} ints "
+                    "(median of {}; runs in turn with a channel of {})",
+                    o.messages, o.repeat, o.capacity));
+  r.add("unbounded_vs_bounded", median_ratio(unbounded_rates, bounded_rates), "x", 2,
+        "unbounded / bounded channel, py ints: median of the ratios of runs made in turn");
+  r.add("unbounded_burst_items", static_cast<double>(o.burst), "items", 0,
+        "ints queued at once in an unbounded channel with no receiver, then drained (C++)");
+  r.add("unbounded_first_ring_mib", burst.first_ring_mib, "MiB", 2,
+        "resident memory an unbounded channel takes when made (its first ring of 1024 slots)");
+  r.add("unbounded_burst_peak_mib", burst.peak_mib, "MiB", 1,
+        "resident memory growth with the burst queued (64 bytes a slot)");
+  r.add("unbounded_burst_after_mib", burst.after_mib, "MiB", 2,
+        "resident memory growth once the burst is drained (0: back to the baseline)");
   r.add("py_msgs_cores_used", ints.cores, "", 2,
         "time both threads ran on a CPU / wall time (2: both ran all along)");
   r.add("py_msgs_cores_waiting", ints.waiting, "", 2,
@@ -925,6 +1012,8 @@ bench_suite_registrar channels_suite({
           ->check(CLI::Range(std::size_t{1}, channel::max_capacity))
           ->capture_default_str()
           ->type_name("C");
+      count("--burst", o->burst,
+            "Ints queued at once in an unbounded channel, then drained (memory figures)", 1000);
       app.add_option("--big-mb", o->big_mb, "Size of the large bytes transfer, in MiB")
           ->check(CLI::Range(std::size_t{1}, std::size_t{4096}))
           ->capture_default_str()
@@ -948,7 +1037,9 @@ bench_suite_registrar channels_suite({
                    "A smoke run of a few seconds: fewer messages and rounds, one run (options "
                    "given explicitly still apply); the figures are rougher");
       app.footer(
-          "Results (JSON keys): py_msgs_per_s_int (and _best), cpython_queue_msgs_per_s_int,\n"
+          "Results (JSON keys): py_msgs_per_s_int (and _best), py_msgs_per_s_int_unbounded,\n"
+          "unbounded_vs_bounded, unbounded_burst_items, unbounded_first_ring_mib,\n"
+          "unbounded_burst_peak_mib, unbounded_burst_after_mib, cpython_queue_msgs_per_s_int,\n"
           "mp_queue_msgs_per_s_int, py_vs_cpython_queue, py_vs_mp_queue; py_batch_items_per_s\n"
           "(and _best); py_no_channel_per_s_int, py_batch_no_channel_per_s (the same loops\n"
           "with no channel, in turn with them: what CPython allows) and py_vs_no_channel,\n"

@@ -131,16 +131,6 @@ class raw_interpreter {
   std::thread thread_;
 };
 
-/// Resident set size of this process in bytes, from /proc/self/statm.
-double rss_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  long long size = 0, resident = 0;
-  if (!(statm >> size >> resident)) {
-    throw std::runtime_error("cannot read /proc/self/statm (needs Linux's /proc)");
-  }
-  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE));
-}
-
 constexpr double mib = 1024.0 * 1024.0;
 
 // ---- creation time ----------------------------------------------------------------------
