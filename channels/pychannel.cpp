@@ -1,6 +1,7 @@
 // The isola.Channel type: its methods (send/recv and the PEP 734 queue names, batches,
 // close, iteration) and the helpers every part of channels' Python face uses.
 #include "channels/pychannel.hpp"
+#include "channels/pyunbound.hpp"
 
 #include "channels/pybuffer.hpp"
 #include "lib/module.hpp"
@@ -195,13 +196,15 @@ bool parse_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyOb
 }
 
 // send(obj, timeout=None) and put(obj, block=True, timeout=None).
+// unbound: put's unbounditems mode (pyunbound.hpp); send() never binds its items.
 PyObject* do_send(PyObject* self, PyObject* obj, bool block, PyObject* timeout_arg,
-                  bool queue_names) {
+                  bool queue_names, int unbound = unbound_keep) {
   auto& ch = as_chan(self)->ch;
   channel_timeout timeout;
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
   message m;
   if (!to_message(Py_TYPE(self), ch, obj, m)) return nullptr;
+  if (unbound != unbound_keep) bind_to_current(m, unbound);
   const bool waits = block && (!timeout || timeout->count() > 0);
   // A call that may wait starts with a quick attempt (no look at the receivers' position);
   // the exact attempt after the spin, or the blocking send, decides.
@@ -324,9 +327,18 @@ PyObject* finish_batch(PyObject* self, PyObject* module, std::vector<PyObject*>&
     return nullptr;
   }
   std::size_t size = objects.size();
+  const std::uint64_t removed = removed_items();
+  std::vector<bool> skip;  // items skipped (UNBOUND_REMOVE), by index
   for (std::size_t k = 0; k < later.size(); ++k) {
     const std::size_t at = later[k].first;
-    if ((objects[at] = from_message(module, later[k].second)) != nullptr) continue;
+    const std::uint64_t before = removed_items();
+    if ((objects[at] = from_message(module, later[k].second)) != nullptr) {
+      if (removed_items() != before) [[unlikely]] {
+        skip.resize(objects.size());
+        skip[at] = true;
+      }
+      continue;
+    }
     message* again = keep_for_retry(later[k].second) ? &later[k].second : nullptr;
     hold_back(c, objects, later, at + 1, k + 1, again);  // MemoryError instead if it fails
     if (at == 0) {
@@ -339,10 +351,15 @@ PyObject* finish_batch(PyObject* self, PyObject* module, std::vector<PyObject*>&
     Py_XSETREF(c->held_error, exc);
     break;
   }
+  std::size_t kept = 0;
   for (std::size_t i = 0; i < size; ++i) {
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), objects[i]);
+    if (removed_items() != removed && i < skip.size() && skip[i]) {
+      Py_DECREF(objects[i]);
+      continue;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(kept++), objects[i]);
   }
-  Py_SET_SIZE(list, static_cast<Py_ssize_t>(size));  // shorter when an item failed
+  Py_SET_SIZE(list, static_cast<Py_ssize_t>(kept));  // shorter when an item failed or was skipped
   return list;
 }
 
@@ -391,8 +408,8 @@ PyObject* finish_messages(PyObject* self, PyObject* module, std::vector<message>
 }
 
 // quick_tried: the caller has just made recv_quick's attempt (and it took nothing).
-PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_names,
-                  bool quick_tried = false) {
+PyObject* do_recv_once(PyObject* self, bool block, PyObject* timeout_arg, bool queue_names,
+                       bool quick_tried) {
   auto& ch = as_chan(self)->ch;
   channel_timeout timeout;
   if (!parse_timeout(timeout_arg, timeout)) return nullptr;
@@ -433,6 +450,19 @@ PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_
   return deliver(self, module, std::move(*r));
 }
 
+// A receive: an item skipped because its interpreter has ended (put with
+// unbounditems=UNBOUND_REMOVE) is dropped and the next one taken, with the same timeout.
+PyObject* do_recv(PyObject* self, bool block, PyObject* timeout_arg, bool queue_names,
+                  bool quick_tried = false) {
+  for (;;) {
+    const std::uint64_t removed = removed_items();
+    PyObject* o = do_recv_once(self, block, timeout_arg, queue_names, quick_tried);
+    if (o == nullptr || removed_items() == removed) [[likely]] return o;
+    Py_DECREF(o);
+    quick_tried = false;
+  }
+}
+
 bool truthy(PyObject* o, bool dflt, int& out) {
   if (o == nullptr) {
     out = dflt;
@@ -462,7 +492,12 @@ PyObject* ch_recv(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObj
   if (nargs == 0 && kw == nullptr) {
     if (as_chan(self)->holds()) return do_recv(self, true, nullptr, false);
     PyObject* o = nullptr;
-    if (recv_quick(self, o)) return o;
+    const std::uint64_t removed = removed_items();
+    if (recv_quick(self, o)) {
+      if (o == nullptr || removed_items() == removed) [[likely]] return o;
+      Py_DECREF(o);  // an item skipped (UNBOUND_REMOVE): wait for the next one
+      return do_recv(self, true, nullptr, false);
+    }
     return do_recv(self, true, nullptr, false, true);
   }
   std::vector<PyObject*> a;
@@ -487,21 +522,31 @@ bool check_syncobj(PyObject* self, PyObject* obj, PyObject* syncobj_arg) {
   return !sync || require_shareable(self_module(self), Py_TYPE(self), obj);
 }
 
+// put's and put_nowait's unbounditems (PEP 734, CPython 3.14): None takes the channel's
+// default. False with an exception set.
+bool unbound_arg(PyObject* self, PyObject* arg, int& mode) {
+  return parse_unbound(self_module(self), arg, channel_unbound_default(as_chan(self)->ch), mode);
+}
+
 PyObject* ch_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
-  if (!parse_args("put", args, nargs, kw, {"obj", "block", "timeout", "syncobj"}, 1, a)) {
+  if (!parse_args("put", args, nargs, kw, {"obj", "block", "timeout", "syncobj", "unbounditems"},
+                  1, a)) {
     return nullptr;
   }
-  int block = 1;
-  if (!truthy(a[1], true, block)) return nullptr;
+  int block = 1, mode = unbound_keep;
+  if (!truthy(a[1], true, block) || !unbound_arg(self, a[4], mode)) return nullptr;
   if (!check_syncobj(self, a[0], a[3])) return nullptr;
-  return do_send(self, a[0], block != 0, a[2], true);
+  return do_send(self, a[0], block != 0, a[2], true, mode);
 }
 PyObject* ch_put_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
-  if (!parse_args("put_nowait", args, nargs, kw, {"obj", "syncobj"}, 1, a)) return nullptr;
-  if (!check_syncobj(self, a[0], a[1])) return nullptr;
-  return do_send(self, a[0], false, nullptr, true);
+  if (!parse_args("put_nowait", args, nargs, kw, {"obj", "syncobj", "unbounditems"}, 1, a)) {
+    return nullptr;
+  }
+  int mode = unbound_keep;
+  if (!unbound_arg(self, a[2], mode) || !check_syncobj(self, a[0], a[1])) return nullptr;
+  return do_send(self, a[0], false, nullptr, true, mode);
 }
 PyObject* ch_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
@@ -737,6 +782,9 @@ PyObject* ch_closed(PyObject* self, void*) { return PyBool_FromLong(as_chan(self
 PyObject* ch_maxsize(PyObject* self, void*) {
   return PyLong_FromLongLong(channel_maxsize(as_chan(self)->ch));
 }
+PyObject* ch_unbounditems(PyObject* self, void*) {
+  return unbound_object(self_module(self), channel_unbound_default(as_chan(self)->ch));
+}
 PyObject* ch_id(PyObject* self, void*) {
   return PyLong_FromUnsignedLongLong(as_chan(self)->ch.id());
 }
@@ -815,20 +863,23 @@ PyObject* attach_by_id(PyTypeObject* type, PyObject* id_arg) {
 }
 
 PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
-  static const char* kwlist[] = {"maxsize", "pickle", "syncobj", "id", nullptr};
+  static const char* kwlist[] = {"maxsize", "pickle", "syncobj", "unbounditems", "id", nullptr};
   PyObject* maxsize_arg = nullptr;
   PyObject* pickle_arg = nullptr;
   PyObject* syncobj_arg = nullptr;
+  PyObject* unbound_arg = nullptr;
   PyObject* id_arg = nullptr;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOO:Channel", const_cast<char**>(kwlist),
-                                   &maxsize_arg, &pickle_arg, &syncobj_arg, &id_arg)) {
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOO:Channel", const_cast<char**>(kwlist),
+                                   &maxsize_arg, &pickle_arg, &syncobj_arg, &unbound_arg,
+                                   &id_arg)) {
     return nullptr;
   }
   if (id_arg != nullptr) {
-    if (maxsize_arg != nullptr || pickle_arg != nullptr || syncobj_arg != nullptr) {
+    if (maxsize_arg != nullptr || pickle_arg != nullptr || syncobj_arg != nullptr ||
+        unbound_arg != nullptr) {
       PyErr_SetString(PyExc_TypeError,
                       "Channel: give id alone (a handle to an existing channel), or maxsize, "
-                      "pickle and syncobj (a new channel)");
+                      "pickle, syncobj and unbounditems (a new channel)");
       return nullptr;
     }
     return attach_by_id(type, id_arg);
@@ -837,13 +888,15 @@ PyObject* ch_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   if (maxsize_arg != nullptr && !parse_size(maxsize_arg, "Channel", "maxsize", maxsize)) {
     return nullptr;
   }
-  int pickle = 1, syncobj = 0;
+  int pickle = 1, syncobj = 0, unbound = unbound_keep;
   if (pickle_arg != nullptr && (pickle = PyObject_IsTrue(pickle_arg)) < 0) return nullptr;
   if (syncobj_arg != nullptr && (syncobj = PyObject_IsTrue(syncobj_arg)) < 0) return nullptr;
+  if (!parse_unbound(module_of(type), unbound_arg, unbound_keep, unbound)) return nullptr;
   try {
     channel ch = make_channel(maxsize);
     set_channel_pickle(ch, pickle != 0);
     set_channel_syncobj_default(ch, syncobj != 0);
+    set_channel_unbound_default(ch, unbound);
     return wrap_channel(type, std::move(ch));
   } catch (const std::length_error& e) {  // a ring that cannot be allocated
     PyErr_Format(PyExc_MemoryError, "Channel(maxsize=%zd): %s", maxsize, e.what());
@@ -935,7 +988,12 @@ PyMethodDef channel_methods[] = {
 
 PyGetSetDef channel_getset[] = {
     {"closed", ch_closed, nullptr, "True once close() has been called.", nullptr},
-    {"maxsize", ch_maxsize, nullptr, "The bound on queued items.", nullptr},
+    {"maxsize", ch_maxsize, nullptr,
+     "The bound on queued items, as given when made (<= 0: unbounded).", nullptr},
+    {"unbounditems", ch_unbounditems, nullptr,
+     "put()'s default unbounditems: None (the item is kept after the interpreter that put it "
+     "has ended), isola.UNBOUND, UNBOUND_ERROR or UNBOUND_REMOVE.",
+     nullptr},
     {"id", ch_id, nullptr, "Process-unique id of the channel.", nullptr},
     {"name", ch_name, nullptr, "The name it was opened under, or None.", nullptr},
     {"pickle", ch_pickle, nullptr, "Whether objects may be sent pickled.", nullptr},
@@ -958,7 +1016,7 @@ PyType_Slot channel_slots[] = {
     {Py_tp_richcompare, reinterpret_cast<void*>(ch_richcompare)},
     {Py_tp_hash, reinterpret_cast<void*>(ch_hash)},
     {Py_tp_doc, const_cast<char*>(
-                    "Channel(maxsize=0, *, pickle=True, syncobj=False, unbounditems=UNBOUND_KEEP)\n"
+                    "Channel(maxsize=0, *, pickle=True, syncobj=False, unbounditems=None)\n"
                     "Channel(*, id)\n\nA FIFO shared by every interpreter and C++ thread "
                     "that holds it; maxsize <= 0 (the default) means unbounded, as in PEP 734. "
                     "Send it through another channel, or pickle it, to share it; Channel(id=N) "

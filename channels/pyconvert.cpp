@@ -4,6 +4,7 @@
 #include "channels/pychannel.hpp"
 
 #include "channels/pybuffer.hpp"
+#include "channels/pyunbound.hpp"
 #include "lib/module.hpp"
 #include "lib/py.hpp"
 #include "lib/value_codec.hpp"
@@ -180,10 +181,14 @@ PyObject* from_message(PyObject* module, const message& m) {
       } catch (const py::error_already_set&) {
         return nullptr;
       }
-    case 1:
+    case 1: {
       // As it was sent: bytes as bytes, a memoryview (or C++'s shared_buffer) as a memoryview.
       if (is_shared_bytes(*m.as_buffer())) return bytes_of(*m.as_buffer());
+      bool bound = false, removed = false;
+      PyObject* o = from_bound(module, m, bound, removed);  // put with unbounditems
+      if (bound) return o;
       return memoryview_of(module, *m.as_buffer());
+    }
     case 2: {
       PyObject* o = unpickle(module, *m.as_pickled());
       if (o == nullptr) {

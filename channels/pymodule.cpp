@@ -2,6 +2,8 @@
 // exceptions (ChannelClosed, and QueueEmpty/QueueFull made on first use), and the module part
 // that adds them and the Channel type to every interpreter's `isola`.
 #include "channels/pychannel.hpp"
+#include "channels/pyunbound.hpp"
+#include "channels/py/queues.py.hpp"
 
 #include "channels/pybuffer.hpp"
 #include "lib/module.hpp"
@@ -270,9 +272,15 @@ const lazy_attribute channel_lazy[] = {{"QueueEmpty", make_queue_exceptions},
                                        {"QueueFull", make_queue_exceptions},
                                        {"ChannelEmpty", make_queue_exceptions},
                                        {"ChannelFull", make_queue_exceptions},
+                                       {"UNBOUND", make_unbound_names},
+                                       {"UNBOUND_ERROR", make_unbound_names},
+                                       {"UNBOUND_REMOVE", make_unbound_names},
+                                       {"UnboundItem", make_unbound_names},
+                                       {"ItemInterpreterDestroyed", make_unbound_names},
                                        {nullptr, nullptr}};
 
 module_part_registrar channels_part({"channels", channel_functions, exec_channels, channel_lazy});
+submodule_registrar queues_submodule({"queues", embedded::queues});
 
 }  // namespace
 }  // namespace isola::detail

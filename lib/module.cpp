@@ -21,6 +21,17 @@ std::vector<module_part>& parts() {
   return p;
 }
 
+std::vector<python_submodule>& submodules() {
+  static std::vector<python_submodule> s;
+  return s;
+}
+
+/// Full names ("isola.queues") for the inittab, which keeps the pointers.
+std::vector<std::string>& submodule_names() {
+  static std::vector<std::string> n;
+  return n;
+}
+
 PyObject* interpreter_id(PyObject*, PyObject*) {
   return PyLong_FromLongLong(PyInterpreterState_GetID(PyInterpreterState_Get()));
 }
@@ -155,8 +166,42 @@ int exec_module(PyObject* m) {
     if (part.exec != nullptr && part.exec(m) < 0) return -1;
   }
   if (PyModule_AddStringConstant(m, "__version__", ISOLA_VERSION) < 0) return -1;
+  // A package, so that `import isola.queues` looks for the submodule: the builtin importer
+  // finds it in the inittab.
+  py::object path = py::steal(PyList_New(0));
+  if (!path || PyModule_AddObjectRef(m, "__path__", path.get()) < 0) return -1;
   return add_all(m);
 }
+
+// A submodule's exec: runs its source in its namespace.
+int exec_submodule(PyObject* m) {
+  const char* name = PyModule_GetName(m);
+  if (name == nullptr) return -1;
+  for (const auto& sub : submodules()) {
+    if (std::string_view(name) != std::string("isola.") + sub.name) continue;
+    PyObject* dict = PyModule_GetDict(m);  // borrowed
+    if (PyDict_SetItemString(dict, "__builtins__", PyEval_GetBuiltins()) < 0) return -1;
+    py::object r = py::steal(PyRun_String(sub.source, Py_file_input, dict, dict));
+    return r ? 0 : -1;
+  }
+  PyErr_Format(PyExc_ImportError, "isola has no submodule named %s", name);
+  return -1;
+}
+
+PyModuleDef_Slot submodule_slots[] = {
+    {Py_mod_exec, reinterpret_cast<void*>(exec_submodule)},
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, nullptr}};
+
+PyModuleDef submodule_def = {
+    PyModuleDef_HEAD_INIT, "isola.submodule", nullptr, 0, nullptr, submodule_slots,
+    nullptr,               nullptr,           nullptr,
+};
+
+PyObject* init_submodule() { return PyModuleDef_Init(&submodule_def); }
 
 PyModuleDef_Slot slots[] = {
     {Py_mod_exec, reinterpret_cast<void*>(exec_module)},
@@ -185,9 +230,22 @@ PyObject* init_isola() { return PyModuleDef_Init(&module_def); }
 
 void register_module_part(const module_part& part) { parts().push_back(part); }
 
+void register_submodule(const python_submodule& sub) { submodules().push_back(sub); }
+
 void add_isola_to_inittab() {
   if (PyImport_AppendInittab("isola", init_isola) != 0) {
     throw std::runtime_error("isola: could not add the 'isola' module to CPython's inittab");
+  }
+  // Made once: the inittab keeps pointers into these strings (Py_Finalize drops the entries
+  // added, so a later runtime adds them again).
+  auto& names = submodule_names();
+  if (names.empty()) {
+    for (const auto& sub : submodules()) names.push_back(std::string("isola.") + sub.name);
+  }
+  for (const auto& name : names) {
+    if (PyImport_AppendInittab(name.c_str(), init_submodule) != 0) {
+      throw std::runtime_error("isola: could not add '" + name + "' to CPython's inittab");
+    }
   }
 }
 

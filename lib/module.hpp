@@ -27,6 +27,19 @@ struct module_part {
   const lazy_attribute* lazy = nullptr;
 };
 
+/// A submodule of `isola` written in Python (`import isola.queues`): a builtin module of the
+/// dotted name whose code is `source`, run in the new module's namespace when it is first
+/// imported (so an interpreter that never imports it pays nothing). `name` is the part after
+/// "isola."; both must have static storage.
+struct python_submodule {
+  const char* name;
+  const char* source;
+};
+void register_submodule(const python_submodule& sub);
+struct submodule_registrar {
+  explicit submodule_registrar(const python_submodule& sub) { register_submodule(sub); }
+};
+
 /// Registers a part; call from a static initialiser (see module_part_registrar).
 void register_module_part(const module_part& part);
 

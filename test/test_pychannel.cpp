@@ -914,3 +914,112 @@ TEST_CASE("a channel sent through a channel is the same channel", "[pychannel]")
   isola::channel inner(*m->as_channel());
   CHECK(std::to_string(inner.id()) == a.eval("inner.id").repr());
 }
+
+TEST_CASE("isola.queues has CPython 3.14's queue API on isola's channels", "[pychannel]") {
+  isola::interpreter in;
+  in.exec("import isola, pickle, queue\n"
+          "from isola import queues\n"
+          "import isola.queues as dotted\n"
+          "q = queues.create()\n"
+          "same = [queues.Queue(q.id) is q, dotted is queues, pickle.loads(pickle.dumps(q)) is q,\n"
+          "        any(x is q for x in queues.list_all()), repr(q) == f'Queue({q.id})',\n"
+          "        hash(q) == hash(q.id), q.maxsize, q.unbounditems is queues.UNBOUND]\n"
+          "for i in range(5000): q.put_nowait(i)\n"
+          "state = [q.qsize(), q.full(), q.empty()]\n"
+          "got = [q.get() for _ in range(4999)] + [q.get_nowait()]\n"
+          "b = queues.create(2, unbounditems=queues.UNBOUND_ERROR)\n"
+          "b.put(1); b.put(2, timeout=0.01)\n"
+          "b_state = [b.maxsize, b.full(), b.unbounditems is queues.UNBOUND_ERROR]\n"
+          "n = queues.create(-10)\n"
+          "bases = [issubclass(queues.QueueEmpty, (queues.QueueError, queue.Empty)),\n"
+          "         issubclass(queues.QueueFull, (queues.QueueError, queue.Full)),\n"
+          "         issubclass(queues.QueueError, RuntimeError),\n"
+          "         issubclass(queues.QueueNotFoundError, queues.QueueError),\n"
+          "         issubclass(queues.ItemInterpreterDestroyed, queues.QueueError)]\n"
+          "names = sorted(queues.__all__)\n");
+  CHECK(in.eval("same").repr() == "[True, True, True, True, True, True, 0, True]");
+  CHECK(in.eval("state").repr() == "[5000, False, False]");
+  CHECK(in.eval("got == list(range(5000))").as_bool());
+  CHECK(in.eval("b_state").repr() == "[2, True, True]");
+  CHECK(in.eval("n.maxsize").as_int() == -10);
+  CHECK(in.eval("bases").repr() == "[True, True, True, True, True]");
+  CHECK(in.eval("names").repr() ==
+        "['ItemInterpreterDestroyed', 'Queue', 'QueueEmpty', 'QueueError', 'QueueFull', "
+        "'QueueNotFoundError', 'UNBOUND', 'UNBOUND_ERROR', 'UNBOUND_REMOVE', 'create', "
+        "'list_all']");
+  CHECK(error_type([&] { in.exec("b.put_nowait(3)"); }) == "isola.QueueFull");
+  CHECK(error_type([&] { in.exec("b.put(3, timeout=0.01)"); }) == "isola.QueueFull");
+  CHECK(error_type([&] { in.exec("q.get_nowait()"); }) == "isola.QueueEmpty");
+  CHECK(error_type([&] { in.exec("q.get(timeout=0.01)"); }) == "isola.QueueEmpty");
+  CHECK(error_type([&] { in.exec("q.get(timeout=-1)"); }) == "ValueError");
+  CHECK(error_type([&] { in.exec("q.put(1, timeout=-1)"); }) == "ValueError");
+  CHECK(error_type([&] { in.exec("queues.Queue('1')"); }) == "TypeError");
+  CHECK(error_type([&] { in.exec("queues.Queue(10**12)"); }) == "isola.QueueNotFoundError");
+  CHECK(error_type([&] { in.exec("queues.create(syncobj=True)"); }) == "TypeError");
+  CHECK(error_type([&] { in.exec("q.put(1, unbounditems=42)"); }) == "NotImplementedError");
+  CHECK(error_type([&] { in.exec("queues.UnboundItem") ; }) == "AttributeError");
+  CHECK(in.eval("repr(queues.UNBOUND)").as_str() == "isola.UNBOUND");
+}
+
+TEST_CASE("items put with unbounditems follow PEP 734 once the interpreter that put them ends",
+          "[pychannel]") {
+  isola::interpreter reader;
+  reader.exec("import isola\n"
+              "from isola import queues\n"
+              "q = queues.create()\n"
+              "ch = isola.Channel()\n"
+              "qid, chid = q.id, ch.id\n");
+  const std::int64_t qid = reader.eval("qid").as_int();
+  const std::int64_t chid = reader.eval("chid").as_int();
+  {
+    isola::interpreter writer;
+    writer.exec("import isola\n"
+                "from isola import queues\n"
+                "q = queues.Queue(" + std::to_string(qid) + ")\n"
+                "ch = isola.Channel(id=" + std::to_string(chid) + ")\n"
+                "q.put('replaced', unbounditems=queues.UNBOUND)\n"
+                "q.put('error', unbounditems=queues.UNBOUND_ERROR)\n"
+                "q.put('removed', unbounditems=queues.UNBOUND_REMOVE)\n"
+                "q.put('default')\n"  // the queue's default: UNBOUND
+                "q.put_nowait('removed too', unbounditems=queues.UNBOUND_REMOVE)\n"
+                "q.put('last', unbounditems=queues.UNBOUND_REMOVE)\n"
+                "ch.put('kept')\n"  // isola.Channel's default: the item outlives its interpreter
+                "ch.put('kept too', unbounditems=None)\n"
+                "for i in range(3): ch.put(i, unbounditems=isola.UNBOUND_REMOVE)\n"
+                "ch.put('after the removed')\n"
+                "ch.put('alive', unbounditems=isola.UNBOUND_ERROR)\n");
+    // While the writer lives, a bound item arrives as it was put.
+    writer.exec("ch.put('seen alive', unbounditems=isola.UNBOUND_ERROR)");
+    CHECK(reader.eval("ch.qsize()").as_int() == 8);
+    reader.exec("first = ch.get()\n");
+    CHECK(reader.eval("first").as_str() == "kept");
+    writer.close();
+  }
+  reader.exec("got = [q.get() is queues.UNBOUND]\n"
+              "try:\n"
+              "    q.get()\n"
+              "    got.append('no error')\n"
+              "except queues.ItemInterpreterDestroyed as e:\n"
+              "    got.append(str(e))\n"
+              "got.append(q.get() is queues.UNBOUND)\n"  // 'removed' is skipped
+              "got.append(q.qsize())\n"
+              "try:\n"
+              "    q.get(timeout=0.05)\n"  // 'removed too' and 'last' skipped: then empty
+              "except queues.QueueEmpty:\n"
+              "    got.append('empty')\n"
+              "rest = ch.recv_many(100)\n"  // the removed ones are skipped
+              "errors = []\n"
+              "for _ in range(2):\n"
+              "    try:\n"
+              "        ch.get_nowait()\n"
+              "    except isola.ItemInterpreterDestroyed as e:\n"
+              "        errors.append(str(e))\n"
+              "left = ch.qsize()\n");
+  CHECK(reader.eval("got").repr() ==
+        "[True, \"item's original interpreter destroyed\", True, 2, 'empty']");
+  // recv_many returns what comes before the item that fails; the next receives raise.
+  CHECK(reader.eval("rest").repr() == "['kept too', 'after the removed']");
+  CHECK(reader.eval("errors").repr() ==
+        "[\"item's original interpreter destroyed\", \"item's original interpreter destroyed\"]");
+  CHECK(reader.eval("left").as_int() == 0);
+}
