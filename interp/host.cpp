@@ -84,7 +84,17 @@ std::vector<left_thread> describe_threads(const py::object& describer,
       for (auto id : idents) {
         py::check_zero(PyList_Append(ids.get(), py::check(PyLong_FromUnsignedLong(id)).get()));
       }
-      auto r = py::check(PyObject_CallOneArg(describer.get(), ids.get()));
+      // The frames of this interpreter's threads only (see describe_threads.py).
+      auto frames = py::check(PyDict_New());
+      for (PyThreadState* t = PyInterpreterState_ThreadHead(PyInterpreterState_Get());
+           t != nullptr; t = PyThreadState_Next(t)) {
+        auto frame = py::steal(reinterpret_cast<PyObject*>(PyThreadState_GetFrame(t)));
+        if (!frame) continue;
+        auto key = py::check(PyLong_FromUnsignedLong(t->thread_id));
+        py::check_zero(PyDict_SetItem(frames.get(), key.get(), frame.get()));
+      }
+      auto r = py::check(PyObject_CallFunctionObjArgs(describer.get(), ids.get(), frames.get(),
+                                                      nullptr));
       for (Py_ssize_t i = 0; i < PyList_GET_SIZE(r.get()); ++i) {
         PyObject* t = PyList_GET_ITEM(r.get(), i);
         left_thread lt;

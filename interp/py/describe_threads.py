@@ -1,12 +1,15 @@
 # Describes threads by ident (GIL held): name and daemon flag from threading, if imported (a
 # thread it does not know, started with _thread or by C code, counts as a daemon, as CPython
 # does not wait for it either), and the innermost frame outside threading.py.
+# `frames` maps idents to their current frames: the C++ side takes them from this interpreter's
+# own thread states, because sys._current_frames() also makes frame objects for the threads of
+# every other interpreter, with this interpreter's allocator (CPython 3.12/3.13), and freeing
+# one of those in the wrong interpreter crashes the process.
 
-def describe(idents):
+def describe(idents, frames):
     import sys
     threading = sys.modules.get('threading')
     active = getattr(threading, '_active', None) or {}
-    frames = sys._current_frames()
     out = []
     for ident in idents:
         t = active.get(ident)
