@@ -166,6 +166,11 @@ void creator_ending(std::int64_t creator) noexcept {
   }
 }
 
+bool ended_by_creator(const child& c) {
+  std::lock_guard lock(registry().mu);
+  return c.creator_ended;
+}
+
 // Maps a failure of isola's C++ API to the Python exception the caller sees.
 PyObject* raise_current(std::int64_t id, bool creator_ended) {
   try {
@@ -355,7 +360,7 @@ PyObject* run_in_child(PyObject* id_obj, const char* what, const char* target,
   try {
     fut = c->interp.call_with_async(target, std::move(args));
   } catch (...) {
-    return raise_current(id, c->creator_ended);
+    return raise_current(id, ended_by_creator(*c));
   }
   if (wait_for_work(fut, current_interp_state()) == wait_outcome::interrupted) {
     {
@@ -376,7 +381,7 @@ PyObject* run_in_child(PyObject* id_obj, const char* what, const char* target,
     }
     return raise("InterpreterError", e.what());
   } catch (...) {
-    return raise_current(id, c->creator_ended);
+    return raise_current(id, ended_by_creator(*c));
   }
   try {
     return with_python_errors([&] { return to_python(result).release(); });

@@ -177,6 +177,7 @@ TEST_CASE("isola.PoolExecutor: shutdown with pending work, with and without canc
   CHECK(at(out, "finished") == value(isola::make_list("a", 0, 2, 4, 6, 8)));
   CHECK(at(out, "cancelled") == value(isola::make_list(true, true, true, true, true)));
   CHECK(at(out, "first").as_str() == "b");
+  CHECK_FALSE(at(out, "collector_alive").as_bool());
 }
 
 TEST_CASE("isola.PoolExecutor: dropped without shutdown, its work finishes and its thread ends",

@@ -17,7 +17,7 @@ class BrokenInterpreterPool(_base.BrokenExecutor):
     runtime shut down under a task."""
 
 
-BrokenInterpreterPool.__module__ = 'isola'
+BrokenInterpreterPool.__module__ = 'isola'  # pickled by name as isola.BrokenInterpreterPool
 
 _OK, _RAISED, _CANCELLED, _BROKEN, _FAILED = range(5)  # see interp/pyexecutor.cpp
 
@@ -221,3 +221,6 @@ class PoolExecutor(_base.Executor):
             self._thread.join()
 
     shutdown.__doc__ = _base.Executor.shutdown.__doc__
+
+
+PoolExecutor.__module__ = 'isola'

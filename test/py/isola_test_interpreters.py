@@ -330,10 +330,12 @@ def executor_shutdown_pending(block_name):
     rest = [ex.submit(double, i) for i in range(5)]
     while not first.running():
         pass
-    threading.Timer(0, block.send, args=('b',)).start()
-    ex.shutdown(wait=True, cancel_futures=True)
+    ex.shutdown(wait=False, cancel_futures=True)  # the first task still waits for 'b'
     out['cancelled'] = [f.cancelled() for f in rest]
+    block.send('b')
+    ex.shutdown(wait=True)
     out['first'] = first.result()
+    out['collector_alive'] = ex._thread.is_alive()
     return out
 
 
