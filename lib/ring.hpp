@@ -24,7 +24,6 @@
 #if defined(__GLIBC__)
 #include <pthread.h>
 #endif
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "lib/sync.hpp"
@@ -160,17 +159,22 @@ class ring {
   /// Largest capacity: positions need index, mark and lap bits in 64 bits.
   static constexpr std::size_t max_capacity = std::size_t{1} << 40;
 
-  /// `what` names the capacity in error messages, with the setting that chose it. mapped: the
-  /// slots get pages of their own from the kernel (mmap) and give them back when the ring
-  /// ends, so that the memory of a ring that lived for a burst leaves the process with it
-  /// (from the heap it would stay in the allocator's free lists); for the rings of an
-  /// unbounded channel.
+  /// Bytes of slot memory a ring of `capacity` needs (for the constructor's slot_memory).
+  static constexpr std::size_t slot_bytes(std::size_t capacity) noexcept {
+    return sizeof(slot) * capacity;
+  }
+  static constexpr std::size_t slot_alignment = alignof(slot);
+
+  /// `what` names the capacity in error messages, with the setting that chose it.
+  /// slot_memory: slot_bytes(capacity) bytes aligned to slot_alignment that the caller owns
+  /// and frees after the ring (the rings of an unbounded channel live in pages of their own);
+  /// nullptr: the ring allocates its slots.
   explicit ring(std::size_t capacity, const char* what = "a channel's capacity (maxsize)",
-                bool mapped = false)
+                void* slot_memory = nullptr)
       : cap_(capacity),
         mark_bit_(std::bit_ceil(capacity + 1)),
         one_lap_(mark_bit_ * 2),
-        mapped_(mapped) {
+        external_(slot_memory != nullptr) {
     if (capacity == 0 || capacity > max_capacity) {
       throw std::invalid_argument(std::string(what) + " must be between 1 and 2^40, not " +
                                   std::to_string(capacity));
@@ -196,11 +200,8 @@ class ring {
       std::snprintf(why, sizeof why, "more than this machine's %.1f GB of memory", ram / 1e9);
       throw too_big(why);
     }
-    if (mapped_) {
-      void* p = ::mmap(nullptr, sizeof(slot) * cap_, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (p == MAP_FAILED) throw too_big("which could not be allocated");
-      slots_ = static_cast<slot*>(p);
+    if (external_) {
+      slots_ = static_cast<slot*>(slot_memory);
     } else {
       try {
         slots_ = static_cast<slot*>(
@@ -224,11 +225,7 @@ class ring {
       head = next(head);
     }
     for (std::size_t i = 0; i < cap_; ++i) slots_[i].stamp.~atomic();
-    if (mapped_) {
-      ::munmap(slots_, sizeof(slot) * cap_);
-    } else {
-      ::operator delete(slots_, std::align_val_t{alignof(slot)});
-    }
+    if (!external_) ::operator delete(slots_, std::align_val_t{alignof(slot)});
   }
 
   ring(const ring&) = delete;
@@ -474,6 +471,33 @@ class ring {
     claim_bias(b, producers ? tail_ : head_, this_thread_token());
   }
 
+  /// For the thread that owns the producers' side: sets the closed mark with the owner's plain
+  /// store, as it publishes items, so no other thread is interrupted (close() would revoke the
+  /// bias first, an asymmetric fence). False, with nothing done, when this thread does not own
+  /// the side: close() is the way then.
+  bool seal_owned() noexcept {
+    if (!(tail_.load(std::memory_order_relaxed) & owned_bit)) return false;
+    if (!enter_owned(producers_, this_thread_token())) return false;
+    const std::uint64_t tail = tail_.load(std::memory_order_relaxed);
+    tail_.store(tail | mark_bit_, std::memory_order_seq_cst);
+    leave_owned(producers_);
+    return true;
+  }
+
+  /// Makes the ring as new: empty, open, no side biased. Only on a drained ring that no
+  /// other thread can reach (an unbounded channel reuses its drained rings).
+  void reset() noexcept {
+    head_.store(0, std::memory_order_relaxed);
+    tail_.store(0, std::memory_order_relaxed);
+    for (std::size_t i = 0; i < cap_; ++i) slots_[i].stamp.store(i, std::memory_order_relaxed);
+    for (side_bias* b : {&producers_, &consumers_}) {
+      b->owner.store(side_bias::none, std::memory_order_relaxed);
+      b->busy.store(0, std::memory_order_relaxed);
+      b->threshold.store(bias_threshold, std::memory_order_relaxed);
+    }
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+
   /// Sets the closed mark; true if this call set it. Pushes fail from now on; pops drain.
   bool close() noexcept {
     std::uint64_t tail = tail_.load(std::memory_order_seq_cst);
@@ -586,10 +610,12 @@ class ring {
   }
 
   /// The owner's push: as the CAS path, with plain stores of tail_ (the owned bit stays set;
-  /// the closed mark cannot be set while the side is owned). ok with pushed == 0: retry.
+  /// only the owner itself can set the closed mark while the side is owned: seal_owned()).
+  /// ok with pushed == 0: retry.
   ISOLA_RING_INLINE ring_status owned_push(T* items, std::size_t count, std::size_t& pushed,
                                            bool exact) noexcept {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed) & ~owned_bit;
+    if (tail & mark_bit_) [[unlikely]] return ring_status::closed;
     const std::uint64_t index = tail & (mark_bit_ - 1);
     const std::uint64_t stamp = slots_[index].stamp.load(std::memory_order_acquire);
     if (stamp == tail) {
@@ -739,7 +765,7 @@ class ring {
   const std::uint64_t cap_;
   const std::uint64_t mark_bit_;
   const std::uint64_t one_lap_;
-  const bool mapped_;
+  const bool external_;
   slot* slots_ = nullptr;
   alignas(cache_line) std::atomic<std::uint64_t> head_{0};
   alignas(cache_line) std::atomic<std::uint64_t> tail_{0};

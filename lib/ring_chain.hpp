@@ -11,7 +11,12 @@
 //   had, it reports would_block (a full channel), and the sender waits for a receiver to make
 //   room instead of the process ending.
 // - Bias (see ring.hpp) carries over: the thread that owned the producers' (consumers') side
-//   of a ring owns that side of the next ring from the start.
+//   of a ring owns that side of the next ring from the start, and an owner closes a full ring
+//   with a plain store (ring::seal_owned), without interrupting the other threads.
+// - The per-ring work stays off the receivers' path: drained rings are retired in batches
+//   (one asymmetric fence for several), and a freed ring goes to a few spares that producers
+//   take before they ask the kernel for pages; a consumer that finds the chain empty gives the
+//   spares and the retired rings back, so memory returns to what one ring takes.
 #pragma once
 
 #include <atomic>
@@ -20,6 +25,9 @@
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <string>
+
+#include <sys/mman.h>
 
 #include "lib/hazard.hpp"
 #include "lib/ring.hpp"
@@ -27,43 +35,60 @@
 
 namespace isola::detail {
 
+/// Items per ring of an unbounded ring_chain (ring_chain::segment_items).
+inline constexpr std::size_t ring_chain_segment_items = 1024;
+
 template <typename T>
 class ring_chain {
+  /// A ring and its link. A bounded chain's one segment is an ordinary object; an unbounded
+  /// chain's segments each live at the start of pages of their own (mmap), the ring's slots
+  /// after them, so that a freed segment's memory leaves the process.
   struct segment {
-    segment(std::size_t capacity, const char* what, bool mapped) : r(capacity, what, mapped) {}
+    segment(std::size_t capacity, const char* what, void* slots) : r(capacity, what, slots) {}
     ring<T> r;
     /// The next ring once this one is closed: nullptr before, terminal() if the chain itself
     /// was closed here.
     alignas(cache_line) std::atomic<segment*> next{nullptr};
     std::uint64_t index = 0;  ///< place in the chain, for size()
-    segment* retired_next = nullptr;
+    segment* retired_next = nullptr;  ///< in the retired or the spare list
   };
+  /// Bytes before the slots in a mapped segment, and the whole mapping.
+  static constexpr std::size_t header_bytes =
+      (sizeof(segment) + ring<T>::slot_alignment - 1) / ring<T>::slot_alignment *
+      ring<T>::slot_alignment;
+  static constexpr std::size_t mapping_bytes = header_bytes + ring<T>::slot_bytes(ring_chain_segment_items);
 
  public:
   /// Items per ring of an unbounded chain: 64 KiB of slots.
-  static constexpr std::size_t segment_items = 1024;
+  static constexpr std::size_t segment_items = ring_chain_segment_items;
 
   /// capacity 0: unbounded; else a bounded ring of that capacity (see ring's constructor).
   explicit ring_chain(std::size_t capacity, const char* what = "a channel's capacity (maxsize)")
       : bounded_(capacity != 0),
         light_(asymmetric_fence_available()),
-        fixed_(new segment(capacity != 0 ? capacity : segment_items, what, capacity == 0)) {
+        fixed_(capacity != 0 ? new segment(capacity, what, nullptr) : map_segment(what)) {
     head_.store(fixed_, std::memory_order_relaxed);
     tail_.store(fixed_, std::memory_order_relaxed);
   }
 
   /// Destroys the items still queued and every ring. Only with no other thread using it.
   ~ring_chain() {
+    if (bounded_) {
+      delete fixed_;
+      return;
+    }
     segment* s = head_.load(std::memory_order_relaxed);
     while (s != nullptr && s != terminal()) {
       segment* n = s->next.load(std::memory_order_relaxed);
-      delete s;
+      unmap_segment(s);
       s = n;
     }
-    for (segment* r = retired_; r != nullptr;) {
-      segment* n = r->retired_next;
-      delete r;
-      r = n;
+    for (segment* list : {retired_, spares_}) {
+      for (segment* r = list; r != nullptr;) {
+        segment* n = r->retired_next;
+        unmap_segment(r);
+        r = n;
+      }
     }
   }
 
@@ -192,12 +217,39 @@ class ring_chain {
  private:
   static segment* terminal() noexcept { return reinterpret_cast<segment*>(std::uintptr_t{1}); }
 
+  /// A segment in pages of its own; throws std::length_error when there are none to be had.
+  static segment* map_segment(const char* what) {
+    void* p = ::mmap(nullptr, mapping_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+    if (p == MAP_FAILED) {
+      throw std::length_error(std::string(what) + ": no memory could be mapped for a ring of " +
+                              std::to_string(segment_items) + " items");
+    }
+    return new (p) segment(segment_items, what, static_cast<char*>(p) + header_bytes);
+  }
+  static void unmap_segment(segment* s) noexcept {
+    s->~segment();
+    ::munmap(s, mapping_bytes);
+  }
+
+  /// A fresh segment for a producer: a spare if there is one, else new pages. nullptr when
+  /// there is no memory for one.
   segment* make_segment() noexcept {
+    {
+      std::lock_guard lock(retired_mu_);
+      if (segment* s = spares_) {
+        spares_ = s->retired_next;
+        --spare_count_;
+        s->retired_next = nullptr;
+        s->next.store(nullptr, std::memory_order_relaxed);
+        return s;  // reset when it was retired
+      }
+    }
     try {
-      auto* s = new segment(segment_items, "an unbounded channel's ring", true);
+      segment* s = map_segment("an unbounded channel's ring");
       rings_.fetch_add(1, std::memory_order_relaxed);
       return s;
-    } catch (...) {  // std::bad_alloc, or the ring's std::length_error
+    } catch (const std::length_error&) {
       return nullptr;
     }
   }
@@ -223,7 +275,7 @@ class ring_chain {
     segment* n = make_segment();
     if (n == nullptr) return false;
     const bool mine = s->r.owned_by_me(true);
-    if (!s->r.close()) {  // closed by another producer, or by close()
+    if (!s->r.seal_owned() && !s->r.close()) {  // closed by another producer, or by close()
       drop_unused(n);
       return true;
     }
@@ -240,8 +292,8 @@ class ring_chain {
   }
 
   void drop_unused(segment* n) noexcept {
-    delete n;
-    rings_.fetch_sub(1, std::memory_order_relaxed);
+    std::lock_guard lock(retired_mu_);
+    keep_or_free(n);
   }
 
   template <bool single>
@@ -290,7 +342,8 @@ class ring_chain {
       if (st == ring_status::would_block) {
         // Not closed when looked at: empty (or, without exact, maybe not published yet).
         if (s->next.load(std::memory_order_acquire) == nullptr) {
-          if (retired_pending_.load(std::memory_order_relaxed)) [[unlikely]] reclaim(false);
+          // Empty: the moment to give back what a backlog left (once; it sets the flag).
+          if (spare_pending_.load(std::memory_order_relaxed)) [[unlikely]] trim();
           return st;
         }
         // Closed since: drain it for sure before moving on.
@@ -298,7 +351,10 @@ class ring_chain {
         if (st != ring_status::closed) return st;
       }
       segment* n = wait_next(s);
-      if (n == terminal()) return ring_status::closed;
+      if (n == terminal()) {  // closed and drained
+        if (spare_pending_.load(std::memory_order_relaxed)) [[unlikely]] trim();
+        return ring_status::closed;
+      }
       const bool moved = advance_head(s, n);
       segment* drained = s;
       s = h.protect(head_, light_);  // off the drained ring first: this slot named it
@@ -321,25 +377,20 @@ class ring_chain {
     return true;
   }
 
+  /// Rings retired before one fence reclaims them all, and spares kept for producers.
+  static constexpr unsigned retire_batch = 4;
+  static constexpr unsigned max_spares = 4;
+
   void retire(segment* s) noexcept {
-    {
-      std::lock_guard lock(retired_mu_);
-      s->retired_next = retired_;
-      retired_ = s;
-      retired_pending_.store(true, std::memory_order_relaxed);
-    }
-    reclaim(true);
+    std::lock_guard lock(retired_mu_);
+    s->retired_next = retired_;
+    retired_ = s;
+    spare_pending_.store(true, std::memory_order_relaxed);
+    if (++retired_count_ >= retire_batch) reclaim_locked();
   }
 
-  /// Frees the retired rings no thread is inside. wait: take the lock even if another thread
-  /// holds it (else leave it to that thread).
-  void reclaim(bool wait) noexcept {
-    std::unique_lock lock(retired_mu_, std::defer_lock);
-    if (wait) {
-      lock.lock();
-    } else if (!lock.try_lock()) {
-      return;
-    }
+  /// With retired_mu_ held: the retired rings no thread is inside become spares or are freed.
+  void reclaim_locked() noexcept {
     if (retired_ == nullptr) return;
     if (light_) {
       asymmetric_fence();
@@ -352,11 +403,39 @@ class ring_chain {
         link = &r->retired_next;
       } else {
         *link = r->retired_next;
-        delete r;
-        rings_.fetch_sub(1, std::memory_order_relaxed);
+        --retired_count_;
+        keep_or_free(r);
       }
     }
-    retired_pending_.store(retired_ != nullptr, std::memory_order_relaxed);
+  }
+
+  /// With retired_mu_ held: r (drained, unreachable) becomes a spare, or is freed.
+  void keep_or_free(segment* r) noexcept {
+    if (spare_count_ < max_spares) {
+      r->r.reset();
+      r->retired_next = spares_;
+      spares_ = r;
+      ++spare_count_;
+    } else {
+      unmap_segment(r);
+      rings_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  /// The chain was found empty: frees the spares and the retired rings no thread is inside.
+  void trim() noexcept {
+    std::unique_lock lock(retired_mu_, std::try_to_lock);
+    if (!lock) return;  // another thread is at it
+    reclaim_locked();
+    for (segment* r = spares_; r != nullptr;) {
+      segment* n = r->retired_next;
+      unmap_segment(r);
+      rings_.fetch_sub(1, std::memory_order_relaxed);
+      r = n;
+    }
+    spares_ = nullptr;
+    spare_count_ = 0;
+    spare_pending_.store(retired_ != nullptr, std::memory_order_relaxed);
   }
 
   // Read by every operation, written never: one line.
@@ -368,10 +447,14 @@ class ring_chain {
   alignas(cache_line) std::atomic<segment*> tail_{nullptr};  ///< producers' ring
   alignas(cache_line) std::atomic<bool> closing_{false};
   std::atomic<bool> closed_{false};
-  std::atomic<bool> retired_pending_{false};
+  /// Set when there are retired rings or spares: a consumer that finds the chain empty trims.
+  std::atomic<bool> spare_pending_{false};
   std::atomic<std::size_t> rings_{1};
-  std::mutex retired_mu_;
-  segment* retired_ = nullptr;  ///< under retired_mu_
+  std::mutex retired_mu_;  ///< guards the lists below; once per ring, never per item
+  segment* retired_ = nullptr;
+  unsigned retired_count_ = 0;
+  segment* spares_ = nullptr;
+  unsigned spare_count_ = 0;
 };
 
 }  // namespace isola::detail

@@ -72,3 +72,42 @@ TEST_CASE("ring: pop_ready and push_ready look the given number of places ahead,
   pop(2);
   check(0);
 }
+
+TEST_CASE("ring: the producers' owner seals with seal_owned; reset makes the ring as new",
+          "[ring]") {
+  isola::detail::ring<std::int64_t> r(8);
+  auto take = [&] {
+    std::int64_t got = -1;
+    const auto st = r.try_pop([&](std::int64_t&& v) noexcept { got = v; });
+    return std::make_pair(st, got);
+  };
+  CHECK_FALSE(r.seal_owned());  // nobody owns the side yet: close() is the way
+  r.bias_to_me(true);
+  if (isola::detail::asymmetric_fence_available()) {
+    REQUIRE(r.owned_by_me(true));
+    for (std::int64_t i = 0; i < 3; ++i) {
+      std::int64_t v = i;
+      REQUIRE(r.try_push(v) == isola::detail::ring_status::ok);
+    }
+    CHECK(r.seal_owned());
+    CHECK(r.closed());
+    CHECK_FALSE(r.close());  // already closed
+    std::int64_t v = 9;
+    CHECK(r.try_push(v) == isola::detail::ring_status::closed);  // the owner itself included
+    for (std::int64_t i = 0; i < 3; ++i) CHECK(take() == std::make_pair(isola::detail::ring_status::ok, i));
+    CHECK(take().first == isola::detail::ring_status::closed);
+  } else {
+    CHECK(r.close());
+  }
+  r.reset();
+  CHECK_FALSE(r.closed());
+  CHECK_FALSE(r.owned(true));
+  CHECK(r.size() == 0);
+  for (std::int64_t i = 0; i < 8; ++i) {
+    std::int64_t v = i;
+    REQUIRE(r.try_push(v) == isola::detail::ring_status::ok);
+  }
+  std::int64_t extra = 8;
+  CHECK(r.try_push(extra) == isola::detail::ring_status::would_block);  // full at 8 again
+  for (std::int64_t i = 0; i < 8; ++i) CHECK(take().second == i);
+}
