@@ -488,7 +488,7 @@ int make_executor(PyObject* m) {
     Py_DECREF(exc);
     if (rc < 0) return -1;
   }
-  if (add_embedded_module(m, "_executor", "isola._executor", embedded::executor) < 0) return -1;
+  if (add_submodule_attribute(m, "_executor") < 0) return -1;
   PyObject* mod = PyDict_GetItemString(dict, "_executor");  // borrowed
   for (const char* name : {"PoolExecutor", "BrokenInterpreterPool"}) {
     PyObject* v = PyObject_GetAttrString(mod, name);
@@ -513,6 +513,7 @@ const lazy_attribute executor_lazy[] = {{"PoolExecutor", make_executor},
                                         {nullptr, nullptr}};
 
 module_part_registrar executor_part({"executor", executor_methods, nullptr, executor_lazy});
+submodule_registrar executor_submodule({"_executor", embedded::executor});
 
 }  // namespace
 }  // namespace isola::detail

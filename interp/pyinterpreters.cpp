@@ -510,7 +510,7 @@ PyMethodDef interp_methods[] = {
     {nullptr, nullptr, 0, nullptr}};
 
 int make_interpreters(PyObject* m) {
-  return add_embedded_module(m, "interpreters", "isola.interpreters", embedded::interpreters);
+  return add_submodule_attribute(m, "interpreters");
 }
 
 const lazy_attribute interp_lazy[] = {{"interpreters", make_interpreters},
@@ -518,6 +518,7 @@ const lazy_attribute interp_lazy[] = {{"interpreters", make_interpreters},
                                       {nullptr, nullptr}};
 
 module_part_registrar interpreters_part({"interpreters", interp_methods, nullptr, interp_lazy});
+submodule_registrar interpreters_submodule({"interpreters", embedded::interpreters});
 
 }  // namespace
 }  // namespace isola::detail

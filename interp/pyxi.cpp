@@ -34,31 +34,13 @@ std::vector<std::string> sys_path_entries() {
   return out;
 }
 
-int add_embedded_module(PyObject* isola_module, const char* attr, const char* name,
-                        const char* source) noexcept {
-  try {
-    return with_python_errors([&] {
-      PyObject* dict = PyModule_GetDict(isola_module);  // borrowed
-      if (PyDict_GetItemString(dict, attr) != nullptr) return 0;
-      auto mod = py::check(PyModule_New(name));
-      PyObject* ns = PyModule_GetDict(mod.get());  // borrowed
-      py::check_zero(PyDict_SetItemString(ns, "__builtins__", PyEval_GetBuiltins()));
-      const std::string file = std::string("<") + name + ">";
-      run_source(source, file.c_str(), Py_file_input, ns);
-      if (PyDict_GetItemString(dict, attr) != nullptr) return 0;  // another thread was first
-      PyObject* modules = PyImport_GetModuleDict();  // borrowed
-      py::check_zero(PyDict_SetItemString(modules, name, mod.get()));
-      py::check_zero(PyDict_SetItemString(dict, attr, mod.get()));
-      return 0;
-    });
-  } catch (const python_error& e) {
-    // Raised again here, as a RuntimeError that carries the module's own failure.
-    PyErr_Format(PyExc_RuntimeError, "isola: making %s failed: %s", name, e.traceback().c_str());
-    return -1;
-  } catch (const std::bad_alloc&) {
-    PyErr_NoMemory();
-    return -1;
-  }
+int add_submodule_attribute(PyObject* isola_module, const char* attr) noexcept {
+  PyObject* dict = PyModule_GetDict(isola_module);  // borrowed
+  if (PyDict_GetItemString(dict, attr) != nullptr) return 0;
+  py::object mod = py::steal(import_submodule(attr));
+  if (!mod) return -1;
+  if (PyDict_GetItemString(dict, attr) != nullptr) return 0;  // set by the import
+  return PyDict_SetItemString(dict, attr, mod.get());
 }
 
 value excinfo_of(const python_error& e) {
@@ -94,13 +76,12 @@ wait_outcome wait_for_work(const std::future<value>& fut,
 
 namespace {
 
-int make_xi(PyObject* m) {
-  return add_embedded_module(m, "_xi", "isola._xi", embedded::xi);
-}
+int make_xi(PyObject* m) { return add_submodule_attribute(m, "_xi"); }
 
 const lazy_attribute xi_lazy[] = {{"_xi", make_xi}, {nullptr, nullptr}};
 
 module_part_registrar xi_part({"xi", nullptr, nullptr, xi_lazy});
+submodule_registrar xi_submodule({"_xi", embedded::xi});
 
 }  // namespace
 }  // namespace isola::detail

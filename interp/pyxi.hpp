@@ -17,12 +17,10 @@
 
 namespace isola::detail {
 
-/// With the GIL held: runs `source` (embedded Python) as a new module `name`, registers it in
-/// sys.modules and sets it as attribute `attr` of `isola_module`. If another thread made it
-/// meanwhile (running the source may release the GIL), that one is kept. Returns 0, or -1 with
-/// an exception set.
-int add_embedded_module(PyObject* isola_module, const char* attr, const char* name,
-                        const char* source) noexcept;
+/// With the GIL held: imports the submodule isola.<attr> (lib/module.hpp's python_submodule)
+/// and sets it as attribute `attr` of `isola_module` if it is not there yet. Returns 0, or -1
+/// with the exception the submodule's code raised.
+int add_submodule_attribute(PyObject* isola_module, const char* attr) noexcept;
 
 /// The excinfo tuple isola._xi.excinfo() makes (type __name__, __qualname__, __module__, msg,
 /// formatted, display), from a python_error: the exception raised outside the helpers that

@@ -103,6 +103,10 @@ PyObject* module_getattr(PyObject* m, PyObject* name) {
   const std::string_view wanted(utf8, static_cast<size_t>(size));
   const lazy_attribute* a = find_lazy_if([&](const lazy_attribute& l) { return wanted == l.name; });
   if (a == nullptr) {
+    for (const auto& sub : submodules()) {
+      // Importing it sets the attribute on the package, as for any submodule.
+      if (wanted == sub.name) return import_submodule(sub.name);
+    }
     PyErr_Format(PyExc_AttributeError, "module 'isola' has no attribute %R", name);
     return nullptr;
   }
@@ -119,12 +123,16 @@ PyObject* module_dir(PyObject* m, PyObject*) {
   py::object names = py::steal(PyDict_Keys(PyModule_GetDict(m)));
   if (!names) return nullptr;
   bool failed = false;
-  find_lazy_if([&](const lazy_attribute& l) {
-    py::object n = py::steal(PyUnicode_FromString(l.name));
+  auto add = [&](const char* name) {
+    py::object n = py::steal(PyUnicode_FromString(name));
     const int present = n ? PySequence_Contains(names.get(), n.get()) : -1;
     failed = present < 0 || (present == 0 && PyList_Append(names.get(), n.get()) < 0);
     return failed;
-  });
+  };
+  find_lazy_if([&](const lazy_attribute& l) { return add(l.name); });
+  for (const auto& sub : submodules()) {
+    if (failed || add(sub.name)) break;
+  }
   if (failed || PyList_Sort(names.get()) < 0) return nullptr;
   return names.release();
 }
@@ -181,7 +189,10 @@ int exec_submodule(PyObject* m) {
     if (std::string_view(name) != std::string("isola.") + sub.name) continue;
     PyObject* dict = PyModule_GetDict(m);  // borrowed
     if (PyDict_SetItemString(dict, "__builtins__", PyEval_GetBuiltins()) < 0) return -1;
-    py::object r = py::steal(PyRun_String(sub.source, Py_file_input, dict, dict));
+    const std::string file = std::string("<") + name + ">";  // for tracebacks
+    py::object code = py::steal(Py_CompileString(sub.source, file.c_str(), Py_file_input));
+    if (!code) return -1;
+    py::object r = py::steal(PyEval_EvalCode(code.get(), dict, dict));
     return r ? 0 : -1;
   }
   PyErr_Format(PyExc_ImportError, "isola has no submodule named %s", name);
@@ -231,6 +242,11 @@ PyObject* init_isola() { return PyModuleDef_Init(&module_def); }
 void register_module_part(const module_part& part) { parts().push_back(part); }
 
 void register_submodule(const python_submodule& sub) { submodules().push_back(sub); }
+
+PyObject* import_submodule(const char* name) {
+  const std::string full = std::string("isola.") + name;
+  return PyImport_ImportModule(full.c_str());
+}
 
 void add_isola_to_inittab() {
   if (PyImport_AppendInittab("isola", init_isola) != 0) {

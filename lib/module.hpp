@@ -27,10 +27,11 @@ struct module_part {
   const lazy_attribute* lazy = nullptr;
 };
 
-/// A submodule of `isola` written in Python (`import isola.queues`): a builtin module of the
-/// dotted name whose code is `source`, run in the new module's namespace when it is first
-/// imported (so an interpreter that never imports it pays nothing). `name` is the part after
-/// "isola."; both must have static storage.
+/// A submodule of `isola` written in Python (isola.queues, isola.interpreters): a builtin
+/// module of the dotted name whose code is `source`, run in the new module's namespace when it
+/// is first imported, so an interpreter that never uses it pays nothing. `import isola.queues`,
+/// `from isola import queues` and the attribute `isola.queues` all give the one module.
+/// `name` is the part after "isola."; both must have static storage.
 struct python_submodule {
   const char* name;
   const char* source;
@@ -39,6 +40,10 @@ void register_submodule(const python_submodule& sub);
 struct submodule_registrar {
   explicit submodule_registrar(const python_submodule& sub) { register_submodule(sub); }
 };
+
+/// With the GIL held: imports the submodule `isola.<name>` (see python_submodule) and returns
+/// it (a new reference), or nullptr with the exception its code raised.
+PyObject* import_submodule(const char* name);
 
 /// Registers a part; call from a static initialiser (see module_part_registrar).
 void register_module_part(const module_part& part);

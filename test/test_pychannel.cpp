@@ -1023,3 +1023,17 @@ TEST_CASE("items put with unbounditems follow PEP 734 once the interpreter that 
         "[\"item's original interpreter destroyed\", \"item's original interpreter destroyed\"]");
   CHECK(reader.eval("left").as_int() == 0);
 }
+
+TEST_CASE("isola's Python submodules import every way, as one module each", "[pychannel]") {
+  isola::interpreter in;
+  in.exec("import sys\n"
+          "import isola.interpreters\n"  // before any other use
+          "import isola.queues\n"
+          "import isola\n"
+          "from isola import queues, interpreters\n"
+          "same = [isola.queues is queues is sys.modules['isola.queues'],\n"
+          "        isola.interpreters is interpreters is sys.modules['isola.interpreters'],\n"
+          "        'queues' in dir(isola), 'interpreters' in dir(isola)]\n");
+  CHECK(in.eval("same").repr() == "[True, True, True, True]");
+  CHECK(error_type([&] { in.exec("import isola.nothing_here"); }) == "ModuleNotFoundError");
+}

@@ -24,8 +24,7 @@ __all__ = [
 
 
 def _rebuild(name, args):
-    """Unpickles this module's objects (pickle finds it as isola._interp_rebuild, which works
-    in any interpreter, while `import isola.interpreters` needs isola.interpreters made first)."""
+    """Unpickles this module's objects (pickle finds it as isola._interp_rebuild)."""
     return globals()[name](*args)
 
 

@@ -60,6 +60,8 @@ using namespace std::chrono_literals;
 constexpr std::size_t default_capacity = 4096;
 /// Items per loop of the one-thread cost measurements (a channel that holds them all).
 constexpr std::size_t cost_loop = 4096;
+/// The paced transfers' sender waits for the receiver after this many items.
+constexpr std::size_t paced_burst = 256;
 
 struct channels_options {
   std::size_t messages = 3'000'000;       ///< ints sent interpreter to interpreter per run
@@ -663,6 +665,7 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
   rate_figures ints, ints_no_channel, ints_unbounded, batches, batches_no_channel, cpp,
       cpp_receiver_waits, cpp_batch;
   std::vector<double> bounded_rates, unbounded_rates;  // in turn, pair by pair
+  std::vector<double> paced_bounded_rates, paced_unbounded_rates;
   burst_figures burst;
   rtt_figures rtt;
   double zero_copy_ms = 0, bytes_ms = 0;
@@ -728,6 +731,23 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
                                  o.repeat, b.rate, u.rate));
       }
       ints_unbounded = runs.figures();
+    }
+    ctx.progress(fmt::format("isola: {} pairs of runs of {} ints, the sender waiting for the "
+                             "receiver after every {}: a channel of {} and an unbounded one in "
+                             "turn",
+                             o.repeat, o.messages, paced_burst, o.capacity));
+    {
+      const value burst(static_cast<std::int64_t>(paced_burst));
+      for (unsigned k = 0; k < o.repeat; ++k) {
+        const transfer_run b = python_transfer(p, o.capacity, "send_ints_paced",
+                                               "recv_ints_paced", o.messages, {burst});
+        const transfer_run u =
+            python_transfer(p, 0, "send_ints_paced", "recv_ints_paced", o.messages, {burst});
+        paced_bounded_rates.push_back(b.rate);
+        paced_unbounded_rates.push_back(u.rate);
+        ctx.progress(fmt::format("  pair {}/{}: bounded {:.0f}, unbounded {:.0f} msgs/s", k + 1,
+                                 o.repeat, b.rate, u.rate));
+      }
     }
 
     ctx.progress(fmt::format("isola: {} runs of {} ints in send_many/recv_many batches of {}; "
@@ -857,6 +877,14 @@ bench_report run_channels_bench(const channels_options& o, const bench_context& 
                     o.messages, o.repeat, o.capacity));
   r.add("unbounded_vs_bounded", median_ratio(unbounded_rates, bounded_rates), "x", 2,
         "unbounded / bounded channel, py ints: median of the ratios of runs made in turn");
+  r.add("py_paced_msgs_per_s_int_unbounded", median(paced_unbounded_rates), "msgs/s", 0,
+        fmt::format("the same loops through an unbounded channel with the sender waiting for "
+                    "the receiver after every {} items (no backlog; median)",
+                    paced_burst));
+  r.add("paced_unbounded_vs_bounded", median_ratio(paced_unbounded_rates, paced_bounded_rates),
+        "x", 2,
+        "unbounded / bounded channel, paced sender: what the unbounded channel costs per item "
+        "(median of the ratios of runs made in turn)");
   r.add("unbounded_burst_items", static_cast<double>(o.burst), "items", 0,
         "ints queued at once in an unbounded channel with no receiver, then drained (C++)");
   r.add("unbounded_first_ring_mib", burst.first_ring_mib, "MiB", 2,
@@ -1038,7 +1066,8 @@ bench_suite_registrar channels_suite({
                    "given explicitly still apply); the figures are rougher");
       app.footer(
           "Results (JSON keys): py_msgs_per_s_int (and _best), py_msgs_per_s_int_unbounded,\n"
-          "unbounded_vs_bounded, unbounded_burst_items, unbounded_first_ring_mib,\n"
+          "unbounded_vs_bounded, py_paced_msgs_per_s_int_unbounded, paced_unbounded_vs_bounded,\n"
+          "unbounded_burst_items, unbounded_first_ring_mib,\n"
           "unbounded_burst_peak_mib, unbounded_burst_after_mib, cpython_queue_msgs_per_s_int,\n"
           "mp_queue_msgs_per_s_int, py_vs_cpython_queue, py_vs_mp_queue; py_batch_items_per_s\n"
           "(and _best); py_no_channel_per_s_int, py_batch_no_channel_per_s (the same loops\n"

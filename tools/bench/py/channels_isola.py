@@ -58,6 +58,33 @@ def recv_ints(name, n):
     return recv_loop(isola.channel(name).recv, n)
 
 
+# The same loops with the sender paced: after every `burst` items it waits for the receiver
+# to say it took them (through a second channel), so the channel never holds more than a
+# burst. What the channel itself costs, without a backlog.
+
+def send_ints_paced(name, n, burst):
+    start = sched()
+    send = isola.channel(name).send
+    done = isola.channel(name + '-ack', 4).recv
+    for first in range(0, n, burst):
+        for i in range(first, min(first + burst, n)):
+            send(i)
+        done()
+    return since(start)
+
+
+def recv_ints_paced(name, n, burst):
+    start = sched()
+    recv = isola.channel(name).recv
+    took = isola.channel(name + '-ack', 4).send
+    total = 0
+    for first in range(0, n, burst):
+        for _ in range(first, min(first + burst, n)):
+            total += recv()
+        took(None)
+    return (total,) + since(start)
+
+
 def send_batches(name, n, batch):
     return send_batch_loop(isola.channel(name).send_many, n, batch)
 
