@@ -15,7 +15,9 @@ namespace isola::detail {
 
 /// One thread's hazard slots. Records are never freed: a thread that ends leaves its record
 /// for the next thread that needs one.
-struct hazard_record {
+/// A cache line of its own: two threads' records on one line would make every channel
+/// operation of each write the line the other is writing.
+struct alignas(cache_line) hazard_record {
   static constexpr unsigned slots = 4;  ///< guards alive at once in one thread
   std::atomic<const void*> hp[slots] = {};
   unsigned depth = 0;  ///< guards alive now (only the owning thread touches it)
