@@ -199,6 +199,7 @@ bool interp_host::end(const std::function<void()>& on_abandon) {
   PyEval_RestoreThread(tstate_);
   run_at_end(*state_);
   end_threads(on_abandon);
+  apply_exit_workarounds();
   // On 3.12, ends are serialised with creations, which take the main GIL: a shared-GIL
   // interpreter must not hold it while it waits for them.
   std::unique_lock<std::mutex> serial(lifecycle_mutex(), std::defer_lock);

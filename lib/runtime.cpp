@@ -170,6 +170,7 @@ runtime::~runtime() {
   }
   PyEval_RestoreThread(ts);
   detail::run_at_end(*rt.main);
+  detail::apply_exit_workarounds();
   if (Py_FinalizeEx() < 0) log->error("Py_FinalizeEx reported an error while flushing buffers");
   {
     std::lock_guard lock(rt.main->mu);

@@ -3,6 +3,8 @@
 
 #include "lib/py.hpp"
 
+#include <isola/log.hpp>
+
 namespace isola::detail {
 
 void prepend_sys_path(const std::vector<std::string>& entries) {
@@ -55,6 +57,39 @@ const char* known_unfixed_bug() {
            "gh-119213, fixed in 3.12.4); isola cannot work around it: use CPython >= 3.12.4";
   }
   return nullptr;
+}
+
+void apply_exit_workarounds() noexcept {
+  const unsigned long v = Py_Version;
+  if (v < 0x030D0000 || v >= 0x030D03F0) return;  // 3.13.0-3.13.2 only
+  PyObject* modules = PyImport_GetModuleDict();   // borrowed
+  PyObject* threading = PyDict_GetItemString(modules, "threading");  // borrowed
+  if (threading == nullptr || threading == Py_None) return;
+  // The fix of gh-130522: the lock and the dict are bound when the method is made.
+  static constexpr const char* patch = R"(
+def _isola_patch(t):
+    cls = getattr(t, '_DeleteDummyThreadOnDel', None)
+    if cls is None or getattr(cls, '_isola_patched', False):
+        return
+    def __del__(self, _active_limbo_lock=t._active_limbo_lock, _active=t._active):
+        with _active_limbo_lock:
+            if _active.get(self._tident) is self._dummy_thread:
+                _active.pop(self._tident, None)
+    cls.__del__ = __del__
+    cls._isola_patched = True
+)";
+  py::object ns = py::steal(PyDict_New());
+  bool ok = ns && PyDict_SetItemString(ns.get(), "__builtins__", PyEval_GetBuiltins()) == 0;
+  if (ok) {
+    py::object r = py::steal(PyRun_String(patch, Py_file_input, ns.get(), ns.get()));
+    PyObject* fn = r ? PyDict_GetItemString(ns.get(), "_isola_patch") : nullptr;  // borrowed
+    ok = fn != nullptr && py::steal(PyObject_CallOneArg(fn, threading));
+  }
+  if (!ok) {
+    PyErr_Clear();
+    logger("isola.interp")->warn("could not apply the workaround for gh-130522 (threading's dummy threads); "
+                   "'Exception ignored in _DeleteDummyThreadOnDel.__del__' may be printed");
+  }
 }
 
 void apply_module_workarounds() {

@@ -26,6 +26,15 @@ std::vector<module_workaround> module_workarounds();
 /// interpreter attached.
 void apply_module_workarounds();
 
+/// Just before an interpreter ends (GIL held): CPython 3.13.0-3.13.2's threading module
+/// removes a dummy thread (what threading.current_thread() makes for a thread it did not start,
+/// such as isola's worker) in a __del__ that reads the module's globals, which are None by the
+/// time the thread's state is cleared: "Exception ignored in _DeleteDummyThreadOnDel.__del__:
+/// TypeError" on stderr when the interpreter ends (gh-130522, fixed in 3.13.3). The __del__ is
+/// replaced by one that holds what it needs. Does nothing on other versions or when threading
+/// was not imported. Never raises (a failure is logged).
+void apply_exit_workarounds() noexcept;
+
 /// A CPython bug of the running version that isola cannot work around (the runtime logs it
 /// as a warning at start-up), or nullptr.
 const char* known_unfixed_bug();
