@@ -522,30 +522,37 @@ bool check_syncobj(PyObject* self, PyObject* obj, PyObject* syncobj_arg) {
   return !sync || require_shareable(self_module(self), Py_TYPE(self), obj);
 }
 
-// put's and put_nowait's unbounditems (PEP 734, CPython 3.14): None takes the channel's
-// default. False with an exception set.
-bool unbound_arg(PyObject* self, PyObject* arg, int& mode) {
-  return parse_unbound(self_module(self), arg, channel_unbound_default(as_chan(self)->ch), mode);
+// put's and put_nowait's unbounditems (PEP 734, CPython 3.14), or `unbound`, its name in
+// CPython 3.13: None takes the channel's default. False with an exception set.
+bool unbound_arg(PyObject* self, PyObject* items, PyObject* unbound_313, int& mode) {
+  if (items != nullptr && unbound_313 != nullptr) {
+    PyErr_SetString(PyExc_TypeError,
+                    "give unbounditems or unbound (its CPython 3.13 name), not both");
+    return false;
+  }
+  return parse_unbound(self_module(self), items != nullptr ? items : unbound_313,
+                       channel_unbound_default(as_chan(self)->ch), mode);
 }
 
 PyObject* ch_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
-  if (!parse_args("put", args, nargs, kw, {"obj", "block", "timeout", "syncobj", "unbounditems"},
-                  1, a)) {
+  if (!parse_args("put", args, nargs, kw,
+                  {"obj", "block", "timeout", "syncobj", "unbounditems", "unbound"}, 1, a)) {
     return nullptr;
   }
   int block = 1, mode = unbound_keep;
-  if (!truthy(a[1], true, block) || !unbound_arg(self, a[4], mode)) return nullptr;
+  if (!truthy(a[1], true, block) || !unbound_arg(self, a[4], a[5], mode)) return nullptr;
   if (!check_syncobj(self, a[0], a[3])) return nullptr;
   return do_send(self, a[0], block != 0, a[2], true, mode);
 }
 PyObject* ch_put_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
   std::vector<PyObject*> a;
-  if (!parse_args("put_nowait", args, nargs, kw, {"obj", "syncobj", "unbounditems"}, 1, a)) {
+  if (!parse_args("put_nowait", args, nargs, kw, {"obj", "syncobj", "unbounditems", "unbound"}, 1,
+                  a)) {
     return nullptr;
   }
   int mode = unbound_keep;
-  if (!unbound_arg(self, a[2], mode) || !check_syncobj(self, a[0], a[1])) return nullptr;
+  if (!unbound_arg(self, a[2], a[3], mode) || !check_syncobj(self, a[0], a[1])) return nullptr;
   return do_send(self, a[0], false, nullptr, true, mode);
 }
 PyObject* ch_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {

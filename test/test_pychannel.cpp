@@ -985,7 +985,9 @@ TEST_CASE("items put with unbounditems follow PEP 734 once the interpreter that 
                 "q.put('last', unbounditems=queues.UNBOUND_REMOVE)\n"
                 "ch.put('kept')\n"  // isola.Channel's default: the item outlives its interpreter
                 "ch.put('kept too', unbounditems=None)\n"
-                "for i in range(3): ch.put(i, unbounditems=isola.UNBOUND_REMOVE)\n"
+                "ch.put(0, unbounditems=isola.UNBOUND_REMOVE)\n"
+                "ch.put(1, unbound=isola.UNBOUND_REMOVE)\n"  // CPython 3.13's name
+                "ch.put_nowait(2, syncobj=True, unbound=isola.UNBOUND_REMOVE)\n"
                 "ch.put('after the removed')\n"
                 "ch.put('alive', unbounditems=isola.UNBOUND_ERROR)\n");
     // While the writer lives, a bound item arrives as it was put.
@@ -1022,6 +1024,8 @@ TEST_CASE("items put with unbounditems follow PEP 734 once the interpreter that 
   CHECK(reader.eval("errors").repr() ==
         "[\"item's original interpreter destroyed\", \"item's original interpreter destroyed\"]");
   CHECK(reader.eval("left").as_int() == 0);
+  CHECK(error_type([&] { reader.exec("ch.put(1, unbounditems=None, unbound=None)"); }) ==
+        "TypeError");
 }
 
 TEST_CASE("isola's Python submodules import every way, as one module each", "[pychannel]") {
