@@ -10,5 +10,6 @@
 #include <isola/message.hpp>
 #include <isola/pool.hpp>
 #include <isola/runtime.hpp>
+#include <isola/shared.hpp>
 #include <isola/value.hpp>
 #include <isola/version.hpp>
