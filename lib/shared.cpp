@@ -49,7 +49,7 @@ extern "C" void PyUnicode_InternImmortal(PyObject** p);
 namespace isola::detail {
 namespace {
 
-constexpr int max_depth = 10'000;
+constexpr int max_depth = 2000;  // as marshal's: both recursions stay far from any thread's stack limit
 
 // ---- the C++ hash table behind a shared mapping ---------------------------------------------
 

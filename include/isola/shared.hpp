@@ -26,7 +26,7 @@ struct share_options {
 /// (isola.shared(name) in Python).
 /// - What can be shared: None, bool, int, float, str, bytes, tuples of them, and mappings
 ///   (an isola::dict becomes a read-only mapping, isola.SharedMapping in Python) with keys of
-///   those types, nested to any depth (up to 10 000 levels). A list is published as a tuple.
+///   those types, nested up to 2000 levels deep. A list is published as a tuple.
 /// - Lifetime: the published objects are immortal (CPython's reference counts never change
 ///   and no interpreter's allocator ever frees them) and live until the runtime ends, also
 ///   after the interpreter that published them has ended and after the name is replaced.
