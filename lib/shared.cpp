@@ -9,9 +9,9 @@
 //    by the main interpreter's allocator: only the main interpreter's obmalloc state lives as
 //    long as the runtime (an own-GIL interpreter's arenas go when it ends, and freeing a block
 //    through another interpreter's allocator corrupts it).
-// 3. Every object is finished before anyone can see it: str interned in the main interpreter
-//    (so interning it elsewhere returns at once instead of writing its state), str and bytes
-//    hashed, str given its UTF-8 form, then untracked by the GC and made immortal (reference
+// 3. Every object is finished before anyone can see it: str and bytes hashed, str given its
+//    UTF-8 form and marked interned (so interning it anywhere returns at once instead of
+//    writing its state; see finish_str), then untracked by the GC and made immortal (reference
 //    count _Py_IMMORTAL_REFCNT, which Py_INCREF and Py_DECREF leave alone). Readers then never
 //    write to them.
 // 4. Mappings become isola.SharedMapping: a static type (one type object for every
@@ -39,12 +39,6 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#if PY_VERSION_HEX >= 0x030D0000
-// Exported by CPython 3.13 but not declared in its headers: interns a str as an immortal
-// object (3.12's PyUnicode_InternInPlace does that already).
-extern "C" void PyUnicode_InternImmortal(PyObject** p);
-#endif
 
 namespace isola::detail {
 namespace {
@@ -283,22 +277,27 @@ void immortalize(PyObject* o) {
   Py_SET_REFCNT(o, _Py_IMMORTAL_REFCNT);
 }
 
-// A str finished for sharing: interned (immortal) in the main interpreter, hashed, with its
-// UTF-8 form. Replaces *p with the interned object. False with an exception set.
-bool finish_str(PyObject** p) {
-#if PY_VERSION_HEX >= 0x030D0000
-  PyUnicode_InternImmortal(p);
-#else
-  PyUnicode_InternInPlace(p);  // 3.12: interned strings are immortal
-#endif
-  if (PyObject_Hash(*p) == -1) return false;
+// A str finished for sharing: hashed, given its UTF-8 form, marked interned and made immortal.
+// False with an exception set.
+// - Interning writes the str's state (and, on 3.13, the interned dict of whichever interpreter
+//   does it); an interned str is left alone by every interpreter's PyUnicode_InternInPlace and
+//   sys.intern (3.12 and 3.13 return at once when the state says interned). So the state is
+//   set here to "interned, immortal" without entering the str in any interned dict: interning
+//   one in the main interpreter's dict would cost about 35 bytes per str, for every str of a
+//   table. sys.intern(s) then returns s itself in every interpreter.
+// - An interpreter's finalization clears only the strings of its own interned dict, which
+//   never holds these.
+bool finish_str(PyObject* s) {
+  if (PyUnicode_CHECK_INTERNED(s)) return true;  // a static singleton ('', 'a', ...)
+  if (PyObject_Hash(s) == -1) return false;
   Py_ssize_t size = 0;
-  if (PyUnicode_AsUTF8AndSize(*p, &size) == nullptr) {
+  if (PyUnicode_AsUTF8AndSize(s, &size) == nullptr) {
     // A lone surrogate has no UTF-8 form: nothing is cached, nothing will be written.
     if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return false;
     PyErr_Clear();
   }
-  immortalize(*p);
+  _PyASCIIObject_CAST(s)->state.interned = SSTATE_INTERNED_IMMORTAL;
+  immortalize(s);
   return true;
 }
 
@@ -577,7 +576,7 @@ class stream_reader {
         const std::size_t n = size();
         PyObject* o = PyUnicode_FromKindAndData(kind, p_, static_cast<Py_ssize_t>(n));
         p_ += n * static_cast<std::size_t>(kind);
-        if (o == nullptr || !finish_str(&o)) return nullptr;
+        if (o == nullptr || !finish_str(o)) return nullptr;
         return o;
       }
       case 'b': {

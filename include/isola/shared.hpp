@@ -33,8 +33,8 @@ struct share_options {
 ///   Readers must not keep pointers to them past the runtime.
 /// - They are made in the main interpreter (its GIL is taken for the time it takes) and
 ///   everything CPython would cache on first use (a str's hash and UTF-8 form, a bytes'
-///   hash) is filled in here, so that readers never write to them; str are interned in the
-///   main interpreter, so interning them elsewhere changes nothing.
+///   hash) is filled in here, so that readers never write to them; a str is marked interned,
+///   so interning it anywhere changes nothing (sys.intern(s) returns s itself).
 /// - Throws std::invalid_argument (name taken, empty name), std::length_error (over
 ///   max_bytes), isola::error{no_runtime} without a runtime. Thread-safe.
 void share(std::string_view name, const value& v, share_options options = {});
