@@ -23,6 +23,11 @@ namespace isola_test {
 
 std::string py_dir() { return ISOLA_TEST_PY_DIR; }
 
+std::string isola_path() {
+  if (const char* p = std::getenv("ISOLA_CLI"); p != nullptr && *p != '\0') return p;
+  return ISOLA_TEST_CLI;
+}
+
 namespace {
 std::string child_path() {
   if (const char* p = std::getenv("ISOLA_TEST_CHILD"); p != nullptr && *p != '\0') return p;

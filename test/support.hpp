@@ -18,6 +18,9 @@ isola::runtime& rt();
 /// Folder of the helper modules (test/py); it is on sys.path of every interpreter.
 std::string py_dir();
 
+/// The isola executable of this build ($ISOLA_CLI overrides it).
+std::string isola_path();
+
 /// Marks the running case as unable to check (what it needs is missing; `why` says what) and
 /// warns with `why`. A run in which a case skipped and none failed exits with 77, which meson
 /// reports as SKIP. Call it from the test thread, then return from the case.

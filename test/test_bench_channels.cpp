@@ -8,15 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-/// The isola executable of this build ($ISOLA_CLI overrides it), as test_cli.cpp finds it.
-std::string isola_path() {
-  if (const char* p = std::getenv("ISOLA_CLI"); p != nullptr && *p != '\0') return p;
-  return ISOLA_TEST_CLI;
-}
-
-}  // namespace
+using isola_test::isola_path;
 
 TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-channels]") {
   // The bench inherits this process's CPUs, which the pinning check below reads.
@@ -42,7 +34,13 @@ TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-ch
       "            'py_vs_cpython_queue', 'py_vs_mp_queue', 'py_send_ns_cpu', 'py_recv_ns_cpu',\n"
       "            'cpp_send_recv_ns_cpu', 'py_msgs_cores_used', 'py_vs_cpython_queue_cpu',\n"
       "            'py_no_channel_per_s_int', 'py_vs_no_channel', 'py_batch_no_channel_per_s',\n"
-      "            'py_batch_vs_no_channel', 'py_c_method_send_ns_cpu', 'py_c_method_recv_ns_cpu']\n"
+      "            'py_batch_vs_no_channel', 'py_c_method_send_ns_cpu', 'py_c_method_recv_ns_cpu',\n"
+      "            'py_msgs_per_s_int_unbounded', 'unbounded_vs_bounded',\n"
+      "            'py_paced_msgs_per_s_int_unbounded', 'paced_unbounded_vs_bounded',\n"
+      "            'unbounded_burst_items', 'unbounded_burst_peak_mib', 'unbounded_first_ring_mib']\n"
+      "# Memory left after the burst is drained: a number, 0 or near it (the page cache can make\n"
+      "# it slightly negative).\n"
+      "after = results.get('unbounded_burst_after_mib')\n"
       "optional = set()\n"
       "if sys.version_info < (3, 13):\n"
       "    # No test.support.interpreters.queues: the suite reports null for these.\n"
@@ -51,6 +49,8 @@ TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-ch
       "bad = [f'{k}={results.get(k)!r}' for k in required\n"
       "       if not (k in optional and k in results and results[k] is None)\n"
       "       and not (isinstance(results.get(k), (int, float)) and results[k] > 0)]\n"
+      "if not isinstance(after, (int, float)):\n"
+      "    bad.append(f'unbounded_burst_after_mib={after!r}')\n"
       "# Shares of the CPU time a hypervisor took: percentages, possibly 0. A run too short for\n"
       "# a clock tick (100 a second) has none: null.\n"
       "def percent(v): return isinstance(v, (int, float)) and 0 <= v <= 100\n"

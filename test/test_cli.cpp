@@ -18,11 +18,7 @@ namespace {
 using isola_test::temp_dir;
 using isola_test::write_file;
 
-/// The isola executable of this build ($ISOLA_CLI overrides it).
-std::string isola_path() {
-  if (const char* p = std::getenv("ISOLA_CLI"); p != nullptr && *p != '\0') return p;
-  return ISOLA_TEST_CLI;
-}
+using isola_test::isola_path;
 
 /// Runs `isola args...` with `input` on stdin and waits for it (at most limit_seconds).
 isola_test::program_result run_isola(const std::vector<std::string>& args,

@@ -10,6 +10,7 @@
 #include <isola/isola.hpp>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <future>
@@ -339,4 +340,26 @@ TEST_CASE("C++ publishes with isola::share and reads a copy back", "[shared]") {
   small.max_bytes = 10;
   CHECK_THROWS_AS(isola::share(fresh("cpp-big"), isola::value(std::string(100, 'x')), small),
                   std::length_error);
+}
+
+TEST_CASE("isola bench shared --quick --json reports every figure", "[shared]") {
+  auto r = run_program({isola_path(), "bench", "shared", "--quick", "--json", "--quiet", "--keys",
+                        "20000", "-n", "2", "--lookups", "20000"});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  isola::interpreter in;
+  in.set_global("text", r.out);
+  in.exec("import json\n"
+          "results = json.loads(text)['results']\n"
+          "positive = ['lookups_per_s_shared', 'lookups_per_s_local', 'shared_vs_local',\n"
+          "            'lookup_scaling_2', 'lookup_scaling_2_local', 'publish_s',\n"
+          "            'channel_pickle_s', 'rss_mb_copied_8']\n"
+          "# Memory growth of a small table can be 0 where freed memory is reused: a number.\n"
+          "present = ['rss_mb_shared_8', 'rss_mb_one_copy', 'shared_vs_one_copy',\n"
+          "           'copied_vs_shared']\n"
+          "bad = [f'{k}={results.get(k)!r}' for k in positive\n"
+          "       if not (isinstance(results.get(k), (int, float)) and results[k] > 0)]\n"
+          "bad += [f'{k} missing' for k in present if k not in results]\n"
+          "problem = ', '.join(bad)\n");
+  CHECK(in.get_global("problem").as_str() == "");
 }
