@@ -301,21 +301,10 @@ bool finish_str(PyObject* s) {
   return true;
 }
 
-// o.method(first, 'little', signed=True) (int.to_bytes / int.from_bytes); steals `first`.
-PyObject* call_signed(PyObject* o, const char* method, PyObject* first) {
-  py::object arg = py::steal(first);
-  if (!arg) return nullptr;
-  py::object fn = py::steal(PyObject_GetAttrString(o, method));
-  py::object args = py::steal(Py_BuildValue("(Os)", arg.get(), "little"));
-  py::object kwargs = py::steal(Py_BuildValue("{sO}", "signed", Py_True));
-  if (!fn || !args || !kwargs) return nullptr;
-  return PyObject_Call(fn.get(), args.get(), kwargs.get());
-}
-
 // ---- the stream a value travels in -----------------------------------------------------------
 //
 // One tag byte per object, then its data: 'N' None, 'T'/'F' bool, 'i' int64, 'I' int of any
-// size (length, then signed little-endian bytes), 'f' double, 'c' complex (2 doubles),
+// size (length, then its hexadecimal text, "-0x1f"), 'f' double, 'c' complex (2 doubles),
 // 's' str (kind 1/2/4, length, then the code units), 'b' bytes (length, data), 't' tuple
 // (count, items), 'm' mapping (count, key and value of each item), 'x' an object shared already
 // (its address: an isola.SharedMapping, kept as it is).
@@ -456,17 +445,18 @@ class stream_writer {
       raw(static_cast<std::int64_t>(v));
       return count(32);
     }
-    // Any size: int.to_bytes (signed, little-endian), read back with int.from_bytes.
-    py::object bits = py::steal(PyObject_CallMethod(o, "bit_length", nullptr));
-    if (!bits) return false;
-    const std::size_t n = PyLong_AsSize_t(bits.get()) / 8 + 1;
-    if (n == static_cast<std::size_t>(-1) / 8 + 1 && PyErr_Occurred()) return false;
-    py::object b = py::steal(call_signed(o, "to_bytes", PyLong_FromSize_t(n)));
-    if (!b) return false;
+    // Any size: as hexadecimal text ("-0x1f"), which has no digit limit (decimal has 4300) and
+    // needs no keyword argument (CPython 3.12.0-3.12.3 crash at exit after an isolated
+    // interpreter passed one to a C function: gh-119213).
+    py::object hex = py::steal(PyNumber_ToBase(o, 16));
+    if (!hex) return false;
+    Py_ssize_t n = 0;
+    const char* text = PyUnicode_AsUTF8AndSize(hex.get(), &n);
+    if (text == nullptr) return false;
     out_ += 'I';
-    size(static_cast<std::size_t>(PyBytes_GET_SIZE(b.get())));
-    out_.append(PyBytes_AS_STRING(b.get()), static_cast<std::size_t>(PyBytes_GET_SIZE(b.get())));
-    return count(n + 32);
+    size(static_cast<std::size_t>(n));
+    out_.append(text, static_cast<std::size_t>(n));
+    return count(static_cast<std::size_t>(n) / 2 + 32);
   }
 
   bool put_sequence(PyObject* o, int depth) {
@@ -554,11 +544,9 @@ class stream_reader {
       }
       case 'I': {
         const std::size_t n = size();
-        py::object b = py::steal(PyBytes_FromStringAndSize(p_, static_cast<Py_ssize_t>(n)));
+        const std::string text(p_, n);  // "-0x1f": base 0 reads the prefix
         p_ += n;
-        if (!b) return nullptr;
-        PyObject* o = call_signed(reinterpret_cast<PyObject*>(&PyLong_Type), "from_bytes",
-                                  Py_NewRef(b.get()));
+        PyObject* o = PyLong_FromString(text.c_str(), nullptr, 0);
         return o != nullptr ? done(o) : nullptr;
       }
       case 'f': {
@@ -914,6 +902,224 @@ std::optional<value> shared_copy(std::string_view name) {
     py::object copy = py::check(PyObject_CallOneArg(plain, o));
     return from_python(copy.get());
   });
+}
+
+}  // namespace isola
+
+// ---- C++ views ---------------------------------------------------------------------------------
+
+#if PY_VERSION_HEX >= 0x030D0000
+// Exported by CPython 3.13 (declared in its internal headers only; public in 3.12's pyhash.h):
+// the hash of a str's code units, as str.__hash__ computes it.
+extern "C" Py_hash_t _Py_HashBytes(const void*, Py_ssize_t);
+#endif
+
+namespace isola {
+
+struct shared_access {
+  static shared_view make(PyObject* o) noexcept { return shared_view(o); }
+  static PyObject* object(const shared_view& v) noexcept {
+    return static_cast<PyObject*>(const_cast<void*>(v.o_));
+  }
+};
+
+namespace {
+
+PyObject* obj(const shared_view& v) { return shared_access::object(v); }
+
+[[noreturn]] void wrong_kind(const char* wanted, PyObject* o) {
+  throw std::logic_error(std::string("isola::shared_view: not ") + wanted + " but " +
+                         Py_TYPE(o)->tp_name);
+}
+
+const detail::shared_table& table_of_view(PyObject* o) {
+  if (!detail::is_mapping(o)) wrong_kind("a mapping", o);
+  return detail::table_of(o);
+}
+
+// The UTF-8 form of a shared str (filled in when it was published), if it has one.
+std::optional<std::string_view> utf8_of(PyObject* s) {
+  if (PyUnicode_IS_COMPACT_ASCII(s)) {
+    return std::string_view(static_cast<const char*>(PyUnicode_DATA(s)),
+                            static_cast<std::size_t>(PyUnicode_GET_LENGTH(s)));
+  }
+  const auto* c = reinterpret_cast<const PyCompactUnicodeObject*>(s);
+  if (c->utf8 == nullptr) return std::nullopt;  // a lone surrogate
+  return std::string_view(c->utf8, static_cast<std::size_t>(c->utf8_length));
+}
+
+// str.__hash__ of the text `utf8`, computed as CPython does from the code units of the
+// narrowest kind that holds it; nullopt for text that is not valid UTF-8.
+std::optional<Py_hash_t> str_hash(std::string_view utf8) {
+  std::vector<std::uint32_t> cps;
+  cps.reserve(utf8.size());
+  bool ascii = true;
+  std::uint32_t max = 0;
+  for (std::size_t i = 0; i < utf8.size();) {
+    const auto b = static_cast<unsigned char>(utf8[i]);
+    std::uint32_t cp = 0;
+    std::size_t len = 0;
+    if (b < 0x80) {
+      cp = b;
+      len = 1;
+    } else if ((b >> 5) == 0x6) {
+      cp = b & 0x1f;
+      len = 2;
+    } else if ((b >> 4) == 0xe) {
+      cp = b & 0x0f;
+      len = 3;
+    } else if ((b >> 3) == 0x1e) {
+      cp = b & 0x07;
+      len = 4;
+    } else {
+      return std::nullopt;
+    }
+    if (i + len > utf8.size()) return std::nullopt;
+    for (std::size_t k = 1; k < len; ++k) {
+      const auto c = static_cast<unsigned char>(utf8[i + k]);
+      if ((c >> 6) != 0x2) return std::nullopt;
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    ascii = ascii && len == 1;
+    max = std::max(max, cp);
+    cps.push_back(cp);
+    i += len;
+  }
+  if (ascii) return _Py_HashBytes(utf8.data(), static_cast<Py_ssize_t>(utf8.size()));
+  const auto n = static_cast<Py_ssize_t>(cps.size());
+  if (max < 0x100) {
+    std::vector<std::uint8_t> u(cps.begin(), cps.end());
+    return _Py_HashBytes(u.data(), n);
+  }
+  if (max < 0x10000) {
+    std::vector<std::uint16_t> u(cps.begin(), cps.end());
+    return _Py_HashBytes(u.data(), n * 2);
+  }
+  return _Py_HashBytes(cps.data(), n * 4);
+}
+
+// int.__hash__ of v: its value modulo 2**61 - 1, with its sign, and -1 made -2.
+Py_hash_t int_hash(std::int64_t v) {
+  constexpr std::uint64_t modulus = (std::uint64_t{1} << 61) - 1;
+  const std::uint64_t magnitude =
+      v < 0 ? std::uint64_t{0} - static_cast<std::uint64_t>(v) : static_cast<std::uint64_t>(v);
+  auto h = static_cast<Py_hash_t>(magnitude % modulus);
+  if (v < 0) h = -h;
+  return h == -1 ? -2 : h;
+}
+
+template <typename Match>
+std::optional<shared_view> probe(const detail::shared_table& t, Py_hash_t hash, Match&& match) {
+  if (t.slots.empty()) return std::nullopt;
+  const std::size_t mask = t.slots.size() - 1;
+  for (std::size_t i = static_cast<std::size_t>(hash) & mask;; i = (i + 1) & mask) {
+    const auto& s = t.slots[i];
+    if (s.key == nullptr) return std::nullopt;
+    if (s.hash == hash && match(s.key)) return shared_access::make(s.value);
+  }
+}
+
+}  // namespace
+
+shared_view::kind shared_view::type() const noexcept {
+  PyObject* o = obj(*this);
+  if (o == Py_None) return kind::none;
+  if (PyBool_Check(o)) return kind::boolean;
+  if (PyLong_CheckExact(o)) return kind::integer;
+  if (PyFloat_CheckExact(o)) return kind::floating;
+  if (PyComplex_CheckExact(o)) return kind::complex;
+  if (PyUnicode_CheckExact(o)) return kind::str;
+  if (PyBytes_CheckExact(o)) return kind::bytes;
+  if (PyTuple_CheckExact(o)) return kind::tuple;
+  return kind::mapping;
+}
+
+bool shared_view::as_bool() const {
+  if (!PyBool_Check(obj(*this))) wrong_kind("a bool", obj(*this));
+  return obj(*this) == Py_True;
+}
+
+std::int64_t shared_view::as_int() const {
+  PyObject* o = obj(*this);
+  if (!PyLong_CheckExact(o)) wrong_kind("an int", o);
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);  // an exact int: no error
+  if (overflow != 0) throw std::out_of_range("isola::shared_view: the int does not fit 64 bits");
+  return static_cast<std::int64_t>(v);
+}
+
+double shared_view::as_float() const {
+  if (!PyFloat_CheckExact(obj(*this))) wrong_kind("a float", obj(*this));
+  return PyFloat_AS_DOUBLE(obj(*this));
+}
+
+std::string_view shared_view::as_str() const {
+  PyObject* o = obj(*this);
+  if (!PyUnicode_CheckExact(o)) wrong_kind("a str", o);
+  auto u = utf8_of(o);
+  if (!u) throw std::domain_error("isola::shared_view: the str has a lone surrogate: no UTF-8");
+  return *u;
+}
+
+std::string_view shared_view::as_bytes() const {
+  PyObject* o = obj(*this);
+  if (!PyBytes_CheckExact(o)) wrong_kind("bytes", o);
+  return std::string_view(PyBytes_AS_STRING(o), static_cast<std::size_t>(PyBytes_GET_SIZE(o)));
+}
+
+std::size_t shared_view::size() const {
+  PyObject* o = obj(*this);
+  if (PyTuple_CheckExact(o)) return static_cast<std::size_t>(PyTuple_GET_SIZE(o));
+  return table_of_view(o).size;
+}
+
+shared_view shared_view::operator[](std::size_t i) const {
+  PyObject* o = obj(*this);
+  if (!PyTuple_CheckExact(o)) wrong_kind("a tuple", o);
+  if (i >= static_cast<std::size_t>(PyTuple_GET_SIZE(o))) {
+    throw std::out_of_range("isola::shared_view: tuple index " + std::to_string(i) +
+                            " past its " + std::to_string(PyTuple_GET_SIZE(o)) + " items");
+  }
+  return shared_access::make(PyTuple_GET_ITEM(o, static_cast<Py_ssize_t>(i)));
+}
+
+std::optional<shared_view> shared_view::find(std::string_view key) const {
+  const auto& t = table_of_view(obj(*this));
+  const auto hash = str_hash(key);
+  if (!hash) return std::nullopt;
+  return probe(t, *hash, [&](PyObject* k) {
+    if (!PyUnicode_CheckExact(k)) return false;
+    auto u = utf8_of(k);
+    return u && *u == key;
+  });
+}
+
+std::optional<shared_view> shared_view::find(std::int64_t key) const {
+  const auto& t = table_of_view(obj(*this));
+  return probe(t, int_hash(key), [&](PyObject* k) {
+    if (!PyLong_Check(k)) return false;  // int or bool, as a dict compares them
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(k, &overflow);
+    return overflow == 0 && v == key;
+  });
+}
+
+shared_view shared_view::key(std::size_t i) const {
+  const auto& t = table_of_view(obj(*this));
+  if (i >= t.size) throw std::out_of_range("isola::shared_view: mapping index past its end");
+  return shared_access::make(PyTuple_GET_ITEM(t.keys, static_cast<Py_ssize_t>(i)));
+}
+
+shared_view shared_view::value(std::size_t i) const {
+  const auto& t = table_of_view(obj(*this));
+  if (i >= t.size) throw std::out_of_range("isola::shared_view: mapping index past its end");
+  return shared_access::make(PyTuple_GET_ITEM(t.values, static_cast<Py_ssize_t>(i)));
+}
+
+std::optional<shared_view> shared_ref(std::string_view name) {
+  PyObject* o = detail::find_shared(name);
+  if (o == nullptr) return std::nullopt;
+  return shared_access::make(o);
 }
 
 }  // namespace isola

@@ -363,3 +363,46 @@ TEST_CASE("isola bench shared --quick --json reports every figure", "[shared]") 
           "problem = ', '.join(bad)\n");
   CHECK(in.get_global("problem").as_str() == "");
 }
+
+TEST_CASE("C++ reads a shared value in place through shared_view", "[shared]") {
+  const std::string name = fresh("view");
+  isola::interpreter in;
+  in.exec(std::string(table_code) +
+          "table['é'] = 'latin-1 key'\n"
+          "table['\U0001f600'] = 'astral key'\n"
+          "table[-5] = 'negative key'\n"
+          "table[True] = 'bool key'\n"
+          "isola.share('" + name + "', table)\n");
+  auto v = isola::shared_ref(name);
+  REQUIRE(v);
+  using kind = isola::shared_view::kind;
+  CHECK(v->type() == kind::mapping);
+  CHECK(v->size() == in.eval("len(table)").as_int());
+  CHECK(v->find("name")->as_str() == "isola");
+  CHECK(v->find("ünï")->as_str() == "çødé ✓ \xF0\x9F\x98\x80");
+  CHECK(v->find("é")->as_str() == "latin-1 key");
+  CHECK(v->find("\xF0\x9F\x98\x80")->as_str() == "astral key");
+  CHECK(v->find(42)->as_str() == "int key");
+  CHECK(v->find(-5)->as_str() == "negative key");
+  CHECK(v->find(1)->as_str() == "bool key");  // True == 1, as in a dict
+  CHECK_FALSE(v->find("missing"));
+  CHECK_FALSE(v->find("\xff"));  // not UTF-8: no such key
+  CHECK_FALSE(v->find(7));
+  CHECK(v->find("neg")->as_int() == -7);
+  CHECK_THROWS_AS(v->find("n")->as_int(), std::out_of_range);  // 2**100
+  CHECK(v->find("pi")->as_float() == 3.25);
+  CHECK(v->find("raw")->as_bytes() == std::string_view("\0bytes", 6));
+  CHECK(v->find("yes")->as_bool());
+  CHECK(v->find("none")->type() == kind::none);
+  CHECK(v->find("z")->type() == kind::complex);
+  auto deep = v->find("nested")->find("deep");
+  REQUIRE(deep);
+  CHECK((*deep)[0].as_int() == 1);
+  CHECK((*deep)[1][1].find("three")->operator[](1).as_bytes() == "4");
+  CHECK_THROWS_AS((*deep)[2], std::out_of_range);
+  CHECK_THROWS_AS(v->as_str(), std::logic_error);
+  CHECK_THROWS_AS((*deep)[0].find("x"), std::logic_error);
+  CHECK(v->key(0).as_str() == "name");
+  CHECK(v->value(0).as_str() == "isola");
+  CHECK_FALSE(isola::shared_ref("no such name"));
+}

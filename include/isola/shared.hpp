@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -44,6 +45,41 @@ std::vector<std::string> shared_names();
 
 /// Whether a value is published under name.
 bool is_shared(std::string_view name);
+
+/// A read-only view of a published value for C++ code: it reads the shared objects themselves,
+/// without a copy and without taking any interpreter's GIL (they are immortal and nothing
+/// writes to them). Valid until the runtime ends; cheap to copy (a pointer). Asking for the
+/// wrong kind throws std::logic_error.
+class shared_view {
+ public:
+  enum class kind { none, boolean, integer, floating, complex, str, bytes, tuple, mapping };
+  kind type() const noexcept;
+  bool as_bool() const;
+  /// Throws std::out_of_range for an int beyond 64 bits.
+  std::int64_t as_int() const;
+  double as_float() const;
+  /// UTF-8. Throws std::domain_error for a str with a lone surrogate (it has no UTF-8 form).
+  std::string_view as_str() const;
+  std::string_view as_bytes() const;
+  /// Items of a tuple or a mapping.
+  std::size_t size() const;
+  /// A tuple's item i (std::out_of_range past the end).
+  shared_view operator[](std::size_t i) const;
+  /// A mapping's value for a str or int key (a lookup in its hash table), if there is one.
+  std::optional<shared_view> find(std::string_view key) const;
+  std::optional<shared_view> find(std::int64_t key) const;
+  /// A mapping's i-th key and value, in insertion order.
+  shared_view key(std::size_t i) const;
+  shared_view value(std::size_t i) const;
+
+ private:
+  friend struct shared_access;
+  explicit shared_view(const void* object) noexcept : o_(object) {}
+  const void* o_;  ///< the shared PyObject
+};
+
+/// A view of the value published under name, if there is one (never blocks on an interpreter).
+std::optional<shared_view> shared_ref(std::string_view name);
 
 /// A published value read into an isola::value (a copy, for C++ code that wants one).
 /// std::nullopt when nothing is published under name. Needs a runtime.
