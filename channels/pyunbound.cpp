@@ -36,8 +36,6 @@ class bound_item final : public buffer_source {
   message inner_;
 };
 
-[[gnu::tls_model("initial-exec")]] thread_local std::uint64_t removed_count = 0;
-
 // The names, as CPython's concurrent.interpreters._crossinterp defines them.
 constexpr const char* unbound_code = R"(
 class UnboundItem:
@@ -133,11 +131,9 @@ PyObject* from_bound(PyObject* module, const message& m, bool& bound, bool& remo
     }
     default:
       removed = true;
-      ++removed_count;
+      ++unbound_removed_count;
       Py_RETURN_NONE;
   }
 }
-
-std::uint64_t removed_items() noexcept { return removed_count; }
 
 }  // namespace isola::detail

@@ -9,6 +9,8 @@
 
 #include <isola/message.hpp>
 
+#include <cstdint>
+
 namespace isola::detail {
 
 inline constexpr int unbound_keep = 0;
@@ -33,8 +35,10 @@ void bind_to_current(message& m, int mode);
 PyObject* from_bound(PyObject* module, const message& m, bool& bound, bool& removed);
 
 /// Items skipped (UNBOUND_REMOVE) by this thread's conversions so far: a receive that finds
-/// the count moved drops what it got and takes the next item.
-std::uint64_t removed_items() noexcept;
+/// the count moved drops what it got and takes the next item. Read on every receive: an
+/// initial-exec thread_local, one load and no call.
+[[gnu::tls_model("initial-exec")]] inline thread_local std::uint64_t unbound_removed_count = 0;
+inline std::uint64_t removed_items() noexcept { return unbound_removed_count; }
 
 /// Makes isola.UNBOUND, UNBOUND_ERROR, UNBOUND_REMOVE and ItemInterpreterDestroyed (a lazy
 /// attribute maker, see lib/module.hpp).
