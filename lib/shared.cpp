@@ -512,7 +512,7 @@ class stream_writer {
 // stream was written by stream_writer in this process.
 class stream_reader {
  public:
-  explicit stream_reader(const std::string& s) : p_(s.data()), end_(s.data() + s.size()) {}
+  explicit stream_reader(const std::string& s) : p_(s.data()) {}
 
   /// A new (immortal) object, or nullptr with an exception set.
   PyObject* read() { return get(); }
@@ -635,7 +635,6 @@ class stream_reader {
 
  private:
   const char* p_;
-  const char* end_;
 };
 
 // ---- the registry -----------------------------------------------------------------------------

@@ -23,6 +23,17 @@ namespace isola_test {
 
 std::string py_dir() { return ISOLA_TEST_PY_DIR; }
 
+bench_run run_bench(std::vector<std::string> args) {
+  args.insert(args.begin(), {isola_path(), "bench"});
+  args.insert(args.end(), {"--json", "--quiet"});
+  bench_run b{run_program(args), nullptr};
+  if (b.run.exit_code != 0) throw std::runtime_error("isola bench failed: " + b.run.describe());
+  b.in = std::make_unique<isola::interpreter>();
+  b.in->set_global("text", b.run.out);
+  b.in->exec("import json\nresults = json.loads(text)['results']\n");
+  return b;
+}
+
 std::string isola_path() {
   if (const char* p = std::getenv("ISOLA_CLI"); p != nullptr && *p != '\0') return p;
   return ISOLA_TEST_CLI;

@@ -5,6 +5,7 @@
 #include <isola/isola.hpp>
 
 #include <atomic>
+#include <memory>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -95,6 +96,15 @@ struct program_result {
 };
 program_result run_program(const std::vector<std::string>& argv, const std::string& input = "",
                            int limit_seconds = default_limit_seconds, const std::string& cwd = "");
+
+/// `isola bench ARGS... --json --quiet`, run as a program; `in` is a new interpreter whose
+/// globals hold its output as `text` and the JSON's "results" dict as `results`. Throws
+/// std::runtime_error describing the run when it does not exit 0.
+struct bench_run {
+  program_result run;
+  std::unique_ptr<isola::interpreter> in;
+};
+bench_run run_bench(std::vector<std::string> args);
 
 /// A program started in the background, in a process group of its own (killed with it if the
 /// test ends first), with `input` on stdin and its output in files.

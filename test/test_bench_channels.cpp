@@ -8,21 +8,14 @@
 #include <string>
 #include <vector>
 
-using isola_test::isola_path;
 
 TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-channels]") {
   // The bench inherits this process's CPUs, which the pinning check below reads.
-  auto r = isola_test::run_program(
-      {isola_path(), "bench", "channels", "--quick", "--json", "--quiet"});
-  INFO(r.describe());
-  REQUIRE(r.exit_code == 0);
   // Parsed by Python's json module, in an interpreter of this process.
-  isola::interpreter in;
-  in.set_global("text", r.out);
+  auto b = isola_test::run_bench({"channels", "--quick"});
+  isola::interpreter& in = *b.in;
   in.exec(
-      "import json, sys\n"
-      "doc = json.loads(text)\n"
-      "results = doc['results']\n"
+      "import sys\n"
       "required = ['py_msgs_per_s_int', 'cpython_queue_msgs_per_s_int',\n"
       "            'mp_queue_msgs_per_s_int', 'py_batch_items_per_s', 'pingpong_rtt_us_p50',\n"
       "            'pingpong_rtt_us_p99', 'cpp_msgs_per_s', 'cpp_msgs_per_s_receiver_waits',\n"
@@ -69,20 +62,14 @@ TEST_CASE("isola bench channels --quick --json reports every figure", "[bench-ch
       "if results.get('cpp_threads_pinned') != expect_pinned:\n"
       "    bad.append(f\"cpp_threads_pinned={results.get('cpp_threads_pinned')!r}\")\n"
       "problem = ', '.join(bad)\n");
-  INFO(r.out);
+  INFO(b.run.out);
   CHECK(in.get_global("problem").as_str() == "");
 }
 
 TEST_CASE("isola bench channels --no-pin leaves the C++ threads unpinned", "[bench-channels]") {
-  auto r = isola_test::run_program({isola_path(), "bench", "channels", "--quick", "--json",
-                                    "--quiet", "--no-peers", "--no-pin"});
-  INFO(r.describe());
-  REQUIRE(r.exit_code == 0);
-  isola::interpreter in;
-  in.set_global("text", r.out);
-  in.exec("import json\n"
-          "results = json.loads(text)['results']\n"
-          "pinned = results['cpp_threads_pinned']\n"
+  auto b = isola_test::run_bench({"channels", "--quick", "--no-peers", "--no-pin"});
+  isola::interpreter& in = *b.in;
+  in.exec("pinned = results['cpp_threads_pinned']\n"
           "peers = [results['boost_mpmc_msgs_per_s'] > 0, results['cpp_vs_boost_spsc'] > 0]\n");
   CHECK(in.get_global("pinned").as_int() == 0);
   CHECK(in.get_global("peers").repr() == "[True, True]");
