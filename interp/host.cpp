@@ -2,6 +2,7 @@
 #include "interp/host.hpp"
 
 #include "interp/guest.hpp"
+#include "lib/memory.hpp"
 #include "lib/pyexec.hpp"
 #include "lib/workarounds.hpp"
 #include "interp/py/describe_threads.py.hpp"
@@ -10,6 +11,8 @@
 
 #include <thread>
 #include <vector>
+
+#include <fmt/core.h>
 
 namespace isola::detail {
 namespace {
@@ -138,7 +141,23 @@ interp_host::interp_host(const interpreter_config& config) : config_(config) {
 }
 
 void interp_host::create() {
+  if (config_.memory_limit != 0 && !memory::enabled()) {
+    throw std::invalid_argument(
+        "interpreter_config: memory_limit needs memory accounting, which is off in this "
+        "process (runtime_options::memory_accounting)");
+  }
   register_interp(state_);  // throws if no runtime; from now on the runtime waits for us
+  memory::context* mem = memory::enabled() ? memory::acquire(config_.use_main_obmalloc) : nullptr;
+  // What the creation allocates on this thread is the new interpreter's, until it is set up.
+  struct creation_scope {
+    memory::context* c;
+    explicit creation_scope(memory::context* m) : c(m) {
+      if (c != nullptr) memory::begin_creation(c);
+    }
+    ~creation_scope() {
+      if (c != nullptr) memory::end_creation();
+    }
+  } creating(mem);
   std::unique_lock<std::mutex> serial(lifecycle_mutex(), std::defer_lock);
   if (serialise_lifecycle) serial.lock();
 
@@ -158,6 +177,7 @@ void interp_host::create() {
     if (current_tstate() != main_ts) PyThreadState_Swap(main_ts);
     PyThreadState_Clear(main_ts);
     PyThreadState_DeleteCurrent();
+    if (mem != nullptr) memory::unbind(nullptr, mem);
     unregister_interp(state_.get());
     throw error(errc::creation_failed, "Py_NewInterpreterFromConfig failed: " + why);
   }
@@ -172,10 +192,12 @@ void interp_host::create() {
   ident_ = PyThread_get_thread_ident();
   set_current_interrupt_slot(&sleep_);
   PyInterpreterState* interp = PyThreadState_GetInterpreter(ts);
+  if (mem != nullptr) memory::bind(interp, mem);
   {
     std::lock_guard lock(state_->mu);
     state_->id = PyInterpreterState_GetID(interp);
     state_->interp = interp;
+    state_->memory = mem;
   }
   try {
     with_python_errors([&] { set_up_interpreter(config_); });
@@ -185,6 +207,39 @@ void interp_host::create() {
     throw error(errc::creation_failed, std::string("setting up the interpreter failed: ") + e.what());
   }
   PyEval_SaveThread();
+  if (mem != nullptr && config_.memory_limit != 0) {
+    // The limit applies from here on: refusing what start-up needs would fail in CPython's
+    // own set-up, where a MemoryError is a fatal error.
+    const std::size_t held = memory::read(*mem).bytes;
+    if (held >= config_.memory_limit) {
+      end();
+      throw std::invalid_argument(fmt::format(
+          "a memory limit (memory_limit) of {} is below what an interpreter holds once "
+          "started: {} was measured (interpreter {}); set it above that, with room for the "
+          "work it will do",
+          format_size(config_.memory_limit), format_size(held), state_->id));
+    }
+    mem->limit.store(config_.memory_limit, std::memory_order_relaxed);
+  }
+}
+
+std::uint64_t interp_host::report_memory_refusals() {
+  memory::context* mem = nullptr;
+  {
+    std::lock_guard lock(state_->mu);
+    mem = state_->memory;
+  }
+  if (mem == nullptr) return 0;
+  const auto refused = mem->refused.load(std::memory_order_relaxed);
+  if (refused == refusals_reported_) return 0;
+  const auto n = refused - refusals_reported_;
+  refusals_reported_ = refused;
+  logger("isola.interp")
+      ->warn("[interp {}] {} reached its memory limit of {}: {} allocation{} refused (the "
+             "largest {}), each a MemoryError in its code",
+             state_->id, state_->label(), format_size(mem->limit.load(std::memory_order_relaxed)),
+             n, n == 1 ? " was" : "s were", format_size(memory::largest_refused(*mem)));
+  return n;
 }
 
 bool interp_host::end(const std::function<void()>& on_abandon) {
@@ -196,6 +251,13 @@ bool interp_host::end(const std::function<void()>& on_abandon) {
     state_->phase = interp_phase::ending;  // from here on nothing attaches, not even interrupts
   }
   stop_waits(*state_);  // its threads' channel waits end (ChannelClosed)
+  memory::context* mem = nullptr;
+  {
+    std::lock_guard lock(state_->mu);
+    mem = state_->memory;
+  }
+  // Ending runs atexit handlers and module teardown, which must not fail on the limit.
+  if (mem != nullptr) mem->limit.store(0, std::memory_order_relaxed);
   PyEval_RestoreThread(tstate_);
   run_at_end(*state_);
   end_threads(on_abandon);
@@ -208,8 +270,16 @@ bool interp_host::end(const std::function<void()>& on_abandon) {
     serial.lock();
     PyEval_RestoreThread(tstate_);
   }
+  PyInterpreterState* const ended = PyThreadState_GetInterpreter(tstate_);
   Py_EndInterpreter(tstate_);  // needs the GIL; leaves no thread state current
   tstate_ = nullptr;
+  if (mem != nullptr) {
+    memory::unbind(ended, mem);
+    std::lock_guard lock(state_->mu);
+    state_->final_memory = memory::read(*mem);
+    state_->final_memory.limit = config_.memory_limit;
+    state_->memory = nullptr;
+  }
   set_current_interrupt_slot(nullptr);
   bool abandoned = false;
   {

@@ -82,6 +82,10 @@ class interp_host {
 
   bool created() const noexcept { return tstate_ != nullptr; }
 
+  /// After a task: logs (warning) the allocations its memory limit refused since the last
+  /// call, naming the interpreter and its limit, and returns how many there were.
+  std::uint64_t report_memory_refusals();
+
  private:
   /// Step 2 of end(), GIL held (released while it waits). True when no other thread is left.
   bool end_threads(const std::function<void()>& on_abandon);
@@ -91,6 +95,7 @@ class interp_host {
   PyThreadState* tstate_ = nullptr;
   unsigned long ident_ = 0;  ///< PyThread_get_thread_ident() of the worker thread
   std::uint64_t running_task_ = 0;  ///< token of the running task, 0 if none; GIL held
+  std::uint64_t refusals_reported_ = 0;
   interrupt_slot sleep_;
 };
 

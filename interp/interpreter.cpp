@@ -2,6 +2,7 @@
 // the interpreter attached; values cross through the codec, exceptions through pyexec.
 #include "lib/python.hpp"
 
+#include "lib/memory.hpp"
 #include "lib/pyexec.hpp"
 #include "lib/value_codec.hpp"
 #include "interp/worker.hpp"
@@ -53,6 +54,11 @@ std::string interpreter_config::validate() const {
   }
   if (allow_daemon_threads && !allow_threads) {
     return "interpreter_config: allow_daemon_threads needs allow_threads=true";
+  }
+  if (memory_limit != 0 && use_main_obmalloc) {
+    return "interpreter_config: memory_limit needs the interpreter's own object allocator "
+           "(use_main_obmalloc=false): small objects of interpreters that share the main "
+           "allocator live in its arenas and cannot be told apart";
   }
   if (end_timeout.count() < 0 || end_grace.count() < 0) {
     return "interpreter_config: end_timeout and end_grace must not be negative";
@@ -245,6 +251,8 @@ bool interpreter::interrupt(std::string_view exception_type) {
 }
 
 void interpreter::close() { w(impl_).close(); }
+
+memory_usage interpreter::memory() const { return detail::memory_of(*w(impl_).state()); }
 bool interpreter::closed() const noexcept { return !impl_ || impl_->worker->closed(); }
 
 }  // namespace isola

@@ -4,6 +4,7 @@
 // thread enforces timeouts and bounds ends and creations (pool_watchdog.cpp). This file: the
 // pool itself (start, submitting, cancelling, shutdown, stats) and the public face.
 #include "interp/pool_impl.hpp"
+#include "lib/memory.hpp"
 
 #include <isola/log.hpp>
 
@@ -37,6 +38,11 @@ pool_impl::pool_impl(pool_options o)
   config_.sys_path.insert(config_.sys_path.end(), options_.sys_path.begin(),
                           options_.sys_path.end());
   if (auto problem = config_.validate(); !problem.empty()) throw std::invalid_argument(problem);
+  if (options_.max_memory_per_interpreter != 0 && !memory::enabled()) {
+    throw std::invalid_argument(
+        "pool_options: max_memory_per_interpreter needs memory accounting, which is off in "
+        "this process (runtime_options::memory_accounting)");
+  }
   for (std::size_t i = 0; i < options_.size; ++i) {
     auto s = std::make_unique<pool_slot>();
     s->index = static_cast<int>(i);
@@ -65,6 +71,11 @@ void pool_impl::start() {
         first = std::make_exception_ptr(python_error(
             e.type_name(), "pool interpreter " + std::to_string(i) + ": init failed: " + e.message(),
             e.traceback(), e.filename(), e.line(), e.column()));
+      }
+    } catch (const std::invalid_argument& e) {  // a limit below what an interpreter needs
+      if (!first) {
+        first = std::make_exception_ptr(
+            std::invalid_argument("pool interpreter " + std::to_string(i) + ": " + e.what()));
       }
     } catch (const std::exception& e) {
       if (!first) {
@@ -341,6 +352,18 @@ pool_stats pool_impl::stats() const {
     i.tasks_timed_out = s->timed_out.load();
     i.tasks_cancelled = s->cancelled.load();
     i.recycled = s->recycled.load();
+    i.recycled_for_memory = s->recycled_for_memory.load();
+    i.memory_refused = s->memory_refused.load();
+    std::shared_ptr<interp_state> st;
+    {
+      std::lock_guard lock(s->state_mu);
+      st = s->state;
+    }
+    if (st && memory::enabled()) {
+      const memory_usage u = memory_of(*st);
+      i.memory_bytes = u.bytes;
+      i.memory_peak = u.peak;
+    }
     i.replaced_broken = s->replaced_broken.load();
     i.dead = s->dead.load();
     i.busy = std::chrono::nanoseconds(s->busy_ns.load());

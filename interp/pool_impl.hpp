@@ -122,7 +122,10 @@ struct pool_slot {
 
   std::atomic<std::int64_t> interpreter_id{-1};
   std::atomic<std::uint64_t> done{0}, failed{0}, timed_out{0}, cancelled{0}, recycled{0},
-      replaced_broken{0};
+      replaced_broken{0}, recycled_for_memory{0}, memory_refused{0};
+  /// The slot's current interpreter (for its memory figures); replaced on recycling.
+  std::mutex state_mu;
+  std::shared_ptr<interp_state> state;
   std::atomic<std::int64_t> busy_ns{0};
 };
 
@@ -214,8 +217,13 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   void create_watched(const std::shared_ptr<pool_worker>& w);
   /// Ends the worker's interpreter (bounded, watched by the watchdog).
   void end_interpreter(const std::shared_ptr<pool_worker>& w);
+  /// Ends the worker's interpreter and creates a fresh one in its place. False if the worker
+  /// must exit (the old one was abandoned, or no new one could be made: the slot died).
+  bool recycle(const std::shared_ptr<pool_worker>& w, bool for_memory);
   /// With workers_mu_ held: whether a slot that lost its worker needs a new one.
   bool slot_needs_worker(int slot) const;
+  /// Whether the interpreter holds more than max_memory_per_interpreter.
+  bool over_soft_limit(const interp_state& s) const;
   void worker_exited(pool_worker& w);
   void slot_died(int slot, const std::string& why);
   bool fail_unstarted(const std::shared_ptr<pool_task>& t, errc code, const std::string& msg);

@@ -4,6 +4,7 @@
 #include "interp/pool_impl.hpp"
 
 #include "interp/guest.hpp"
+#include "lib/memory.hpp"
 #include "lib/module.hpp"
 #include "lib/pyexec.hpp"
 #include "lib/value_codec.hpp"
@@ -11,6 +12,8 @@
 #include <isola/log.hpp>
 
 #include <cxxabi.h>
+
+#include <fmt/core.h>
 
 #include <algorithm>
 
@@ -40,6 +43,10 @@ void pool_impl::init_interpreter(pool_worker& w) {
   w.host->create();
   auto& s = *slots_[w.slot];
   s.interpreter_id = w.host->state()->id;
+  {
+    std::lock_guard lock(s.state_mu);
+    s.state = w.host->state();
+  }
   // The runtime ends the whole pool (cancelling queued work, interrupting running tasks) if it
   // is destroyed first.
   w.host->state()->closer = [weak = weak_from_this()] {
@@ -64,6 +71,15 @@ void pool_impl::init_interpreter(pool_worker& w) {
     throw;
   }
   w.host->leave();
+  if (over_soft_limit(*w.host->state())) {
+    const std::size_t held = memory_of(*w.host->state()).bytes;
+    w.host->end();
+    throw std::invalid_argument(fmt::format(
+        "a soft memory limit (max_memory_per_interpreter) of {} is below what a fresh "
+        "interpreter holds once started and initialised: {} was measured; every task would "
+        "end it, so set it above that, with room for the work",
+        format_size(options_.max_memory_per_interpreter), format_size(held)));
+  }
 }
 
 void pool_impl::worker_exited(pool_worker& w) {
@@ -137,34 +153,61 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
                  w->host->state()->id);
       break;
     }
+    slot.memory_refused += w->host->report_memory_refusals();
+    if (stopping_.load()) continue;
     if (options_.max_tasks_per_interpreter != 0 &&
-        ++since_recycle >= options_.max_tasks_per_interpreter && !stopping_.load()) {
+        ++since_recycle >= options_.max_tasks_per_interpreter) {
       since_recycle = 0;
-      auto old_id = w->host->state()->id;
-      auto fresh = std::make_shared<interp_host>(config_);
-      end_interpreter(w);
-      if (w->abandoned) break;  // the old one did not end in time; a new worker took over
-      {
-        std::lock_guard lock(w->host_mu);
-        w->host = std::move(fresh);
-      }
-      try {
-        create_watched(w);
-      } catch (abi::__forced_unwind&) {
-        throw;
-      } catch (const std::exception& e) {
-        slot_died(w->slot, std::string("recycling interpreter ") + std::to_string(old_id) +
-                               ": " + e.what());
-        worker_exited(*w);
-        return;
-      }
-      ++slot.recycled;
-      log_->debug("[slot {}] recycled interpreter {} -> {}", w->slot, old_id,
-                  w->host->state()->id);
+      if (!recycle(w, false)) return;
+    } else if (over_soft_limit(*w->host->state())) {
+      since_recycle = 0;
+      if (!recycle(w, true)) return;
     }
   }
   if (w->host->created()) end_interpreter(w);
   worker_exited(*w);
+}
+
+bool pool_impl::over_soft_limit(const interp_state& s) const {
+  if (options_.max_memory_per_interpreter == 0) return false;
+  return memory_of(s).bytes > options_.max_memory_per_interpreter;
+}
+
+bool pool_impl::recycle(const std::shared_ptr<pool_worker>& w, bool for_memory) {
+  auto& slot = *slots_[w->slot];
+  const auto old_id = w->host->state()->id;
+  const std::size_t held = for_memory ? memory_of(*w->host->state()).bytes : 0;
+  auto fresh = std::make_shared<interp_host>(config_);
+  end_interpreter(w);
+  if (w->abandoned) {  // the old one did not end in time; a new worker took over
+    worker_exited(*w);
+    return false;
+  }
+  {
+    std::lock_guard lock(w->host_mu);
+    w->host = std::move(fresh);
+  }
+  try {
+    create_watched(w);
+  } catch (abi::__forced_unwind&) {
+    throw;
+  } catch (const std::exception& e) {
+    slot_died(w->slot, std::string("recycling interpreter ") + std::to_string(old_id) + ": " +
+                           e.what());
+    worker_exited(*w);
+    return false;
+  }
+  ++slot.recycled;
+  if (for_memory) {
+    ++slot.recycled_for_memory;
+    log_->info("[slot {}] interpreter {} held {}, over max_memory_per_interpreter ({}): "
+               "replaced by interpreter {}",
+               w->slot, old_id, format_size(held), format_size(options_.max_memory_per_interpreter),
+               w->host->state()->id);
+  } else {
+    log_->debug("[slot {}] recycled interpreter {} -> {}", w->slot, old_id, w->host->state()->id);
+  }
+  return true;
 }
 
 std::shared_ptr<pool_task> pool_impl::try_pop(pool_worker& w) {

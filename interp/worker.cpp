@@ -102,6 +102,7 @@ void worker::thread_main(std::promise<void>& created) {
     t->run();
     host_.task_finished();
     host_.leave();
+    host_.report_memory_refusals();
     {
       std::lock_guard lock(queue_mu_);
       task_since_.reset();

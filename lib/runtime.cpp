@@ -2,6 +2,7 @@
 // initialises from an isolated PyConfig; shutdown ends interpreters LIFO, then Py_Finalize.
 #include "lib/python.hpp"
 
+#include "lib/memory.hpp"
 #include "lib/module.hpp"
 #include "lib/sync.hpp"
 #include "lib/pyexec.hpp"
@@ -12,10 +13,21 @@
 #include <isola/runtime.hpp>
 #include <isola/version.hpp>
 
+#include <cstdlib>
 #include <stdexcept>
+#include <string_view>
 
 namespace isola {
 namespace {
+
+// Whether PYTHONMALLOC (honoured with use_environment) makes the mem and object domains call
+// an allocator without pymalloc's arenas: the accounting must then wrap those domains too.
+bool object_domains_bypass_arenas(bool use_environment) {
+  const char* env = use_environment ? std::getenv("PYTHONMALLOC") : nullptr;
+  if (env == nullptr) return false;
+  const std::string_view v(env);
+  return v == "malloc" || v == "malloc_debug" || v == "mimalloc" || v == "mimalloc_debug";
+}
 
 void check_status(PyStatus status, PyConfig* config, const char* what) {
   if (!PyStatus_Exception(status)) return;
@@ -49,6 +61,15 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
   auto log = logger("isola.runtime");
 
   detail::add_isola_to_inittab();
+
+  // The allocators can only be wrapped between pre-initialisation and initialisation.
+  PyPreConfig preconfig;
+  PyPreConfig_InitIsolatedConfig(&preconfig);
+  preconfig.use_environment = options_.use_environment ? 1 : 0;
+  check_status(Py_PreInitialize(&preconfig), nullptr, "Py_PreInitialize");
+  if (options_.memory_accounting) {
+    detail::memory::install(object_domains_bypass_arenas(options_.use_environment));
+  }
 
   PyConfig config;
   PyConfig_InitIsolatedConfig(&config);
@@ -98,6 +119,7 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
   main->is_main = true;
   main->name = "main";
   main->interp = PyInterpreterState_Main();
+  if (detail::memory::enabled()) main->memory = detail::memory::main_context();
   rt.main = main;
   rt.owner_thread = std::this_thread::get_id();
   rt.main_tstate = PyEval_SaveThread();  // the main GIL is free between calls
@@ -198,6 +220,8 @@ std::string runtime::python_version() {
 }
 
 std::size_t runtime::abandoned_interpreters() { return detail::abandoned_count(); }
+
+bool runtime::memory_accounting() noexcept { return detail::memory::enabled(); }
 
 std::size_t runtime::live_interpreters() const {
   auto& rt = detail::runtime();

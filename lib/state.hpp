@@ -14,10 +14,16 @@
 #include <thread>
 #include <vector>
 
+#include <isola/memory.hpp>
+
 struct _is;  // PyInterpreterState, without pulling <Python.h> into every includer
 struct _ts;  // PyThreadState
 
 namespace isola::detail {
+
+namespace memory {
+struct context;
+}
 
 /// running: takes work and attaches. closing: refuses new work and new attach guards, but
 /// isola's own interrupts may still attach (see attach_for_interrupt). ending: no thread may
@@ -65,6 +71,10 @@ struct interp_state {
   bool sleeps_interrupted = false;  ///< after wake_sleeps(): sleeps return at once
   /// Given up on: its code did not stop when interrupted (see abandon_interp).
   bool abandoned = false;
+  /// Its allocator context (lib/memory.hpp) while it lives, with memory accounting on; once
+  /// it has ended, what it held then is in final_memory. Guarded by `mu`.
+  memory::context* memory = nullptr;
+  memory_usage final_memory;
 
   std::string label() const;  ///< "interpreter 3" or "interpreter 3 (worker-1)"
 };

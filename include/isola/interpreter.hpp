@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <isola/attach.hpp>
+#include <isola/memory.hpp>
 #include <isola/value.hpp>
 
 namespace isola {
@@ -47,6 +48,15 @@ struct interpreter_config {
   /// interrupted at runtime shutdown). Past it the interpreter is abandoned: its thread is left
   /// running, logged at critical level, and counted by runtime::abandoned_interpreters().
   std::chrono::milliseconds end_grace{std::chrono::seconds(2)};
+
+  /// Hard limit on the memory the interpreter holds (see memory_usage), in bytes; 0: none.
+  /// An allocation that would pass it fails, so the code that asked gets MemoryError there;
+  /// other interpreters are not affected, and once the objects are freed the interpreter
+  /// works as before. Frees and shrinks are never refused. It applies once the interpreter
+  /// has started: a limit below what it then holds is an error at creation that names the
+  /// measured figure. Needs runtime_options::memory_accounting and an own object allocator
+  /// (use_main_obmalloc=false).
+  std::size_t memory_limit = 0;
 
   /// Extra sys.path entries for this interpreter, put in front of the runtime's.
   std::vector<std::string> sys_path;
@@ -145,6 +155,11 @@ class interpreter {
   /// attached to it, which get std::logic_error). Logs a warning while it waits long.
   void close();
   bool closed() const noexcept;
+
+  /// What the interpreter holds now, its peak and its limit (after close(): what it held when
+  /// it ended). Any thread, no GIL needed. Throws std::logic_error if memory accounting is off
+  /// (runtime_options::memory_accounting) or the interpreter was moved from.
+  memory_usage memory() const;
 
  private:
   class impl;

@@ -7,6 +7,7 @@
 #include <isola/info.hpp>
 #include <isola/interpreter.hpp>
 #include <isola/log.hpp>
+#include <isola/memory.hpp>
 #include <isola/message.hpp>
 #include <isola/pool.hpp>
 #include <isola/runtime.hpp>

@@ -48,6 +48,12 @@ struct pool_options {
   std::chrono::milliseconds grace_period{2000};
   /// Replace an interpreter with a fresh one after this many tasks; 0 means never.
   std::size_t max_tasks_per_interpreter = 0;
+  /// Soft memory limit, in bytes; 0 means none. After a task, an interpreter that holds more
+  /// (see memory_usage) is ended and replaced by a fresh one, as uWSGI's reload-on-rss does
+  /// for a worker process, counted in interpreter_stats::recycled_for_memory. The hard limit
+  /// is interpreter.memory_limit. A value below what a fresh interpreter holds once its init
+  /// code has run is an error when the pool is created. Needs memory accounting.
+  std::size_t max_memory_per_interpreter = 0;
 };
 
 /// Per-task settings.
@@ -66,7 +72,13 @@ struct interpreter_stats {
   std::uint64_t tasks_failed = 0;    ///< raised (timeouts and cancellations while running included)
   std::uint64_t tasks_timed_out = 0;
   std::uint64_t tasks_cancelled = 0;  ///< cancelled while running here (see pool_stats::not_run)
-  std::uint64_t recycled = 0;  ///< replaced after max_tasks_per_interpreter
+  std::uint64_t recycled = 0;  ///< replaced after max_tasks_per_interpreter or memory
+  std::uint64_t recycled_for_memory = 0;  ///< of which over max_memory_per_interpreter
+  /// Allocations refused by interpreter.memory_limit (a MemoryError each), over the slot's life.
+  std::uint64_t memory_refused = 0;
+  /// The current interpreter's memory (see memory_usage); zero without memory accounting.
+  std::size_t memory_bytes = 0;
+  std::size_t memory_peak = 0;
   bool dead = false;           ///< a replacement interpreter could not be created
   std::uint64_t replaced_broken = 0;  ///< replaced because stuck after a timeout
   std::chrono::nanoseconds busy{0};   ///< time spent running tasks

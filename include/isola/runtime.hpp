@@ -26,6 +26,11 @@ struct runtime_options {
   bool install_signal_handlers = false;
   /// sys.argv of the main interpreter.
   std::vector<std::string> argv;
+  /// Count the memory every interpreter holds (interpreter::memory(), isola.memory()) and
+  /// allow hard limits (interpreter_config::memory_limit). It wraps CPython's allocators before
+  /// CPython starts, so it is chosen once per process. On by default: it touches only large
+  /// blocks and arenas, not pymalloc's small-object path (docs/memory.md has its cost).
+  bool memory_accounting = true;
 };
 
 /// Owns CPython in this process.
@@ -66,6 +71,8 @@ class runtime {
   /// when their interpreter ends) and still running. While it is not 0, destroying the
   /// runtime leaves CPython initialized. Static: it can be asked after the runtime ended.
   static std::size_t abandoned_interpreters();
+  /// Whether memory accounting is on in this process (runtime_options::memory_accounting).
+  static bool memory_accounting() noexcept;
 
   const runtime_options& options() const noexcept { return options_; }
 

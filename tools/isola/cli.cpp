@@ -4,6 +4,7 @@
 
 #include <isola/interpreter.hpp>
 #include <isola/log.hpp>
+#include <isola/memory.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -55,6 +56,35 @@ CLI::Option* add_timeout_option(CLI::App& app, double& seconds, const std::strin
       },
       "");
   return app.add_option("--timeout", seconds, help)->check(finite_seconds)->type_name("SECONDS");
+}
+
+namespace {
+CLI::Option* add_size_option(CLI::App& app, const std::string& name, std::size_t& bytes,
+                             const std::string& help) {
+  return app
+      .add_option_function<std::string>(
+          name,
+          [&bytes, name](const std::string& text) {
+            try {
+              bytes = parse_size(text);
+            } catch (const std::invalid_argument& e) {
+              throw CLI::ValidationError(name, e.what());
+            }
+          },
+          help)
+      ->type_name("SIZE");
+}
+}  // namespace
+
+void add_memory_options(CLI::App& app, memory_limits& limits) {
+  add_size_option(app, "--memory-limit", limits.hard,
+                  "Hard limit on the memory each interpreter holds (e.g. 512M, 2G): an "
+                  "allocation past it raises MemoryError in that interpreter only "
+                  "(default: none)");
+  add_size_option(app, "--max-memory-per-interpreter", limits.soft,
+                  "Soft limit (e.g. 256M): after a task, an interpreter holding more is ended "
+                  "and replaced by a fresh one, like uWSGI's --reload-on-rss for one "
+                  "interpreter (default: none)");
 }
 
 void apply_log_level(const std::string& level) {

@@ -72,6 +72,16 @@ void apply_log_level(const std::string& level);
 /// 0 and negative numbers are refused with a message that says so).
 CLI::Option* add_timeout_option(CLI::App& app, double& seconds, const std::string& help);
 
+/// The memory limits of a pool-based command, in bytes (0: none).
+struct memory_limits {
+  std::size_t hard = 0;  ///< --memory-limit: interpreter_config::memory_limit
+  std::size_t soft = 0;  ///< --max-memory-per-interpreter: pool_options::max_memory_per_interpreter
+};
+
+/// Adds --memory-limit SIZE and --max-memory-per-interpreter SIZE (sizes as isola::parse_size
+/// reads them: 512M, 1G; anything else is a usage error that says so).
+void add_memory_options(CLI::App& app, memory_limits& limits);
+
 /// Logical cores available (std::thread::hardware_concurrency(), at least 1).
 unsigned cores();
 

@@ -59,6 +59,7 @@ struct map_options {
   bool quiet = false;
   bool stats = false;
   bool allow_os_exit = false;
+  memory_limits memory;
   std::string log_level;
 };
 
@@ -417,6 +418,8 @@ int run_map(const map_options& o) {
   po.size = o.interpreters;
   po.interpreter.name = "map";
   po.interpreter.allow_os_exit = o.allow_os_exit;
+  po.interpreter.memory_limit = o.memory.hard;
+  po.max_memory_per_interpreter = o.memory.soft;
   // Threads a function leaves running get SystemExit when the interpreters end.
   po.interpreter.end_timeout = std::chrono::milliseconds(0);
   po.sys_path = sys_path;
@@ -424,6 +427,8 @@ int run_map(const map_options& o) {
   std::unique_ptr<pool> p;
   try {
     p = std::make_unique<pool>(po);
+  } catch (const std::invalid_argument& e) {  // a memory limit below what one needs
+    throw usage_error(fmt::format("map: {}", e.what()));
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("map: could not create {} interpreter{}: {}",
                                          o.interpreters, o.interpreters == 1 ? "" : "s",
@@ -549,7 +554,10 @@ void add_map_command(CLI::App& app, dispatch& d) {
   sub->add_flag("--no-progress", o->no_progress, "Never show progress")
       ->excludes(sub->get_option("--progress"));
   sub->add_flag("-q,--quiet", o->quiet, "No progress and no summary; failures are still named");
-  sub->add_flag("--stats", o->stats, "After the run, print the pool's counters on stderr");
+  add_memory_options(*sub, o->memory);
+  sub->add_flag("--stats", o->stats,
+                "After the run, print the pool's counters on stderr, with each interpreter's "
+                "memory and peak");
   add_log_level_option(*sub, o->log_level);
   sub->footer(
       "Input: one Python literal per line (42, -1.5, 'text', [1, 2], {'k': (1, None)}, True),\n"

@@ -43,6 +43,7 @@ struct run_options {
   bool quiet = false;
   bool stats = false;
   double timeout = 0;  ///< seconds; 0: none
+  memory_limits memory;
   fs::path script;
   std::vector<std::string> args;  ///< sys.argv[1:]
 };
@@ -86,6 +87,8 @@ pool_options pool_options_for(const run_options& o) {
   p.interpreter = o.shared_gil ? interpreter_config::shared_gil() : interpreter_config::isolated();
   p.interpreter.name = "run";
   p.interpreter.allow_os_exit = o.allow_os_exit;
+  p.interpreter.memory_limit = o.memory.hard;
+  p.max_memory_per_interpreter = o.memory.soft;
   // The runner waits for the script's threads inside its task (within --timeout); threads
   // still there when the interpreter ends get SystemExit at once.
   p.interpreter.end_timeout = std::chrono::milliseconds(0);
@@ -100,6 +103,8 @@ pool_options pool_options_for(const run_options& o) {
 std::unique_ptr<pool> create_pool(const run_options& o) {
   try {
     return std::make_unique<pool>(pool_options_for(o));
+  } catch (const std::invalid_argument& e) {  // a memory limit below what one needs
+    throw usage_error(fmt::format("run: {}", e.what()));
   } catch (const std::exception& e) {
     // When some could be created, the likely cause is a limit (threads, memory).
     throw std::runtime_error(fmt::format("run: could not create {} interpreter{}: {}{}",
@@ -361,7 +366,9 @@ void add_run_command(CLI::App& app, dispatch& d) {
                 "Report only failures (no per-interpreter ok lines, no summary)");
   sub->add_flag("--stats", opts->stats,
                 "After the run, print the pool's counters on stderr: per interpreter its id, "
-                "tasks done/failed/timed out, busy time, recycling; the queue depth");
+                "tasks done/failed/timed out, busy time, recycling, memory held and peak; the "
+                "queue depth");
+  add_memory_options(*sub, opts->memory);
   add_timeout_option(*sub, opts->timeout,
                      "Limit for each interpreter's whole life, from the script's start to the "
                      "end of the threads it left running: isola.TaskTimeout is raised in the "
@@ -392,6 +399,8 @@ void add_run_command(CLI::App& app, dispatch& d) {
       "                                                       ['--verbose', '-n', '1']\n"
       "  isola run -n 2 --stats --timeout 10 script.py        at most 10 s each, then the\n"
       "                                                       pool's counters\n"
+      "  isola run -n 4 --memory-limit 512M script.py         MemoryError past 512 MiB, in\n"
+      "                                                       that interpreter only\n"
       "\n"
       "Exit status: 0 all interpreters ok (sys.exit(0) counts as ok), 1 any failed (or timed\n"
       "out) or could not be created, 2 usage error (bad option, missing or unreadable script),\n"

@@ -3,6 +3,8 @@
 
 #include <isola/error.hpp>
 #include <isola/log.hpp>
+#include <isola/memory.hpp>
+#include <isola/runtime.hpp>
 #include <isola/value.hpp>
 
 #include <algorithm>
@@ -79,13 +81,20 @@ void print_pool_stats(const pool_stats& s, std::FILE* out) {
              s.submitted == 1 ? "" : "s", s.completed,
              s.not_run > 0 ? fmt::format(" ({} without running)", s.not_run) : "",
              s.queue_depth);
-  fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9}  {:>8}  {:>8}\n", "slot", "interp",
+  const bool memory = runtime::memory_accounting();
+  fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9}  {:>8}  {:>8}", "slot", "interp",
              "done", "failed", "timed out", "busy s", "recycled", "replaced");
+  if (memory) fmt::print(out, "  {:>11}  {:>11}  {:>10}  {:>7}", "memory", "peak", "for memory", "refused");
+  fmt::print(out, "\n");
   for (const auto& i : s.interpreters) {
-    fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9.3f}  {:>8}  {:>8}{}\n", i.index,
+    fmt::print(out, "  {:>4}  {:>6}  {:>8}  {:>6}  {:>9}  {:>9.3f}  {:>8}  {:>8}", i.index,
                i.interpreter_id, i.tasks_done, i.tasks_failed, i.tasks_timed_out,
-               std::chrono::duration<double>(i.busy).count(), i.recycled, i.replaced_broken,
-               i.dead ? "  dead (no interpreter could be created)" : "");
+               std::chrono::duration<double>(i.busy).count(), i.recycled, i.replaced_broken);
+    if (memory) {
+      fmt::print(out, "  {:>11}  {:>11}  {:>10}  {:>7}", format_size(i.memory_bytes),
+                 format_size(i.memory_peak), i.recycled_for_memory, i.memory_refused);
+    }
+    fmt::print(out, "{}\n", i.dead ? "  dead (no interpreter could be created)" : "");
   }
 }
 
