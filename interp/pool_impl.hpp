@@ -224,6 +224,10 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   bool slot_needs_worker(int slot) const;
   /// Whether the interpreter holds more than max_memory_per_interpreter.
   bool over_soft_limit(const interp_state& s) const;
+  /// Parts of init_interpreter: the init code and call; the soft limit's check against what a
+  /// fresh interpreter holds (std::invalid_argument, after ending it, if it is over).
+  void run_init(pool_worker& w);
+  void check_soft_limit(pool_worker& w);
   void worker_exited(pool_worker& w);
   void slot_died(int slot, const std::string& why);
   bool fail_unstarted(const std::shared_ptr<pool_task>& t, errc code, const std::string& msg);

@@ -52,7 +52,11 @@ void pool_impl::init_interpreter(pool_worker& w) {
   w.host->state()->closer = [weak = weak_from_this()] {
     if (auto p = weak.lock()) p->shutdown(stop_mode::interrupt_running);
   };
-  if (options_.init_code.empty() && options_.init_call.empty()) return;
+  if (!options_.init_code.empty() || !options_.init_call.empty()) run_init(w);
+  check_soft_limit(w);
+}
+
+void pool_impl::run_init(pool_worker& w) {
   w.host->enter();
   try {
     with_python_errors([&] {
@@ -71,6 +75,9 @@ void pool_impl::init_interpreter(pool_worker& w) {
     throw;
   }
   w.host->leave();
+}
+
+void pool_impl::check_soft_limit(pool_worker& w) {
   if (over_soft_limit(*w.host->state())) {
     const std::size_t held = memory_of(*w.host->state()).bytes;
     w.host->end();

@@ -412,6 +412,14 @@ context* current() noexcept {
   return c == &reg().others && current_tstate() == nullptr ? nullptr : c;
 }
 
+std::size_t ended_bytes() noexcept {
+  auto& r = reg();
+  std::lock_guard lock(r.mu);
+  std::int64_t sum = 0;
+  for (const context* c : r.retired) sum += std::max<std::int64_t>(0, c->bytes.load(std::memory_order_relaxed));
+  return static_cast<std::size_t>(sum);
+}
+
 std::size_t largest_refused(const context& c) noexcept {
   return c.largest_refused.load(std::memory_order_relaxed);
 }

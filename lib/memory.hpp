@@ -69,6 +69,10 @@ context* current() noexcept;
 
 memory_usage read(const context& c) noexcept;
 
+/// What ended interpreters still hold: blocks of theirs not freed yet, and the arenas CPython
+/// keeps when an interpreter ends with blocks left in them.
+std::size_t ended_bytes() noexcept;
+
 /// The largest allocation the limit refused since the context was acquired.
 std::size_t largest_refused(const context& c) noexcept;
 

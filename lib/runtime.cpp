@@ -223,6 +223,10 @@ std::size_t runtime::abandoned_interpreters() { return detail::abandoned_count()
 
 bool runtime::memory_accounting() noexcept { return detail::memory::enabled(); }
 
+std::size_t runtime::memory_of_ended_interpreters() noexcept {
+  return detail::memory::enabled() ? detail::memory::ended_bytes() : 0;
+}
+
 std::size_t runtime::live_interpreters() const {
   auto& rt = detail::runtime();
   std::lock_guard lock(rt.mu);

@@ -659,5 +659,5 @@ TEST_CASE("the examples every --help prints run as shown", "[cli]") {
       ++examples;
     }
   }
-  CHECK(examples == 8);
+  CHECK(examples == 9);
 }

@@ -73,6 +73,10 @@ class runtime {
   static std::size_t abandoned_interpreters();
   /// Whether memory accounting is on in this process (runtime_options::memory_accounting).
   static bool memory_accounting() noexcept;
+  /// Bytes still counted to interpreters that have ended (0 without accounting): their blocks
+  /// that live on elsewhere, and the arenas CPython 3.12 and 3.13 keep when an interpreter ends
+  /// with any block left (CPython gh-110411), a few MiB per ended interpreter.
+  static std::size_t memory_of_ended_interpreters() noexcept;
 
   const runtime_options& options() const noexcept { return options_; }
 

@@ -307,7 +307,7 @@ void add_bench_command(CLI::App& app, dispatch& d) {
       "Each suite measures isola and its peers in the same run, prints medians and ratios as a\n"
       "table, or with --json as one JSON object on stdout; --svg FILE also draws them against\n"
       "the peers' as a bar chart. Progress goes to stderr. A full run takes from seconds\n"
-      "(startup) to minutes; pool and channels have --quick for a smoke run.\n"
+      "(startup) to minutes; pool, channels, shared and memory have --quick for a smoke run.\n"
       "Every suite has its own --help.\n"
       "\n"
       "Examples:\n"

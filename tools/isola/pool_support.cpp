@@ -96,6 +96,14 @@ void print_pool_stats(const pool_stats& s, std::FILE* out) {
     }
     fmt::print(out, "{}\n", i.dead ? "  dead (no interpreter could be created)" : "");
   }
+  if (memory) {
+    if (const std::size_t ended = runtime::memory_of_ended_interpreters(); ended > 0) {
+      fmt::print(out,
+                 "  ended interpreters still hold {} (CPython keeps an ended interpreter's "
+                 "arenas when blocks of it are left; see docs/memory.md)\n",
+                 format_size(ended));
+    }
+  }
 }
 
 void quiet_timeout_warnings(const std::string& log_level_option, bool has_timeout) {
