@@ -65,7 +65,12 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
   // The allocators can only be wrapped between pre-initialisation and initialisation.
   PyPreConfig preconfig;
   PyPreConfig_InitIsolatedConfig(&preconfig);
-  preconfig.use_environment = options_.use_environment ? 1 : 0;
+  // CPython's isolated mode turns use_environment off: honouring the environment means
+  // leaving it (and keeping what else it sets below, in the config).
+  if (options_.use_environment) {
+    preconfig.isolated = 0;
+    preconfig.use_environment = 1;
+  }
   check_status(Py_PreInitialize(&preconfig), nullptr, "Py_PreInitialize");
   if (options_.memory_accounting) {
     detail::memory::install(object_domains_bypass_arenas(options_.use_environment));
@@ -73,7 +78,12 @@ runtime::runtime(runtime_options options) : options_(std::move(options)) {
 
   PyConfig config;
   PyConfig_InitIsolatedConfig(&config);
-  config.use_environment = options_.use_environment ? 1 : 0;
+  if (options_.use_environment) {
+    config.isolated = 0;
+    config.use_environment = 1;
+    config.safe_path = 1;
+    config.user_site_directory = 0;
+  }
   config.install_signal_handlers = options_.install_signal_handlers ? 1 : 0;
   config.parse_argv = 0;
   check_status(PyConfig_SetBytesString(&config, &config.program_name,

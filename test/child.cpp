@@ -15,6 +15,9 @@
 //                        close cannot wait for itself: it must be deferred, not terminate)
 //   first-channel-fence  whether the asymmetric fence was checked before and after the
 //                        process's first channel is made, and whether the channel works
+//   no-accounting        a runtime with memory accounting off: what memory() and a limit do
+//   environment DIR      a runtime with use_environment: PYTHONPATH=DIR and PYTHONMALLOC=malloc
+//                        are honoured, and small objects are counted block by block
 //   end KIND             what guest code leaves behind when its interpreter ends or the
 //                        runtime is destroyed under it (see end_scenario below); prints the
 //                        outcome of the task, whether the interpreter was abandoned, and
@@ -124,6 +127,51 @@ int second_runtime() {
   } catch (const std::logic_error& e) {
     say(std::string("after end: logic_error: ") + e.what());
   }
+  return 0;
+}
+
+int no_accounting() {
+  isola::runtime_options o;
+  o.memory_accounting = false;
+  isola::runtime rt(o);
+  say(std::string("accounting: ") + (isola::runtime::memory_accounting() ? "1" : "0"));
+  isola::interpreter in;
+  try {
+    in.exec("import isola\nisola.memory()");
+  } catch (const isola::python_error& e) {
+    say("isola.memory(): " + e.type_name());
+  }
+  try {
+    (void)in.memory();
+  } catch (const std::logic_error&) {
+    say("memory(): logic_error");
+  }
+  isola::interpreter_config c;
+  c.memory_limit = 512u << 20;
+  try {
+    isola::interpreter limited(c);
+  } catch (const std::invalid_argument&) {
+    say("limit: invalid_argument");
+  }
+  return 0;
+}
+
+int environment(const std::string& dir) {
+  setenv("PYTHONPATH", dir.c_str(), 1);
+  setenv("PYTHONMALLOC", "malloc", 1);
+  isola::runtime_options o;
+  o.use_environment = true;
+  isola::runtime rt(o);
+  isola::interpreter in;
+  say("on sys.path: " + std::to_string(in.eval("'" + dir + "' in __import__('sys').path").as_bool()));
+  const auto before = in.memory().bytes;
+  in.exec("l = [{'k': str(i)} for i in range(100000)]");
+  const auto with = in.memory().bytes;
+  in.exec("del l");
+  const auto after = in.memory().bytes;
+  // ~250 bytes of blocks per item, each with its 16-byte header.
+  say("per item: " + std::to_string((with - before) / 100000));
+  say("given back: " + std::to_string(before + (1u << 20) > after));
   return 0;
 }
 
@@ -424,6 +472,8 @@ int main(int argc, char* argv[]) {
     if (args.size() == 1 && args[0] == "finalizing-attach") return finalizing_attach();
     if (args.size() == 2 && args[0] == "destroy-attached") return destroy_attached(args[1]);
     if (args.size() == 1 && args[0] == "main-threading") return main_threading();
+    if (args.size() == 1 && args[0] == "no-accounting") return no_accounting();
+    if (args.size() == 2 && args[0] == "environment") return environment(args[1]);
     if (args.size() == 1 && args[0] == "first-channel-fence") return first_channel_fence();
     if (args.size() == 2 && args[0] == "end") return end_scenario(args[1]);
     if (args.size() == 1 && args[0] == "move-assign-attached") return move_assign_attached();

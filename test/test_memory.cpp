@@ -326,3 +326,26 @@ TEST_CASE("interpreters allocating at once keep exact counts", "[memory][concurr
     CHECK(interps[i].memory().refused == 0);
   }
 }
+
+TEST_CASE("with accounting off, memory() says so and a limit is refused", "[memory]") {
+  auto r = isola_test::run_child({"no-accounting"});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.find("accounting: 0") != std::string::npos);
+  CHECK(r.output.find("isola.memory(): RuntimeError") != std::string::npos);
+  CHECK(r.output.find("memory(): logic_error") != std::string::npos);
+  CHECK(r.output.find("limit: invalid_argument") != std::string::npos);
+}
+
+TEST_CASE("with PYTHONMALLOC=malloc small objects are counted block by block", "[memory]") {
+  auto r = isola_test::run_child({"environment", isola_test::py_dir()});
+  INFO(r.describe());
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.find("on sys.path: 1") != std::string::npos);
+  const auto at = r.output.find("per item: ");
+  REQUIRE(at != std::string::npos);
+  const int per_item = std::stoi(r.output.substr(at + 10));
+  CHECK(per_item > 150);
+  CHECK(per_item < 1000);
+  CHECK(r.output.find("given back: 1") != std::string::npos);
+}
