@@ -661,3 +661,43 @@ TEST_CASE("the examples every --help prints run as shown", "[cli]") {
   }
   CHECK(examples == 9);
 }
+
+TEST_CASE("--memory-limit: MemoryError in the interpreter past it; bad sizes are usage errors",
+          "[cli]") {
+  script big(
+      "import isola\n"
+      "try:\n"
+      "    bytearray(20 * 10**9)\n"
+      "except MemoryError:\n"
+      "    print('MemoryError', isola.memory().limit)\n"
+      "x = bytearray(20 * 10**9)\n");
+  auto r = run_isola({"run", "-n", "2", "--memory-limit", "256M", "--stats", big.path});
+  INFO(r.describe());
+  CHECK(r.exit_code == 1);
+  CHECK(r.out == "MemoryError 268435456\nMemoryError 268435456\n");
+  CHECK(contains(r.err, "MemoryError"));
+  CHECK(contains(r.err, "memory limit of 256.0 MiB"));  // the log line
+  CHECK(contains(r.err, "memory         peak"));          // --stats shows memory columns
+  CHECK(contains(r.err, "2 interpreters, 0 ok, 2 failed"));
+
+  map_module m;
+  for (const char* value : {"12x", "M", "", "-5M", "1.2.3G"}) {
+    auto run = run_isola({"run", "--memory-limit", value, big.path});
+    INFO("run --memory-limit '" << value << "'\n" << run.describe());
+    CHECK(run.exit_code == 2);
+    CHECK(contains(run.err, "is not a size"));
+    auto map = run_isola(m.args("cli_mod:twice", {"--max-memory-per-interpreter", value}), "1\n");
+    INFO("map --max-memory-per-interpreter '" << value << "'\n" << map.describe());
+    CHECK(map.exit_code == 2);
+    CHECK(contains(map.err, "is not a size"));
+  }
+  // Below what an interpreter holds once started: the measured size is named.
+  auto small = run_isola({"run", "--memory-limit", "1M", big.path});
+  INFO(small.describe());
+  CHECK(small.exit_code == 2);
+  CHECK(contains(small.err, "was measured"));
+  auto map = run_isola(m.args("cli_mod:twice", {"--memory-limit", "512M"}), "1\n2\n");
+  INFO(map.describe());
+  CHECK(map.exit_code == 0);
+  CHECK(map.out == "2\n4\n");
+}
