@@ -88,9 +88,11 @@ struct registry {
   context others;  ///< interpreters isola did not create (CPython's _interpreters module)
 };
 
+// Never destroyed: blocks are freed after static destructors have started (CPython's own
+// teardown, other libraries'), and their headers point into it.
 registry& reg() noexcept {
-  static registry r;
-  return r;
+  static registry* r = new registry;
+  return *r;
 }
 
 std::atomic<bool> installed{false};
@@ -295,8 +297,8 @@ struct arenas {
   std::unordered_map<void*, std::pair<context*, std::size_t>> owners;
 };
 arenas& arena_table() noexcept {
-  static arenas a;
-  return a;
+  static arenas* a = new arenas;  // never destroyed, as reg()
+  return *a;
 }
 
 void* arena_alloc(void*, std::size_t size) {
