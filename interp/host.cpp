@@ -1,6 +1,7 @@
 // interp_host: create, enter, interrupt and end one interpreter on its worker thread.
 #include "interp/host.hpp"
 
+#include "interp/extensions.hpp"
 #include "interp/guest.hpp"
 #include "lib/memory.hpp"
 #include "lib/pyexec.hpp"
@@ -52,6 +53,7 @@ void set_up_interpreter(const interpreter_config& config) {
   auto time_mod = py::import("time");
   py::check_zero(PyObject_SetAttrString(time_mod.get(), "sleep", sleep.get()));
   guard_process(config);
+  install_extension_policy(config);
 }
 
 /// What end() says about a thread the interpreter's code left running.
@@ -138,6 +140,7 @@ std::vector<unsigned long> other_threads(PyThreadState* ts) {
 interp_host::interp_host(const interpreter_config& config) : config_(config) {
   state_ = std::make_shared<interp_state>();
   state_->name = config_.name;
+  state_->extension_policy = policy_name(config_.extensions);
 }
 
 void interp_host::create() {

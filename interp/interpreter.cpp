@@ -31,6 +31,7 @@ interpreter_config interpreter_config::legacy() {
   c.allow_daemon_threads = true;
   c.check_multi_interp_extensions = false;
   c.allow_os_exit = true;
+  c.extensions = extension_policy::shared_gil;
   return c;
 }
 
@@ -39,6 +40,7 @@ interpreter_config interpreter_config::shared_gil() {
   c.gil = gil_mode::shared;
   c.use_main_obmalloc = true;
   c.check_multi_interp_extensions = false;
+  c.extensions = extension_policy::shared_gil;
   return c;
 }
 
@@ -54,6 +56,14 @@ std::string interpreter_config::validate() const {
   }
   if (allow_daemon_threads && !allow_threads) {
     return "interpreter_config: allow_daemon_threads needs allow_threads=true";
+  }
+  if (extensions == extension_policy::shared_gil && gil != gil_mode::shared) {
+    return "interpreter_config: the shared-gil extension policy needs an interpreter that "
+           "shares the main GIL; use interpreter_config::shared_gil()";
+  }
+  if (extensions == extension_policy::automatic) {
+    return "interpreter_config: the auto extension policy re-runs a task in a pool's "
+           "shared-GIL lane; set it on pool_options::extensions, not on an interpreter";
   }
   if (memory_limit != 0 && use_main_obmalloc) {
     return "interpreter_config: memory_limit needs the interpreter's own object allocator "

@@ -46,6 +46,8 @@ struct interp_state {
   std::int64_t id = -1;
   bool is_main = false;
   std::string name;
+  /// Its extension policy's name ("strict", "unsafe", "shared-gil"), for isola.extension_policy().
+  std::string extension_policy;
 
   mutable std::mutex mu;
   std::condition_variable cv;  ///< signalled when guards drop or phase changes

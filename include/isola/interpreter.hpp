@@ -18,6 +18,25 @@
 
 namespace isola {
 
+/// What an own-GIL interpreter does with an extension module that does not declare
+/// per-interpreter GIL support (single-phase init, or multi-phase without
+/// Py_MOD_PER_INTERPRETER_GIL_SUPPORTED). See docs/extensions.md.
+enum class extension_policy {
+  /// Refused at import with an ImportError that names the module, why, and the ways out.
+  strict,
+  /// Run in interpreters that share the main GIL and allocator, where CPython loads any
+  /// module (interpreter_config::shared_gil()); a pool with this policy is all shared-GIL.
+  shared_gil,
+  /// Loaded anyway, with an isola.UnsafeExtensionWarning (a RuntimeWarning) naming the module
+  /// once per interpreter. It may crash: the module's C state is shared without a lock.
+  unsafe,
+  /// Pools only: a task whose import is refused runs again, from the start, in the pool's
+  /// shared-GIL lane, and its module goes there directly from then on (CPython 3.13+; on 3.12,
+  /// where a refused module's init has already run inside the interpreter, only the pool's
+  /// shared_gil_modules route tasks).
+  automatic,
+};
+
 /// Every field of CPython's PyInterpreterConfig, plus isola's own. The default is the isolated
 /// configuration: own GIL, own object allocator, strict extension checks, threads allowed, no
 /// fork, no daemon threads, no os._exit.
@@ -57,6 +76,14 @@ struct interpreter_config {
   /// measured figure. Needs runtime_options::memory_accounting and an own object allocator
   /// (use_main_obmalloc=false).
   std::size_t memory_limit = 0;
+
+  /// Extension modules without per-interpreter GIL support: strict (refused) or unsafe (loaded
+  /// with a warning). shared_gil needs gil_mode::shared (see shared_gil()); automatic is for
+  /// pools (pool_options::extensions).
+  extension_policy extensions = extension_policy::strict;
+  /// Modules (and packages: their submodules too) loaded as unsafe would, whatever
+  /// `extensions` says; the rest follow it.
+  std::vector<std::string> unsafe_extensions;
 
   /// Extra sys.path entries for this interpreter, put in front of the runtime's.
   std::vector<std::string> sys_path;

@@ -1,0 +1,51 @@
+# isola's extension policy inside one own-GIL interpreter (run by isola when it sets the
+# interpreter up). CPython refuses an extension module that does not declare per-interpreter GIL
+# support with "module X does not support loading in subinterpreters"; here that refusal says
+# which module, why, and the ways out (strict), or the module is loaded anyway with an
+# isola.UnsafeExtensionWarning (unsafe, for every module or the listed ones).
+
+def install(policy, unsafe_modules, kind_of, warning):
+    import _imp
+    import warnings
+    from importlib.machinery import ExtensionFileLoader
+
+    original = ExtensionFileLoader.create_module
+    warned = set()
+
+    def listed(name):
+        parts = name.split('.')
+        return any('.'.join(parts[:i]) in unsafe_modules for i in range(1, len(parts) + 1))
+
+    def create_module(self, spec):
+        try:
+            return original(self, spec)
+        except ImportError as refusal:
+            if 'does not support loading in subinterpreters' not in str(refusal):
+                raise
+            name = spec.name
+            if policy == 'unsafe' or listed(name):
+                previous = _imp._override_multi_interp_extensions_check(-1)
+                try:
+                    module = original(self, spec)
+                finally:
+                    _imp._override_multi_interp_extensions_check(previous)
+                if name not in warned:
+                    warned.add(name)
+                    warnings.warn(
+                        f"extension module {name!r} ({spec.origin}) does not support "
+                        f"per-interpreter GILs ({kind_of(name, spec.origin)}) and was loaded into an "
+                        f"own-GIL interpreter anyway (isola's unsafe extension policy): it may "
+                        f"crash or corrupt data shared with other interpreters",
+                        warning, 2)
+                return module
+            error = ImportError(
+                f"module {name!r} ({spec.origin}) cannot be loaded in an own-GIL interpreter: "
+                f"{kind_of(name, spec.origin)}. Run the code that needs it in the shared-GIL lane "
+                f"(extension policy 'shared-gil' or 'auto'; isola run/map --extensions), or "
+                f"load it anyway with the 'unsafe' policy (it may crash)")
+            error.name = name
+            error.path = spec.origin
+            raise error from None
+
+    create_module.__wrapped__ = original
+    ExtensionFileLoader.create_module = create_module
