@@ -7,8 +7,10 @@
 #include "lib/memory.hpp"
 
 #include <isola/log.hpp>
+#include <isola/runtime.hpp>
 
 #include <algorithm>
+#include <set>
 
 namespace isola {
 namespace detail {
@@ -353,6 +355,8 @@ pool_stats pool_impl::stats() const {
     i.tasks_cancelled = s->cancelled.load();
     i.recycled = s->recycled.load();
     i.recycled_for_memory = s->recycled_for_memory.load();
+    i.rerouted = s->rerouted.load();
+    i.shared_gil_lane = lane_;
     i.memory_refused = s->memory_refused.load();
     std::shared_ptr<interp_state> st;
     {
@@ -402,15 +406,122 @@ bool task_future::interrupt(std::string_view exception_type) {
   return p->interrupt(task_, exception_type);
 }
 
-pool::pool(pool_options options) : impl_(std::make_shared<detail::pool_impl>(std::move(options))) {
-  impl_->start();
+namespace detail {
+
+/// The shared-GIL lane of a pool and what goes there.
+struct pool_lanes {
+  std::shared_ptr<pool_impl> lane;
+  bool rerun = false;  ///< automatic, where re-running a refused task is safe (3.13+)
+  mutable std::mutex mu;
+  std::set<std::string> modules;  ///< shared_gil_modules, then the refused ones
+  std::shared_ptr<spdlog::logger> log = logger("isola.pool");
+
+  // Whether `target`'s module ("pkg.mod:fn" -> pkg.mod, pkg) is routed to the lane.
+  bool routes(const std::string& target) const {
+    std::string module = target.substr(0, target.find(':'));
+    std::lock_guard lock(mu);
+    for (;;) {
+      if (modules.count(module) != 0) return true;
+      const auto dot = module.rfind('.');
+      if (dot == std::string::npos) return false;
+      module.resize(dot);
+    }
+  }
+  void remember(const std::string& module) {
+    std::lock_guard lock(mu);
+    modules.insert(module);
+  }
+};
+
+namespace {
+
+// The module named by isola's strict refusal ("module 'X' (...) cannot be loaded in an own-GIL
+// interpreter"), or "" if `e` is not one.
+std::string refused_module(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const python_error& p) {
+    const std::string& m = p.message();
+    if (p.type_name() != "ImportError" ||
+        m.find("cannot be loaded in an own-GIL interpreter") == std::string::npos ||
+        !m.starts_with("module '")) {
+      return {};
+    }
+    const auto end = m.find('\'', 8);
+    return end == std::string::npos ? std::string() : m.substr(8, end - 8);
+  } catch (...) {
+  }
+  return {};
+}
+
+interpreter_config lane_config(interpreter_config c) {
+  c.gil = interpreter_config::gil_mode::shared;
+  c.use_main_obmalloc = true;
+  c.check_multi_interp_extensions = false;
+  c.extensions = extension_policy::shared_gil;
+  c.memory_limit = 0;  // its small objects live in the main interpreter's arenas
+  c.name = c.name.empty() ? "shared-gil lane" : c.name + " (shared-gil lane)";
+  return c;
+}
+
+}  // namespace
+}  // namespace detail
+
+pool::pool(pool_options options) {
+  const auto policy = options.extensions;
+  if (policy == extension_policy::shared_gil) {
+    options.interpreter = detail::lane_config(std::move(options.interpreter));
+  } else if (policy == extension_policy::unsafe) {
+    options.interpreter.extensions = extension_policy::unsafe;
+  }
+  const bool with_lane = policy == extension_policy::automatic ||
+                         (!options.shared_gil_modules.empty() && policy != extension_policy::shared_gil);
+  if (with_lane) {
+    if (options.shared_gil_lane_size == 0) {
+      throw std::invalid_argument(
+          "pool_options: shared_gil_lane_size must be at least 1 when extensions is automatic "
+          "or shared_gil_modules is set");
+    }
+    pool_options lane = options;
+    lane.size = options.shared_gil_lane_size;
+    lane.interpreter = detail::lane_config(options.interpreter);
+    lane.max_memory_per_interpreter = 0;
+    lanes_ = std::make_shared<detail::pool_lanes>();
+    lanes_->modules.insert(options.shared_gil_modules.begin(), options.shared_gil_modules.end());
+    lanes_->rerun = policy == extension_policy::automatic && PY_VERSION_HEX >= 0x030D0000;
+    if (policy == extension_policy::automatic && !lanes_->rerun) {
+      lanes_->log->warn(
+          "extensions=auto on CPython {}: a refused module's single-phase init has already run "
+          "inside the own-GIL interpreter before CPython refuses it, so tasks are not re-run in "
+          "the shared-GIL lane; only pool_options::shared_gil_modules route tasks there",
+          runtime::python_version());
+    }
+    lanes_->lane = std::make_shared<detail::pool_impl>(std::move(lane));
+    lanes_->lane->set_lane(true);
+    lanes_->lane->start();
+  }
+  try {
+    impl_ = std::make_shared<detail::pool_impl>(std::move(options));
+    impl_->start();
+  } catch (...) {
+    if (lanes_) lanes_->lane->shutdown(detail::stop_mode::cancel_queued);
+    throw;
+  }
 }
 
 pool::~pool() {
   if (impl_) impl_->shutdown(detail::stop_mode::finish);
+  if (lanes_) lanes_->lane->shutdown(detail::stop_mode::finish);
 }
 
 std::size_t pool::size() const noexcept { return impl_->size(); }
+std::size_t pool::lane_size() const noexcept { return lanes_ ? lanes_->lane->size() : 0; }
+
+std::vector<std::string> pool::lane_modules() const {
+  if (!lanes_) return {};
+  std::lock_guard lock(lanes_->mu);
+  return {lanes_->modules.begin(), lanes_->modules.end()};
+}
 
 namespace {
 std::shared_ptr<detail::pool_task> make_task(detail::task_kind kind, std::string text,
@@ -425,20 +536,73 @@ std::shared_ptr<detail::pool_task> make_task(detail::task_kind kind, std::string
 }
 }  // namespace
 
+detail::pool_impl& pool::route(const std::shared_ptr<detail::pool_task>& t,
+                               task_options::lane_choice lane) {
+  using lc = task_options::lane_choice;
+  if (lane == lc::shared_gil && !lanes_) {
+    throw std::invalid_argument(
+        "task_options::lane: this pool has no shared-GIL lane; give it one with "
+        "pool_options::extensions = extension_policy::automatic or shared_gil_modules");
+  }
+  const bool named = t->kind != detail::task_kind::code;
+  if (lanes_ && (lane == lc::shared_gil || (lane == lc::any && named && lanes_->routes(t->text)))) {
+    if (t->pinned >= static_cast<int>(lanes_->lane->size())) t->pinned = -1;
+    t->pool = lanes_->lane;
+    return *lanes_->lane;
+  }
+  t->pool = impl_;
+  if (lanes_ && lanes_->rerun && lane == lc::any) {
+    // A refused import: the same task again, from the start, in the lane; its outcome goes to
+    // the caller's future or handler through this task.
+    std::weak_ptr<detail::pool_task> weak = t;
+    t->reroute = [lanes = lanes_, weak](const std::exception_ptr& e) {
+      const std::string module = detail::refused_module(e);
+      auto original = weak.lock();
+      if (module.empty() || !original) return false;
+      auto again = std::make_shared<detail::pool_task>();
+      again->kind = original->kind;
+      again->text = original->text;
+      again->args = original->args;
+      again->kwargs = original->kwargs;
+      again->timeout = original->timeout;
+      again->done = [original](std::exception_ptr err, value v) {
+        original->deliver(std::move(err), std::move(v));
+      };
+      again->pool = lanes->lane;
+      // Remembered first: the caller may submit its next task as soon as this one delivers.
+      lanes->remember(module);
+      if (original->kind != detail::task_kind::code) {
+        lanes->remember(original->text.substr(0, original->text.find(':')));
+      }
+      try {
+        lanes->lane->enqueue(again, false);
+      } catch (const std::exception& x) {
+        lanes->log->warn("could not re-run a task in the shared-GIL lane ({}): {}", module, x.what());
+        return false;
+      }
+      lanes->log->info("'{}' was refused in an own-GIL interpreter: the task runs again in the "
+                       "shared-GIL lane, and tasks that name it go there from now on",
+                       module);
+      return true;
+    };
+  }
+  return *impl_;
+}
+
 task_future pool::submit_with(std::string target, std::vector<value> args,
                               std::vector<std::pair<std::string, value>> kwargs,
                               task_options options) {
   auto t = make_task(detail::task_kind::call, std::move(target), std::move(args), options);
   t->kwargs = std::move(kwargs);
   auto f = t->promise.get_future();
-  impl_->enqueue(t, true);
+  route(t, options.lane).enqueue(t, true);
   return task_future(std::move(f), std::move(t));
 }
 
 task_future pool::submit_code(std::string code, task_options options) {
   auto t = make_task(detail::task_kind::code, std::move(code), {}, options);
   auto f = t->promise.get_future();
-  impl_->enqueue(t, true);
+  route(t, options.lane).enqueue(t, true);
   return task_future(std::move(f), std::move(t));
 }
 
@@ -448,7 +612,7 @@ boost::system::result<task_future> pool::try_submit_with(std::string target,
   auto t = make_task(detail::task_kind::call, std::move(target), std::move(args), options);
   auto f = t->promise.get_future();
   try {
-    impl_->enqueue(t, false);
+    route(t, options.lane).enqueue(t, false);
   } catch (const error& e) {
     return boost::system::error_code(e.code());
   }
@@ -468,7 +632,9 @@ std::shared_ptr<detail::pool_task> pool::make_async_task(
 
 void pool::start_async_task(const std::shared_ptr<detail::pool_task>& t) {
   try {
-    impl_->enqueue(t, true);
+    auto p = t->pool.lock();
+    if (!p) throw error(errc::shut_down, "pool shut down");
+    p->enqueue(t, true);
   } catch (...) {
     if (t->claim(detail::queued)) t->deliver(std::current_exception());
   }
@@ -491,7 +657,7 @@ std::vector<value> pool::map(std::string function, const std::vector<value>& inp
                              inputs.begin() + static_cast<std::ptrdiff_t>(std::min(i + chunk_size, inputs.size())));
     auto t = make_task(detail::task_kind::map_chunk, function, std::move(chunk), {});
     auto f = t->promise.get_future();
-    impl_->enqueue(t, true);
+    route(t, task_options::lane_choice::any).enqueue(t, true);
     futures.emplace_back(std::move(f), std::move(t));
   }
   std::vector<value> out;
@@ -505,9 +671,22 @@ std::vector<value> pool::map(std::string function, const std::vector<value>& inp
 }
 
 void pool::shutdown(bool cancel_pending) {
-  impl_->shutdown(cancel_pending ? detail::stop_mode::cancel_queued : detail::stop_mode::finish);
+  const auto mode = cancel_pending ? detail::stop_mode::cancel_queued : detail::stop_mode::finish;
+  impl_->shutdown(mode);
+  if (lanes_) lanes_->lane->shutdown(mode);
 }
 
-pool_stats pool::stats() const { return impl_->stats(); }
+pool_stats pool::stats() const {
+  pool_stats s = impl_->stats();
+  if (lanes_) {
+    pool_stats l = lanes_->lane->stats();
+    s.interpreters.insert(s.interpreters.end(), l.interpreters.begin(), l.interpreters.end());
+    s.queue_depth += l.queue_depth;
+    s.submitted += l.submitted;
+    s.completed += l.completed;
+    s.not_run += l.not_run;
+  }
+  return s;
+}
 
 }  // namespace isola

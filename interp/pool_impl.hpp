@@ -81,6 +81,10 @@ struct pool_task {
   std::promise<value> promise;                               ///< used when done is empty
   std::function<void(std::exception_ptr, value)> done;       ///< Asio / callback completion
   std::shared_ptr<pool_task> self;  ///< keeps the task alive while its raw pointer is queued
+  /// Set by a pool with an automatic shared-GIL lane: given the task's error, returns true if
+  /// it has taken the task over (re-run in the lane, which delivers the outcome), false to
+  /// let the error be delivered.
+  std::function<bool(const std::exception_ptr&)> reroute;
   std::weak_ptr<pool_impl> pool;
 
   /// Exactly one caller wins the move from `from` to finished; only it may count the task and
@@ -122,7 +126,7 @@ struct pool_slot {
 
   std::atomic<std::int64_t> interpreter_id{-1};
   std::atomic<std::uint64_t> done{0}, failed{0}, timed_out{0}, cancelled{0}, recycled{0},
-      replaced_broken{0}, recycled_for_memory{0}, memory_refused{0};
+      replaced_broken{0}, recycled_for_memory{0}, memory_refused{0}, rerouted{0};
   /// The slot's current interpreter (for its memory figures); replaced on recycling.
   std::mutex state_mu;
   std::shared_ptr<interp_state> state;
@@ -177,6 +181,8 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   ~pool_impl();
 
   void start();
+  /// Marks this pool's interpreters as the shared-GIL lane in stats.
+  void set_lane(bool lane) noexcept { lane_ = lane; }
   void enqueue(const std::shared_ptr<pool_task>& t, bool wait_for_room);
   bool cancel(const std::shared_ptr<pool_task>& t);
   bool interrupt(const std::shared_ptr<pool_task>& t, std::string_view exception_type);
@@ -224,6 +230,7 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   bool slot_needs_worker(int slot) const;
   /// Whether the interpreter holds more than max_memory_per_interpreter.
   bool over_soft_limit(const interp_state& s) const;
+
   /// Parts of init_interpreter: the init code and call; the soft limit's check against what a
   /// fresh interpreter holds (std::invalid_argument, after ending it, if it is over).
   void run_init(pool_worker& w);
@@ -247,6 +254,7 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   std::atomic<std::uint64_t> task_ids_{0};
   std::vector<std::unique_ptr<pool_slot>> slots_;
 
+  bool lane_ = false;
   std::mutex workers_mu_;
   std::condition_variable workers_cv_;  ///< a worker exited or was abandoned
   std::vector<std::shared_ptr<pool_worker>> workers_;     ///< current worker per slot

@@ -453,6 +453,11 @@ void pool_impl::complete(pool_worker& w, const std::shared_ptr<pool_task>& t,
     err = make_error(errc::runtime_finalizing,
                      "the isola runtime shut down while the task ran (SystemExit was raised in "
                      "it)");
+  } else if (err && t->reroute && !t->timed_out.load() && t->reroute(err)) {
+    ++slot.failed;
+    ++slot.rerouted;
+    ++completed_;
+    return;  // the shared-GIL lane runs it again and delivers its outcome
   } else if (err) {
     ++slot.failed;
     if (t->timed_out.load()) {

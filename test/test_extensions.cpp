@@ -4,10 +4,17 @@
 // Py_MOD_PER_INTERPRETER_GIL_SUPPORTED, and single-phase with a Python object in C globals.
 #include "support.hpp"
 
+#include <Python.h>
+
 #include <isola/isola.hpp>
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include <unistd.h>
 #include <string>
 
 namespace {
@@ -152,4 +159,119 @@ TEST_CASE("invalid policy settings are refused before CPython sees them", "[exte
   isola::interpreter_config own_main;
   own_main.use_main_obmalloc = true;
   CHECK(contains(own_main.validate(), "own GIL needs its own object allocator"));
+}
+
+namespace {
+isola::pool_options ext_pool(isola::extension_policy p) {
+  isola::pool_options o;
+  o.size = 1;
+  o.extensions = p;
+  o.sys_path.push_back(ISOLA_TEST_EXT_DIR);
+  return o;
+}
+}  // namespace
+
+TEST_CASE("auto re-runs a refused task in the shared-GIL lane and remembers its module",
+          "[extensions][pool]") {
+  isola::pool p(ext_pool(isola::extension_policy::automatic));
+  REQUIRE(p.lane_size() == 1);
+  CHECK(p.submit("isola_test_ext_task:policy").get().as_str() == "strict");
+  if (PY_VERSION_HEX < 0x030D0000) {
+    // 3.12 runs a single-phase init inside the interpreter before refusing it: no re-run,
+    // only the configured list routes (below).
+    auto e = isola_test::python_error_of([&] { p.submit("isola_test_ext_task:use_single").get(); });
+    REQUIRE(e);
+    CHECK(e->type_name() == "ImportError");
+    CHECK(p.lane_modules().empty());
+    return;
+  }
+  // Refused in the own-GIL interpreter, then run from the start in the lane.
+  CHECK(p.submit("isola_test_ext_task:use_single").get().repr() == "['shared-gil', True]");
+  auto modules = p.lane_modules();
+  CHECK(std::find(modules.begin(), modules.end(), "isola_ext_single") != modules.end());
+  CHECK(std::find(modules.begin(), modules.end(), "isola_test_ext_task") != modules.end());
+  // Remembered: the next task that names the module goes to the lane directly.
+  CHECK(p.submit("isola_test_ext_task:policy").get().as_str() == "shared-gil");
+  const auto s = p.stats().interpreters;
+  REQUIRE(s.size() == 2);
+  CHECK_FALSE(s[0].shared_gil_lane);
+  CHECK(s[0].rerouted == 1);
+  CHECK(s[1].shared_gil_lane);
+  CHECK(s[1].tasks_done == 2);
+}
+
+TEST_CASE("a pool routes the listed modules to its shared-GIL lane", "[extensions][pool]") {
+  auto o = ext_pool(isola::extension_policy::strict);
+  o.shared_gil_modules = {"isola_test_ext_task"};
+  isola::pool p(o);
+  CHECK(p.submit("isola_test_ext_task:use_single").get().repr() == "['shared-gil', True]");
+  isola::task_options own;
+  own.lane = isola::task_options::lane_choice::own_gil;
+  CHECK(p.submit_with("isola_test_ext_task:policy", {}, {}, own).get().as_str() == "strict");
+  CHECK(p.submit_code("__import__('isola').extension_policy()").get().as_str() == "strict");
+  isola::task_options lane;
+  lane.lane = isola::task_options::lane_choice::shared_gil;
+  CHECK(p.submit_code("__import__('isola').extension_policy()", lane).get().as_str() ==
+        "shared-gil");
+}
+
+TEST_CASE("a pool's policy applies to all its interpreters", "[extensions][pool]") {
+  {
+    isola::pool p(ext_pool(isola::extension_policy::shared_gil));
+    CHECK(p.lane_size() == 0);
+    CHECK(p.submit("isola_test_ext_task:use_single").get().repr() == "['shared-gil', True]");
+  }
+  {
+    isola::pool p(ext_pool(isola::extension_policy::unsafe));
+    CHECK(p.submit("isola_test_ext_task:use_single").get().repr() == "['unsafe', True]");
+  }
+  isola::pool strict(ext_pool(isola::extension_policy::strict));
+  isola::task_options lane;
+  lane.lane = isola::task_options::lane_choice::shared_gil;
+  CHECK_THROWS_AS(strict.submit_code("1", lane), std::invalid_argument);
+  auto e = isola_test::python_error_of([&] { strict.submit("isola_test_ext_task:use_single").get(); });
+  REQUIRE(e);
+  CHECK(contains(e->message(), "cannot be loaded in an own-GIL interpreter"));
+}
+
+TEST_CASE("an extension import in an own-GIL interpreter does not wait for another's work",
+          "[extensions]") {
+  // A spins (its own GIL, never released) until B says its import is done. On 3.13 the
+  // import runs the module's init in the main interpreter: it must not need anything A holds.
+  isola::interpreter a, b(with_ext());
+  const std::string name = "ext-import-" + std::to_string(b.id());
+  auto keep = isola::channel::open(name, 4);
+  auto spinning = a.eval_async(
+      "(lambda ch, time: next((True for _ in iter(int, 1) if not ch.empty()) "
+      "if True else None))(__import__('isola').channel('" + name + "'), __import__('time'))");
+  b.exec("import isola, isola_ext_pergil\nisola.channel('" + name + "').put_nowait(isola_ext_pergil.bump())");
+  CHECK(spinning.get().as_bool());
+}
+
+TEST_CASE("CPython 3.12.0-3.12.3's crash at exit after keyword arguments (gh-119213) is "
+          "named at start-up",
+          "[extensions]") {
+  // The script passes a keyword argument to a compiled stdlib function in an own-GIL
+  // interpreter. Fixed versions exit cleanly; affected ones abort in Py_Finalize, which isola
+  // cannot prevent, so it warns at start-up, naming the bug and the version that fixes it.
+  const std::string script =
+      (std::filesystem::temp_directory_path() / ("isola-gh119213-" + std::to_string(getpid()) + ".py"))
+          .string();
+  {
+    std::FILE* f = std::fopen(script.c_str(), "w");
+    REQUIRE(f != nullptr);
+    std::fputs("import _bisect\nprint(_bisect.bisect_left([1, 2, 3], 2, lo=0))\n", f);
+    std::fclose(f);
+  }
+  auto r = isola_test::run_program({isola_test::isola_path(), "run", "-n", "1", script}, "", 120);
+  std::filesystem::remove(script);
+  INFO(r.describe());
+  CHECK(r.out == "1\n");
+  const bool affected = PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030C04F0;
+  CHECK(contains(r.err, "gh-119213") == affected);
+  if (affected) {
+    CHECK(contains(r.err, "3.12.4"));
+  } else {
+    CHECK(r.exit_code == 0);
+  }
 }

@@ -54,14 +54,35 @@ struct pool_options {
   /// is interpreter.memory_limit. A value below what a fresh interpreter holds once its init
   /// code has run is an error when the pool is created. Needs memory accounting.
   std::size_t max_memory_per_interpreter = 0;
+
+  /// Extension modules without per-interpreter GIL support (docs/extensions.md): strict
+  /// (refused), unsafe (loaded with a warning), shared_gil (every interpreter of the pool
+  /// shares the main GIL and loads any module) or automatic (a task whose import is refused
+  /// runs again from the start in the shared-GIL lane, and its module goes there directly
+  /// from then on; side effects before the import happen twice). interpreter.extensions and
+  /// interpreter.unsafe_extensions apply as well.
+  extension_policy extensions = extension_policy::strict;
+  /// Tasks whose target's module (or a package it is in) is listed here run in the shared-GIL
+  /// lane; `isola compat --emit-policy` writes such a list.
+  std::vector<std::string> shared_gil_modules;
+  /// Interpreters of the shared-GIL lane, made when extensions is automatic or
+  /// shared_gil_modules is not empty. They share the main GIL, so more than one only helps
+  /// tasks that release it. The hard memory limit does not apply to them.
+  std::size_t shared_gil_lane_size = 1;
 };
 
 /// Per-task settings.
 struct task_options {
   /// Overrides pool_options::default_timeout when non-zero.
   std::chrono::milliseconds timeout{0};
-  /// Run on this interpreter (0 .. size()-1) only; -1 means any.
+  /// Run on this interpreter (0 .. size()-1, or of the shared-GIL lane for a task that runs
+  /// there) only; -1 means any.
   int interpreter_index = -1;
+  /// Which interpreters may run it: any (the pool decides: the shared-GIL lane for the
+  /// modules routed there, else its own-GIL interpreters), own_gil, or shared_gil (the lane;
+  /// std::invalid_argument if the pool has none).
+  enum class lane_choice { any, own_gil, shared_gil };
+  lane_choice lane = lane_choice::any;
 };
 
 /// Counters of one interpreter slot (a slot keeps its counters across recycling).
@@ -80,6 +101,10 @@ struct interpreter_stats {
   std::size_t memory_bytes = 0;
   std::size_t memory_peak = 0;
   bool dead = false;           ///< a replacement interpreter could not be created
+  bool shared_gil_lane = false;  ///< an interpreter of the shared-GIL lane (index is the lane's)
+  /// Failed here because an extension module was refused, and ran again in the shared-GIL
+  /// lane (pool_options::extensions automatic); counted in tasks_failed too.
+  std::uint64_t rerouted = 0;
   std::uint64_t replaced_broken = 0;  ///< replaced because stuck after a timeout
   std::chrono::nanoseconds busy{0};   ///< time spent running tasks
 };
@@ -98,6 +123,7 @@ struct pool_stats {
 namespace detail {
 struct pool_task;
 class pool_impl;
+struct pool_lanes;
 
 /// A pending async_submit: the task's outcome is posted to the handler.
 class submit_op_base {
@@ -191,7 +217,14 @@ class pool {
   pool(const pool&) = delete;
   pool& operator=(const pool&) = delete;
 
+  /// Own-GIL interpreters (or, with extensions = shared_gil, all of them); the shared-GIL lane
+  /// is not counted: see lane_size().
   std::size_t size() const noexcept;
+  /// Interpreters of the shared-GIL lane (0 if the pool has none).
+  std::size_t lane_size() const noexcept;
+  /// Modules whose tasks the pool sends to the shared-GIL lane: shared_gil_modules and those
+  /// learnt from refused imports (automatic).
+  std::vector<std::string> lane_modules() const;
 
   /// Calls "package.module:function" with args; waits for room in the queue.
   template <typename... Args>
@@ -235,6 +268,7 @@ class pool {
           auto slot = boost::asio::get_associated_cancellation_slot(handler);
           auto op = std::make_shared<detail::submit_op<decltype(handler)>>(std::move(handler));
           auto task = make_async_task(std::move(target), std::move(args), o, std::move(op));
+          route(task, o.lane);
           if (slot.is_connected()) slot.template emplace<detail::task_cancel>(impl_, task);
           start_async_task(task);
         },
@@ -259,7 +293,11 @@ class pool {
                                                      task_options o,
                                                      std::shared_ptr<detail::submit_op_base> op);
   void start_async_task(const std::shared_ptr<detail::pool_task>& task);
+  /// The interpreters that run `t` (its lane), preparing it to move to the shared-GIL lane if
+  /// its import is refused there.
+  detail::pool_impl& route(const std::shared_ptr<detail::pool_task>& t, task_options::lane_choice lane);
   std::shared_ptr<detail::pool_impl> impl_;
+  std::shared_ptr<detail::pool_lanes> lanes_;  ///< the shared-GIL lane and its routing
 };
 
 }  // namespace isola

@@ -76,6 +76,31 @@ CLI::Option* add_size_option(CLI::App& app, const std::string& name, std::size_t
 }
 }  // namespace
 
+CLI::Option* add_extensions_option(CLI::App& app, extension_policy& policy) {
+  const std::map<std::string, extension_policy> names{
+      {"strict", extension_policy::strict},
+      {"shared-gil", extension_policy::shared_gil},
+      {"unsafe", extension_policy::unsafe},
+      {"auto", extension_policy::automatic}};
+  return app
+      .add_option_function<std::string>(
+          "--extensions",
+          [&policy, names](const std::string& text) {
+            auto it = names.find(text);
+            if (it == names.end()) {
+              throw CLI::ValidationError(
+                  "--extensions", "'" + text + "' is not an extension policy; use strict, "
+                                  "shared-gil, unsafe or auto (see docs/extensions.md)");
+            }
+            policy = it->second;
+          },
+                  "What to do with an extension module that does not support per-interpreter "
+                  "GILs: strict (refuse it at import, the default), shared-gil (run every "
+                  "interpreter in the shared-GIL lane), unsafe (load it anyway, with a "
+                  "warning), auto (run a refused task again in a shared-GIL interpreter)")
+      ->type_name("strict|shared-gil|unsafe|auto");
+}
+
 void add_memory_options(CLI::App& app, memory_limits& limits) {
   add_size_option(app, "--memory-limit", limits.hard,
                   "Hard limit on the memory each interpreter holds (e.g. 512M, 2G): an "

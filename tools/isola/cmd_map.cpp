@@ -60,6 +60,7 @@ struct map_options {
   bool stats = false;
   bool allow_os_exit = false;
   memory_limits memory;
+  extension_policy extensions = extension_policy::strict;
   std::string log_level;
 };
 
@@ -420,6 +421,7 @@ int run_map(const map_options& o) {
   po.interpreter.allow_os_exit = o.allow_os_exit;
   po.interpreter.memory_limit = o.memory.hard;
   po.max_memory_per_interpreter = o.memory.soft;
+  po.extensions = o.extensions;
   // Threads a function leaves running get SystemExit when the interpreters end.
   po.interpreter.end_timeout = std::chrono::milliseconds(0);
   po.sys_path = sys_path;
@@ -555,6 +557,7 @@ void add_map_command(CLI::App& app, dispatch& d) {
       ->excludes(sub->get_option("--progress"));
   sub->add_flag("-q,--quiet", o->quiet, "No progress and no summary; failures are still named");
   add_memory_options(*sub, o->memory);
+  add_extensions_option(*sub, o->extensions);
   sub->add_flag("--stats", o->stats,
                 "After the run, print the pool's counters on stderr, with each interpreter's "
                 "memory and peak");

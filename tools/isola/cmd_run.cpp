@@ -37,6 +37,7 @@ constexpr unsigned max_interpreters = 1024;
 struct run_options {
   unsigned interpreters = cores();
   bool shared_gil = false;
+  extension_policy extensions = extension_policy::strict;
   bool allow_os_exit = false;
   std::string stdin_mode = "first";  ///< first: the lowest id reads the process's stdin; none
   std::string log_level;
@@ -84,7 +85,9 @@ void check_script(const fs::path& script) {
 pool_options pool_options_for(const run_options& o) {
   pool_options p;
   p.size = o.interpreters;
-  p.interpreter = o.shared_gil ? interpreter_config::shared_gil() : interpreter_config::isolated();
+  const bool shared = o.shared_gil || o.extensions == extension_policy::shared_gil;
+  p.interpreter = shared ? interpreter_config::shared_gil() : interpreter_config::isolated();
+  if (!shared) p.extensions = o.extensions;
   p.interpreter.name = "run";
   p.interpreter.allow_os_exit = o.allow_os_exit;
   p.interpreter.memory_limit = o.memory.hard;
@@ -271,7 +274,10 @@ void report(const std::vector<run_outcome>& outcomes, const run_options& o, doub
     fmt::print(stderr,
                "{} interpreter{}, {} ok, {} failed, wall {:.2f} s ({}; created in {:.2f} s){}\n",
                outcomes.size(), outcomes.size() == 1 ? "" : "s", outcomes.size() - failed, failed,
-               wall, o.shared_gil ? "shared GIL" : "own GIL each", create_s,
+               wall,
+               o.shared_gil || o.extensions == extension_policy::shared_gil ? "shared GIL"
+                                                                            : "own GIL each",
+               create_s,
                signal != 0 ? fmt::format("; interrupted by {}", signal_name(signal)) : "");
   }
 }
@@ -361,6 +367,7 @@ void add_run_command(CLI::App& app, dispatch& d) {
                   "stdin)")
       ->check(CLI::IsMember({"first", "none"}))
       ->type_name("first|none");
+  add_extensions_option(*sub, opts->extensions);
   add_log_level_option(*sub, opts->log_level);
   sub->add_flag("-q,--quiet", opts->quiet,
                 "Report only failures (no per-interpreter ok lines, no summary)");
