@@ -46,6 +46,7 @@ void add_info_command(CLI::App& app, dispatch& d);
 void add_run_command(CLI::App& app, dispatch& d);
 void add_map_command(CLI::App& app, dispatch& d);
 void add_bench_command(CLI::App& app, dispatch& d);
+void add_compat_command(CLI::App& app, dispatch& d);
 
 /// CLI11's help layout, except that a command may spell out its usage line itself: run's
 /// "script.py [ARGS...]" are not CLI11 options (they go to the script untouched), and bench's
@@ -81,6 +82,10 @@ struct memory_limits {
 /// Adds --memory-limit SIZE and --max-memory-per-interpreter SIZE (sizes as isola::parse_size
 /// reads them: 512M, 1G; anything else is a usage error that says so).
 void add_memory_options(CLI::App& app, memory_limits& limits);
+
+/// Adds --extensions strict|shared-gil|unsafe|auto storing into `policy` (see
+/// docs/extensions.md).
+CLI::Option* add_extensions_option(CLI::App& app, extension_policy& policy);
 
 /// Logical cores available (std::thread::hardware_concurrency(), at least 1).
 unsigned cores();
