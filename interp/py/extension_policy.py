@@ -23,6 +23,9 @@ def install(policy, unsafe_modules, kind_of, warning):
             if 'does not support loading in subinterpreters' not in str(refusal):
                 raise
             name = spec.name
+            # Asked first: it loads the module in the main interpreter, so that CPython keeps
+            # the main interpreter's copy of a single-phase module, not one made here.
+            why = kind_of(name, spec.origin)
             if policy == 'unsafe' or listed(name):
                 previous = _imp._override_multi_interp_extensions_check(-1)
                 try:
@@ -33,14 +36,14 @@ def install(policy, unsafe_modules, kind_of, warning):
                     warned.add(name)
                     warnings.warn(
                         f"extension module {name!r} ({spec.origin}) does not support "
-                        f"per-interpreter GILs ({kind_of(name, spec.origin)}) and was loaded into an "
+                        f"per-interpreter GILs ({why}) and was loaded into an "
                         f"own-GIL interpreter anyway (isola's unsafe extension policy): it may "
                         f"crash or corrupt data shared with other interpreters",
                         warning, 2)
                 return module
             error = ImportError(
                 f"module {name!r} ({spec.origin}) cannot be loaded in an own-GIL interpreter: "
-                f"{kind_of(name, spec.origin)}. Run the code that needs it in the shared-GIL lane "
+                f"{why}. Run the code that needs it in the shared-GIL lane "
                 f"(extension policy 'shared-gil' or 'auto'; isola run/map --extensions), or "
                 f"load it anyway with the 'unsafe' policy (it may crash)")
             error.name = name
