@@ -16,16 +16,26 @@ def install(policy, unsafe_modules, kind_of, warning):
         parts = name.split('.')
         return any('.'.join(parts[:i]) in unsafe_modules for i in range(1, len(parts) + 1))
 
+    import sys
+    # CPython 3.12 runs a single-phase module's init inside this interpreter before it
+    # refuses the module, and some crash there or when the interpreter ends (readline,
+    # _curses, _testcapi). Loaded in the main interpreter first, the module is refused from
+    # CPython's cache without its init running here. (3.13 runs every init in main itself.)
+    main_first = sys.version_info < (3, 13)
+
     def create_module(self, spec):
+        why = kind_of(spec.name, spec.origin) if main_first else None
         try:
             return original(self, spec)
         except ImportError as refusal:
             if 'does not support loading in subinterpreters' not in str(refusal):
                 raise
             name = spec.name
-            # Asked first: it loads the module in the main interpreter, so that CPython keeps
-            # the main interpreter's copy of a single-phase module, not one made here.
-            why = kind_of(name, spec.origin)
+            # Asked before loading it: it loads the module in the main interpreter, so that
+            # CPython keeps the main interpreter's copy of a single-phase module, not one made
+            # here.
+            if why is None:
+                why = kind_of(name, spec.origin)
             if policy == 'unsafe' or listed(name):
                 previous = _imp._override_multi_interp_extensions_check(-1)
                 try:
