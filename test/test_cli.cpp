@@ -630,7 +630,7 @@ TEST_CASE("the examples every --help prints run as shown", "[cli]") {
   for (int i = 1; i <= 100000; ++i) numbers += std::to_string(i) + "\n";
 
   int examples = 0;
-  for (const char* command : {"run", "map", "bench"}) {
+  for (const char* command : {"run", "map", "bench", "compat"}) {
     auto help = run_isola({command, "--help"});
     REQUIRE(help.exit_code == 0);
     auto at = help.out.find("Examples:\n");
@@ -659,7 +659,7 @@ TEST_CASE("the examples every --help prints run as shown", "[cli]") {
       ++examples;
     }
   }
-  CHECK(examples == 9);
+  CHECK(examples == 13);
 }
 
 TEST_CASE("--memory-limit: MemoryError in the interpreter past it; bad sizes are usage errors",

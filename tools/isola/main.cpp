@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   add_run_command(app, d);
   add_map_command(app, d);
   add_bench_command(app, d);
+  add_compat_command(app, d);
   for (auto* sub : app.get_subcommands({})) sub->group("Commands");
   // Unknown words and options at the top level, and what follows a "--", stay on the root
   // (remaining()) instead of a generic CLI11 error. Set after the subcommands, which would
@@ -60,12 +61,12 @@ int main(int argc, char** argv) {
     } else if (d.chosen) {
       fmt::print(stderr, "isola: unexpected argument '{}'; see 'isola --help'\n", what);
     } else {
-      fmt::print(stderr, "isola: unknown command '{}'; choose one of: info, run, map, bench\n", what);
+      fmt::print(stderr, "isola: unknown command '{}'; choose one of: info, run, map, bench, compat\n", what);
     }
     return exit_usage;
   }
   if (!d.chosen) {
-    std::cerr << app.help() << "\nisola: no command given; choose one of: info, run, map, bench\n";
+    std::cerr << app.help() << "\nisola: no command given; choose one of: info, run, map, bench, compat\n";
     return exit_usage;
   }
 
