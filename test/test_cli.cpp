@@ -2,11 +2,15 @@
 // errors (exit 2), run --stats and --timeout, --help of every command, bench pool's JSON.
 #include <catch2/catch.hpp>
 
+#include <Python.h>
+
 #include "test/support.hpp"
 
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <regex>
 #include <sstream>
@@ -700,4 +704,61 @@ TEST_CASE("--memory-limit: MemoryError in the interpreter past it; bad sizes are
   INFO(map.describe());
   CHECK(map.exit_code == 0);
   CHECK(map.out == "2\n4\n");
+}
+
+TEST_CASE("--extensions and --policy: refused, unsafe, auto, and the lane a policy file names",
+          "[cli]") {
+  temp_dir d;
+  std::filesystem::copy_file(std::string(ISOLA_TEST_EXT_DIR) + "/isola_ext_single.so",
+                             d.file("isola_ext_single.so"));
+  write_file(d.file("usesingle.py"),
+             "def f(x):\n"
+             "    import isola, isola_ext_single\n"
+             "    return (isola.extension_policy(), x)\n");
+  write_file(d.file("s.py"), "import isola, isola_ext_single\nprint(isola.extension_policy())\n");
+
+  auto strict = run_isola({"run", "-n", "1", d.file("s.py")});
+  INFO(strict.describe());
+  CHECK(strict.exit_code == 1);
+  CHECK(contains(strict.err, "cannot be loaded in an own-GIL interpreter: it uses single-phase init"));
+  auto unsafe = run_isola({"run", "-n", "1", "--extensions", "unsafe", d.file("s.py")});
+  INFO(unsafe.describe());
+  CHECK(unsafe.exit_code == 0);
+  CHECK(unsafe.out == "unsafe\n");
+  CHECK(contains(unsafe.err, "UnsafeExtensionWarning: extension module 'isola_ext_single'"));
+  auto bad = run_isola({"run", "--extensions", "lax", d.file("s.py")});
+  CHECK(bad.exit_code == 2);
+  CHECK(contains(bad.err, "'lax' is not an extension policy"));
+
+  auto map_auto = run_isola({"map", "-n", "2", "--path", d.path(), "--extensions", "auto",
+                             "usesingle:f"}, "1\n2\n3\n");
+  INFO(map_auto.describe());
+  if (PY_VERSION_HEX >= 0x030D0000) {
+    CHECK(map_auto.exit_code == 0);
+    CHECK(map_auto.out == "('shared-gil', 1)\n('shared-gil', 2)\n('shared-gil', 3)\n");
+  } else {
+    CHECK(map_auto.exit_code == 1);  // 3.12: auto routes by the list only
+  }
+
+  // isola compat writes the policy; isola map --policy runs that module's tasks in the lane.
+  auto compat = run_isola({"compat", "--path", d.path(), "--emit-policy", d.file("policy.toml"),
+                           "isola_ext_single", "json"});
+  INFO(compat.describe());
+  CHECK(compat.exit_code == 1);  // one module is refused
+  std::ifstream policy(d.file("policy.toml"));
+  std::string text((std::istreambuf_iterator<char>(policy)), std::istreambuf_iterator<char>());
+  CHECK(contains(text, "shared_gil_modules = [\"isola_ext_single\"]"));
+  write_file(d.file("viaext.py"), "import isola_ext_single\ndef f(x):\n    return x\n");
+  auto lane_policy = text;
+  lane_policy.replace(lane_policy.find("[\"isola_ext_single\"]"), 20, "[\"viaext\"]");
+  write_file(d.file("lane.toml"), lane_policy);
+  auto routed = run_isola({"map", "-n", "1", "--path", d.path(), "--policy", d.file("lane.toml"),
+                           "viaext:f"}, "7\n");
+  INFO(routed.describe());
+  CHECK(routed.exit_code == 0);
+  CHECK(routed.out == "7\n");
+  write_file(d.file("broken.toml"), "shared_gil_modules = [\n");
+  auto broken = run_isola({"map", "--policy", d.file("broken.toml"), "json:dumps"}, "1\n");
+  CHECK(broken.exit_code == 2);
+  CHECK(contains(broken.err, "is not a policy file"));
 }

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -47,6 +48,7 @@ struct compat_options {
   double timeout = 60;
   unsigned repeat = 1;
   std::string log_level;
+  std::string emit_policy;  ///< --emit-policy FILE
   // The child modes (hidden from --help).
   std::string child;
   std::string child_inspect;
@@ -251,6 +253,39 @@ void check_path(const std::string& path) {
   }
 }
 
+// --emit-policy FILE: the modules own-GIL interpreters refuse or crash on, as the TOML that
+// isola map --policy reads (pool_options::shared_gil_modules): their tasks go to the
+// shared-GIL lane.
+void write_policy(const compat_options& o, const std::vector<module_result>& results) {
+  std::set<std::string> lane;
+  for (const auto& r : results) {
+    if (r.result == outcome::refused || r.result == outcome::crashes || r.result == outcome::hangs) {
+      lane.insert(r.module);
+    }
+  }
+  std::ofstream out(o.emit_policy);
+  if (!out) {
+    throw std::runtime_error(fmt::format("compat: cannot write --emit-policy file '{}': {}",
+                                         o.emit_policy, std::strerror(errno)));
+  }
+  out << "# isola's extension policy, written by `" << command_line(o) << "`\n"
+      << "# (CPython " << runtime::python_version() << "). The modules below were refused in, "
+      << "or crashed or hung, own-GIL\n# interpreters: `isola map --policy " << o.emit_policy
+      << "` runs the tasks that name them in the\n# shared-GIL lane "
+      << "(pool_options::shared_gil_modules). See docs/extensions.md.\n"
+      << "shared_gil_modules = [";
+  bool first = true;
+  for (const auto& m : lane) {
+    out << (first ? "" : ", ") << '"' << m << '"';
+    first = false;
+  }
+  out << "]\n";
+  if (!o.quiet) {
+    fmt::print(stderr, "[compat] wrote {} ({} module{} for the shared-GIL lane)\n", o.emit_policy,
+               lane.size(), lane.size() == 1 ? "" : "s");
+  }
+}
+
 int run_compat(compat_options o) {
   apply_log_level(o.log_level);
   if (!o.child.empty() || !o.child_inspect.empty()) {
@@ -376,6 +411,7 @@ int run_compat(compat_options o) {
   } else {
     print_table(info, results);
   }
+  if (!o.emit_policy.empty()) write_policy(o, results);
   if (int sig = stop_signal(); sig != 0) {
     fmt::print(stderr, "isola compat: stopped by {} after {} of {} modules\n", signal_name(sig),
                results.size(), modules.size());
@@ -428,6 +464,10 @@ void add_compat_command(CLI::App& app, dispatch& d) {
                      "interpreters); past it the child is killed and the module 'hangs' "
                      "(default: 60)");
   sub->add_flag("-q,--quiet", opts->quiet, "No progress lines on stderr");
+  sub->add_option("--emit-policy", opts->emit_policy,
+                  "Also write FILE: the modules refused, crashing or hanging, as a policy that "
+                  "isola map --policy FILE reads to run their tasks in the shared-GIL lane")
+      ->type_name("FILE");
   add_log_level_option(*sub, opts->log_level);
   // The child modes: run by this command itself, hidden from --help.
   sub->add_option("--child", opts->child)->group("");

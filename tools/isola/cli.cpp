@@ -6,6 +6,9 @@
 #include <isola/log.hpp>
 #include <isola/memory.hpp>
 
+#include <fmt/core.h>
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -99,6 +102,39 @@ CLI::Option* add_extensions_option(CLI::App& app, extension_policy& policy) {
                   "interpreter in the shared-GIL lane), unsafe (load it anyway, with a "
                   "warning), auto (run a refused task again in a shared-GIL interpreter)")
       ->type_name("strict|shared-gil|unsafe|auto");
+}
+
+CLI::Option* add_policy_option(CLI::App& app, std::vector<std::string>& modules) {
+  return app
+      .add_option_function<std::string>(
+          "--policy",
+          [&modules](const std::string& file) {
+            toml::table t;
+            try {
+              t = toml::parse_file(file);
+            } catch (const toml::parse_error& e) {
+              throw CLI::ValidationError(
+                  "--policy", fmt::format("'{}' is not a policy file: {} (line {}); write it with "
+                                          "isola compat --emit-policy",
+                                          file, e.description(), e.source().begin.line));
+            }
+            const auto* list = t["shared_gil_modules"].as_array();
+            if (list == nullptr) {
+              throw CLI::ValidationError(
+                  "--policy", "'" + file + "' has no shared_gil_modules = [\"module\", ...] list");
+            }
+            for (const auto& item : *list) {
+              const auto* name = item.as_string();
+              if (name == nullptr) {
+                throw CLI::ValidationError(
+                    "--policy", "'" + file + "': shared_gil_modules must hold module names (strings)");
+              }
+              modules.push_back(name->get());
+            }
+          },
+          "Run the tasks of the modules a policy file lists (shared_gil_modules, as isola "
+          "compat --emit-policy writes it) in a shared-GIL interpreter")
+      ->type_name("FILE");
 }
 
 void add_memory_options(CLI::App& app, memory_limits& limits) {

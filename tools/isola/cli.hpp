@@ -87,6 +87,11 @@ void add_memory_options(CLI::App& app, memory_limits& limits);
 /// docs/extensions.md).
 CLI::Option* add_extensions_option(CLI::App& app, extension_policy& policy);
 
+/// Adds --policy FILE: the TOML `isola compat --emit-policy` writes; its shared_gil_modules go
+/// into `modules` (read when the option is parsed; a missing or malformed file is a usage
+/// error naming the problem).
+CLI::Option* add_policy_option(CLI::App& app, std::vector<std::string>& modules);
+
 /// Logical cores available (std::thread::hardware_concurrency(), at least 1).
 unsigned cores();
 

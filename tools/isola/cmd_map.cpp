@@ -61,6 +61,7 @@ struct map_options {
   bool allow_os_exit = false;
   memory_limits memory;
   extension_policy extensions = extension_policy::strict;
+  std::vector<std::string> lane_modules;  ///< --policy FILE
   std::string log_level;
 };
 
@@ -218,7 +219,8 @@ class mapper {
   piece submit(std::size_t first, std::size_t count) {
     auto fut = pool_.submit_with(
         "_isola_map:map_chunk",
-        {value(o_.target), value(lines_of(items_, first, count)), value(o_.timeout)}, {}, {});
+        {value(o_.target), value(lines_of(items_, first, count)), value(o_.timeout)}, {},
+        chunk_options_);
     return piece{first, count, std::move(fut)};
   }
 
@@ -281,6 +283,10 @@ class mapper {
   const map_options& o_;
   const std::vector<input_item>& items_;
   std::size_t chunk_;
+ public:
+  /// Where the chunks run: the shared-GIL lane when the target's module needs it.
+  task_options chunk_options_;
+ private:
   std::string function_;
   std::deque<piece> inflight_;
   std::size_t done_ = 0;
@@ -310,18 +316,47 @@ std::vector<std::string> sys_path_for(const map_options& o) {
 
 /// Imports the target's module in every interpreter and checks the function is there, so a
 /// typo is reported once, up front, not once per input.
-void check_target_everywhere(pool& p, const map_options& o) {
-  std::vector<task_future> checks;
-  for (std::size_t k = 0; k < p.size(); ++k) {
-    task_options opts;
-    opts.interpreter_index = static_cast<int>(k);
-    checks.push_back(p.submit_with("_isola_map:check_target", {value(o.target)}, {}, opts));
+// Whether the pool sends `module`'s tasks to its shared-GIL lane (--policy).
+bool routed_to_lane(const pool& p, std::string module) {
+  const auto listed = p.lane_modules();
+  for (;;) {
+    if (std::find(listed.begin(), listed.end(), module) != listed.end()) return true;
+    const auto dot = module.rfind('.');
+    if (dot == std::string::npos) return false;
+    module.resize(dot);
   }
+}
+
+/// Returns whether the function runs in the shared-GIL lane (its module is listed by --policy,
+/// or --extensions auto and own-GIL interpreters refuse it).
+bool check_target_everywhere(pool& p, const map_options& o) {
   std::string module = o.target.substr(0, o.target.find(':'));
   std::string function = o.target.substr(o.target.find(':') + 1);
+  task_options in_lane;
+  in_lane.lane = task_options::lane_choice::shared_gil;
+  std::vector<task_future> checks;
+  bool lane = routed_to_lane(p, module);
+  if (lane) {
+    checks.push_back(p.submit_with("_isola_map:check_target", {value(o.target)}, {}, in_lane));
+  } else {
+    for (std::size_t k = 0; k < p.size(); ++k) {
+      task_options opts;
+      opts.interpreter_index = static_cast<int>(k);
+      opts.lane = task_options::lane_choice::own_gil;
+      checks.push_back(p.submit_with("_isola_map:check_target", {value(o.target)}, {}, opts));
+    }
+  }
   for (auto& c : checks) {
     value v = c.get();
-    const auto& r = v.as_tuple().items;
+    auto r = v.as_tuple().items;
+    if (r[0].as_str() == "import_failed" && p.lane_size() > 0 &&
+        o.extensions == extension_policy::automatic &&
+        r[1].as_str().find("cannot be loaded in an own-GIL interpreter") != std::string::npos) {
+      // --extensions auto: the tasks will run in the shared-GIL lane; check it there.
+      value again = p.submit_with("_isola_map:check_target", {value(o.target)}, {}, in_lane).get();
+      r = again.as_tuple().items;
+      lane = true;
+    }
     const std::string& problem = r[0].as_str();
     const std::string& message = r[1].as_str();
     if (problem == "ok") continue;
@@ -345,6 +380,7 @@ void check_target_everywhere(pool& p, const map_options& o) {
     if (!tb.empty()) fmt::print(stderr, "{}", tb);
     throw std::runtime_error(fmt::format("map: importing module '{}' failed: {}", module, message));
   }
+  return lane;
 }
 
 /// Parses every input in the pool before the function is called on any of them: an input that
@@ -422,6 +458,7 @@ int run_map(const map_options& o) {
   po.interpreter.memory_limit = o.memory.hard;
   po.max_memory_per_interpreter = o.memory.soft;
   po.extensions = o.extensions;
+  po.shared_gil_modules = o.lane_modules;
   // Threads a function leaves running get SystemExit when the interpreters end.
   po.interpreter.end_timeout = std::chrono::milliseconds(0);
   po.sys_path = sys_path;
@@ -445,13 +482,14 @@ int run_map(const map_options& o) {
     return sig;
   };
   if (int sig = signalled()) return signal_exit_status(sig);
-  check_target_everywhere(*p, o);
+  const bool in_lane = check_target_everywhere(*p, o);
   if (int sig = signalled()) return signal_exit_status(sig);
   check_literals(*p, items);
   if (int sig = signalled()) return signal_exit_status(sig);
 
   const std::size_t chunk = o.chunk_size != 0 ? o.chunk_size : auto_chunk(items.size(), p->size());
   mapper m(*p, o, items, chunk);
+  if (in_lane) m.chunk_options_.lane = task_options::lane_choice::shared_gil;
   const std::size_t failed = m.run();
   const double took = seconds_since(t0);
   const pool_stats stats = p->stats();
@@ -558,6 +596,7 @@ void add_map_command(CLI::App& app, dispatch& d) {
   sub->add_flag("-q,--quiet", o->quiet, "No progress and no summary; failures are still named");
   add_memory_options(*sub, o->memory);
   add_extensions_option(*sub, o->extensions);
+  add_policy_option(*sub, o->lane_modules);
   sub->add_flag("--stats", o->stats,
                 "After the run, print the pool's counters on stderr, with each interpreter's "
                 "memory and peak");

@@ -117,6 +117,13 @@ def check_target(target):
     return ('ok', '', '')
 
 
+def _refused(e):
+    """Whether e is isola's refusal of an extension module in an own-GIL interpreter: the chunk
+    then fails as a whole, so that a pool with --extensions auto runs it again in its
+    shared-GIL lane."""
+    return isinstance(e, ImportError) and 'cannot be loaded in an own-GIL interpreter' in str(e)
+
+
 def map_chunk(target, lines, limit):
     """Returns (reprs, failures, consumed): reprs[i] is repr(result) or None if input i failed;
     failures are (i, phase, type, message, traceback) with phase 'parse', 'call' or
@@ -141,6 +148,8 @@ def map_chunk(target, lines, limit):
                 except KeyboardInterrupt:
                     raise
                 except BaseException as e:
+                    if _refused(e):
+                        raise
                     append(None)
                     fails.append(_failure(i, 'call', e, not fails))
             return out, fails, len(lines)
@@ -167,6 +176,8 @@ def map_chunk(target, lines, limit):
             except KeyboardInterrupt:
                 raise
             except BaseException as e:
+                if _refused(e):
+                    raise
                 append(None)
                 fails.append(_failure(i, 'call', e, not fails))
                 continue
