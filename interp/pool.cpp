@@ -555,7 +555,8 @@ detail::pool_impl& pool::route(const std::shared_ptr<detail::pool_task>& t,
     // A refused import: the same task again, from the start, in the lane; its outcome goes to
     // the caller's future or handler through this task.
     std::weak_ptr<detail::pool_task> weak = t;
-    t->reroute = [lanes = lanes_, weak](const std::exception_ptr& e) {
+    t->reroute = [lanes = lanes_, weak](const std::exception_ptr& e,
+                                        const std::function<void()>& handing_over) {
       const std::string module = detail::refused_module(e);
       auto original = weak.lock();
       if (module.empty() || !original) return false;
@@ -574,6 +575,7 @@ detail::pool_impl& pool::route(const std::shared_ptr<detail::pool_task>& t,
       if (original->kind != detail::task_kind::code) {
         lanes->remember(original->text.substr(0, original->text.find(':')));
       }
+      handing_over();
       try {
         lanes->lane->enqueue(again, false);
       } catch (const std::exception& x) {

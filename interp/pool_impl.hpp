@@ -83,8 +83,9 @@ struct pool_task {
   std::shared_ptr<pool_task> self;  ///< keeps the task alive while its raw pointer is queued
   /// Set by a pool with an automatic shared-GIL lane: given the task's error, returns true if
   /// it has taken the task over (re-run in the lane, which delivers the outcome), false to
-  /// let the error be delivered.
-  std::function<bool(const std::exception_ptr&)> reroute;
+  /// let the error be delivered. It calls `handing_over` just before the lane can see the task.
+  std::function<bool(const std::exception_ptr&, const std::function<void()>& handing_over)>
+      reroute;
   std::weak_ptr<pool_impl> pool;
 
   /// Exactly one caller wins the move from `from` to finished; only it may count the task and
@@ -230,6 +231,9 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   bool slot_needs_worker(int slot) const;
   /// Whether the interpreter holds more than max_memory_per_interpreter.
   bool over_soft_limit(const interp_state& s) const;
+  /// A task whose import was refused: hands it to the shared-GIL lane (t.reroute), counting it
+  /// here as failed and rerouted first. False if the lane did not take it.
+  bool reroute(pool_slot& slot, pool_task& t, const std::exception_ptr& err);
 
   /// Parts of init_interpreter: the init code and call; the soft limit's check against what a
   /// fresh interpreter holds (std::invalid_argument, after ending it, if it is over).

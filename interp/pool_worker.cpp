@@ -175,6 +175,24 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
   worker_exited(*w);
 }
 
+bool pool_impl::reroute(pool_slot& slot, pool_task& t, const std::exception_ptr& err) {
+  // Counted as it is handed over, before the lane can deliver its outcome: stats must never
+  // lag behind a ready future.
+  bool counted = false;
+  const bool taken = t.reroute(err, [&] {
+    counted = true;
+    ++slot.failed;
+    ++slot.rerouted;
+    ++completed_;
+  });
+  if (!taken && counted) {
+    --slot.failed;
+    --slot.rerouted;
+    --completed_;
+  }
+  return taken;
+}
+
 bool pool_impl::over_soft_limit(const interp_state& s) const {
   if (options_.max_memory_per_interpreter == 0) return false;
   return memory_of(s).bytes > options_.max_memory_per_interpreter;
@@ -453,10 +471,7 @@ void pool_impl::complete(pool_worker& w, const std::shared_ptr<pool_task>& t,
     err = make_error(errc::runtime_finalizing,
                      "the isola runtime shut down while the task ran (SystemExit was raised in "
                      "it)");
-  } else if (err && t->reroute && !t->timed_out.load() && t->reroute(err)) {
-    ++slot.failed;
-    ++slot.rerouted;
-    ++completed_;
+  } else if (err && t->reroute && !t->timed_out.load() && reroute(slot, *t, err)) {
     return;  // the shared-GIL lane runs it again and delivers its outcome
   } else if (err) {
     ++slot.failed;
