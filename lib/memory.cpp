@@ -199,13 +199,9 @@ struct domain {
 };
 domain raw_domain, mem_domain, obj_domain;
 
-void* block_malloc(void* d, std::size_t n) {
-  const auto& next = static_cast<domain*>(d)->next;
-  if (n > std::numeric_limits<std::size_t>::max() - header_size) return nullptr;
-  const std::size_t total = n + header_size;
-  context* c = current_for_alloc();
-  if (!charge(c, total, true)) return nullptr;
-  void* p = next.malloc(next.ctx, total);
+// A new block from the next allocator (or nullptr): its header names c, which was charged
+// `total` for it; a failed allocation gives the charge back.
+void* stamp(context* c, void* p, std::size_t total) noexcept {
   if (p == nullptr) {
     uncharge(c, total);
     return nullptr;
@@ -216,6 +212,15 @@ void* block_malloc(void* d, std::size_t n) {
   return h + 1;
 }
 
+void* block_malloc(void* d, std::size_t n) {
+  const auto& next = static_cast<domain*>(d)->next;
+  if (n > std::numeric_limits<std::size_t>::max() - header_size) return nullptr;
+  const std::size_t total = n + header_size;
+  context* c = current_for_alloc();
+  if (!charge(c, total, true)) return nullptr;
+  return stamp(c, next.malloc(next.ctx, total), total);
+}
+
 void* block_calloc(void* d, std::size_t nelem, std::size_t elsize) {
   const auto& next = static_cast<domain*>(d)->next;
   if (elsize != 0 && nelem > (std::numeric_limits<std::size_t>::max() - header_size) / elsize) {
@@ -224,15 +229,7 @@ void* block_calloc(void* d, std::size_t nelem, std::size_t elsize) {
   const std::size_t total = nelem * elsize + header_size;
   context* c = current_for_alloc();
   if (!charge(c, total, true)) return nullptr;
-  void* p = next.calloc(next.ctx, 1, total);
-  if (p == nullptr) {
-    uncharge(c, total);
-    return nullptr;
-  }
-  auto* h = static_cast<header*>(p);
-  h->owner = c;
-  h->size = total;
-  return h + 1;
+  return stamp(c, next.calloc(next.ctx, 1, total), total);
 }
 
 void block_free(void* d, void* ptr) {
