@@ -75,7 +75,9 @@ PyObject* extension_kind(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
             auto kwargs = py::check(Py_BuildValue("{ss}", "origin", origin.c_str()));
             auto spec = py::check(PyObject_Call(spec_type.get(), call_args.get(), kwargs.get()));
             auto imp = py::import("_imp");
-            auto create = py::getattr(imp.get(), "create_dynamic");
+            // A module compiled into CPython has the origin "built-in".
+            auto create = py::getattr(
+                imp.get(), origin == "built-in" ? "create_builtin" : "create_dynamic");
             mod = py::check(PyObject_CallOneArg(create.get(), spec.get()));
           }
           return kind_of_def(PyModule_Check(mod.get()) ? PyModule_GetDef(mod.get()) : nullptr);

@@ -757,6 +757,19 @@ TEST_CASE("--extensions and --policy: refused, unsafe, auto, and the lane a poli
   INFO(routed.describe());
   CHECK(routed.exit_code == 0);
   CHECK(routed.out == "7\n");
+  // isola run --policy: a script that imports a listed module runs with a shared GIL; one
+  // that does not keeps its own GIL.
+  auto run_listed = run_isola({"run", "-n", "2", "--policy", d.file("policy.toml"), d.file("s.py")});
+  INFO(run_listed.describe());
+  CHECK(run_listed.exit_code == 0);
+  CHECK(run_listed.out == "shared-gil\nshared-gil\n");
+  CHECK(contains(run_listed.err, "shared GIL: it imports isola_ext_single, which --policy lists"));
+  write_file(d.file("plain.py"), "import isola, json\nprint(isola.extension_policy())\n");
+  auto run_plain = run_isola({"run", "-n", "1", "--policy", d.file("policy.toml"), d.file("plain.py")});
+  INFO(run_plain.describe());
+  CHECK(run_plain.exit_code == 0);
+  CHECK(run_plain.out == "strict\n");
+  CHECK(contains(run_plain.err, "own GIL each"));
   write_file(d.file("broken.toml"), "shared_gil_modules = [\n");
   auto broken = run_isola({"map", "--policy", d.file("broken.toml"), "json:dumps"}, "1\n");
   CHECK(broken.exit_code == 2);

@@ -129,6 +129,35 @@ TEST_CASE("an allow-list makes only the listed modules unsafe", "[extensions]") 
   CHECK(import_recording(in, "isola_ext_multi_noslot").starts_with("ImportError: "));
 }
 
+TEST_CASE("a built-in module without per-interpreter GIL support gets the same policy",
+          "[extensions]") {
+  // faulthandler is compiled into CPython (origin "built-in") and has no
+  // Py_mod_multiple_interpreters slot in 3.12 and 3.13.
+  isola::interpreter strict;
+  strict.exec(probe_module);
+  const auto refused = import_recording(strict, "faulthandler");
+  INFO(refused);
+  CHECK(contains(refused, "ImportError: module 'faulthandler' (built-in) cannot be loaded in an "
+                          "own-GIL interpreter"));
+  CHECK(contains(refused, "no Py_mod_multiple_interpreters slot"));
+  CHECK(contains(refused, "shared-GIL lane"));
+
+  isola::interpreter in(unsafe({"faulthandler"}));
+  in.exec(probe_module);
+  const auto loaded = import_recording(in, "faulthandler");
+  INFO(loaded);
+  CHECK(loaded.starts_with("ok 1 UnsafeExtensionWarning: extension module 'faulthandler' "
+                           "(built-in)"));
+  CHECK(in.eval("__import__('faulthandler').is_enabled()").as_bool() == false);
+  // A name that is not built in still gets the importer's own error.
+  auto e = isola_test::python_error_of([&] {
+    in.exec("import importlib.machinery as m\n"
+            "m.BuiltinImporter.create_module(m.ModuleSpec('no_such_builtin', None))");
+  });
+  REQUIRE(e);
+  CHECK(contains(e->what(), "'no_such_builtin' is not a built-in module"));
+}
+
 TEST_CASE("C global state is shared between interpreters that load a module unsafely",
           "[extensions]") {
   // The danger strict prevents: one list, made by whichever interpreter loaded the module

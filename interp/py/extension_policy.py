@@ -7,9 +7,8 @@
 def install(policy, unsafe_modules, kind_of, warning):
     import _imp
     import warnings
-    from importlib.machinery import ExtensionFileLoader
+    from importlib.machinery import BuiltinImporter, ExtensionFileLoader
 
-    original = ExtensionFileLoader.create_module
     warned = set()
 
     def listed(name):
@@ -23,10 +22,10 @@ def install(policy, unsafe_modules, kind_of, warning):
     # CPython's cache without its init running here. (3.13 runs every init in main itself.)
     main_first = sys.version_info < (3, 13)
 
-    def create_module(self, spec):
+    def guarded(load, spec):
         why = kind_of(spec.name, spec.origin) if main_first else None
         try:
-            return original(self, spec)
+            return load(spec)
         except ImportError as refusal:
             if 'does not support loading in subinterpreters' not in str(refusal):
                 raise
@@ -39,7 +38,7 @@ def install(policy, unsafe_modules, kind_of, warning):
             if policy == 'unsafe' or listed(name):
                 previous = _imp._override_multi_interp_extensions_check(-1)
                 try:
-                    module = original(self, spec)
+                    module = load(spec)
                 finally:
                     _imp._override_multi_interp_extensions_check(previous)
                 if name not in warned:
@@ -60,5 +59,21 @@ def install(policy, unsafe_modules, kind_of, warning):
             error.path = spec.origin
             raise error from None
 
-    create_module.__wrapped__ = original
+    # Extension modules from files, and the built-in ones (faulthandler, _tracemalloc, ...).
+    from_file = ExtensionFileLoader.create_module
+
+    def create_module(self, spec):
+        return guarded(lambda s: from_file(self, s), spec)
+
+    create_module.__wrapped__ = from_file
     ExtensionFileLoader.create_module = create_module
+
+    builtin = BuiltinImporter.create_module
+
+    def create_builtin(spec):
+        if spec.name not in sys.builtin_module_names:
+            return builtin(spec)
+        return guarded(builtin, spec)
+
+    create_builtin.__wrapped__ = builtin
+    BuiltinImporter.create_module = staticmethod(create_builtin)

@@ -314,8 +314,6 @@ std::vector<std::string> sys_path_for(const map_options& o) {
   return out;
 }
 
-/// Imports the target's module in every interpreter and checks the function is there, so a
-/// typo is reported once, up front, not once per input.
 // Whether the pool sends `module`'s tasks to its shared-GIL lane (--policy).
 bool routed_to_lane(const pool& p, std::string module) {
   const auto listed = p.lane_modules();
@@ -327,6 +325,8 @@ bool routed_to_lane(const pool& p, std::string module) {
   }
 }
 
+/// Imports the target's module in every interpreter and checks the function is there, so a
+/// typo is reported once, up front, not once per input.
 /// Returns whether the function runs in the shared-GIL lane (its module is listed by --policy,
 /// or --extensions auto and own-GIL interpreters refuse it).
 bool check_target_everywhere(pool& p, const map_options& o) {

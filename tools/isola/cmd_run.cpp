@@ -26,6 +26,7 @@
 #include <vector>
 
 #include <fmt/core.h>
+#include <spdlog/spdlog.h>
 
 namespace isola::cli {
 namespace {
@@ -38,6 +39,8 @@ struct run_options {
   unsigned interpreters = cores();
   bool shared_gil = false;
   extension_policy extensions = extension_policy::strict;
+  std::vector<std::string> lane_modules;  ///< --policy FILE
+  std::string lane_reason;  ///< why the script runs in the shared-GIL lane (--policy); or empty
   bool allow_os_exit = false;
   std::string stdin_mode = "first";  ///< first: the lowest id reads the process's stdin; none
   std::string log_level;
@@ -82,10 +85,47 @@ void check_script(const fs::path& script) {
   }
 }
 
+bool runs_shared(const run_options& o) {
+  return o.shared_gil || o.extensions == extension_policy::shared_gil || !o.lane_reason.empty();
+}
+
+/// --policy FILE: the first module the script imports (its import statements, read with
+/// Python's ast in a short-lived interpreter) that the file lists, or its package; empty when
+/// none is. A script that does not parse names none: its run reports the SyntaxError.
+std::string listed_import(const run_options& o) {
+  interpreter scan(interpreter_config::isolated());
+  scan.exec(
+      "def _isola_listed(path, listed):\n"
+      "    import ast\n"
+      "    try:\n"
+      "        with open(path, 'rb') as f:\n"
+      "            tree = ast.parse(f.read(), path)\n"
+      "    except (SyntaxError, ValueError, OSError):\n"
+      "        return ''\n"
+      "    for node in ast.walk(tree):\n"
+      "        if isinstance(node, ast.Import):\n"
+      "            names = [a.name for a in node.names]\n"
+      "        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:\n"
+      "            names = [node.module]\n"
+      "        else:\n"
+      "            continue\n"
+      "        for name in names:\n"
+      "            parts = name.split('.')\n"
+      "            for i in range(1, len(parts) + 1):\n"
+      "                if '.'.join(parts[:i]) in listed:\n"
+      "                    return name\n"
+      "    return ''\n");
+  isola::list listed;
+  for (const auto& m : o.lane_modules) listed.items.emplace_back(m);
+  scan.set_global("_isola_script", value(o.script.string()));
+  scan.set_global("_isola_lane_modules", value(std::move(listed)));
+  return scan.eval("_isola_listed(_isola_script, set(_isola_lane_modules))").as_str();
+}
+
 pool_options pool_options_for(const run_options& o) {
   pool_options p;
   p.size = o.interpreters;
-  const bool shared = o.shared_gil || o.extensions == extension_policy::shared_gil;
+  const bool shared = runs_shared(o);
   p.interpreter = shared ? interpreter_config::shared_gil() : interpreter_config::isolated();
   if (!shared) p.extensions = o.extensions;
   p.interpreter.name = "run";
@@ -275,8 +315,9 @@ void report(const std::vector<run_outcome>& outcomes, const run_options& o, doub
                "{} interpreter{}, {} ok, {} failed, wall {:.2f} s ({}; created in {:.2f} s){}\n",
                outcomes.size(), outcomes.size() == 1 ? "" : "s", outcomes.size() - failed, failed,
                wall,
-               o.shared_gil || o.extensions == extension_policy::shared_gil ? "shared GIL"
-                                                                            : "own GIL each",
+               !o.lane_reason.empty()  ? fmt::format("shared GIL: {}", o.lane_reason)
+               : runs_shared(o)        ? std::string("shared GIL")
+                                       : std::string("own GIL each"),
                create_s,
                signal != 0 ? fmt::format("; interrupted by {}", signal_name(signal)) : "");
   }
@@ -306,6 +347,13 @@ int run_script(run_options& o, const std::vector<std::string>& rest, bool after_
   watch_stop_signals();
 
   runtime rt;
+  if (!o.lane_modules.empty()) {
+    const auto module = listed_import(o);
+    if (!module.empty()) {
+      o.lane_reason = fmt::format("it imports {}, which --policy lists", module);
+      spdlog::debug("run: the script runs in the shared-GIL lane: {}", o.lane_reason);
+    }
+  }
   auto t0 = clock::now();
   auto p = create_pool(o);
   const double create_s = seconds_since(t0);
@@ -368,6 +416,11 @@ void add_run_command(CLI::App& app, dispatch& d) {
       ->check(CLI::IsMember({"first", "none"}))
       ->type_name("first|none");
   add_extensions_option(*sub, opts->extensions);
+  add_policy_option(*sub, opts->lane_modules)
+      ->description("TOML file with shared_gil_modules (as `isola compat --emit-policy` writes "
+                    "it): a script whose import statements name a listed module (or a module "
+                    "of a listed package) runs in interpreters that share the main GIL, as with "
+                    "--shared-gil");
   add_log_level_option(*sub, opts->log_level);
   sub->add_flag("-q,--quiet", opts->quiet,
                 "Report only failures (no per-interpreter ok lines, no summary)");
