@@ -16,6 +16,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <random>
 
 namespace isola::detail {
 
@@ -150,6 +151,17 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
   }
 
   std::size_t since_recycle = 0;
+  // As gunicorn's max_requests_jitter: each interpreter draws its own limit, so interpreters
+  // that started together are not all replaced at the same moment.
+  std::minstd_rand jitter_rng(static_cast<unsigned>(std::random_device{}()) + w->slot);
+  auto draw_limit = [&] {
+    if (options_.max_tasks_per_interpreter == 0 || options_.max_tasks_jitter == 0) {
+      return options_.max_tasks_per_interpreter;
+    }
+    return options_.max_tasks_per_interpreter +
+           std::uniform_int_distribution<std::size_t>(0, options_.max_tasks_jitter)(jitter_rng);
+  };
+  std::size_t task_limit = draw_limit();
   auto& slot = *slots_[w->slot];
   for (;;) {
     auto t = next_task(*w);
@@ -162,12 +174,13 @@ void pool_impl::worker_main(const std::shared_ptr<pool_worker>& w, std::promise<
     }
     slot.memory_refused += w->host->report_memory_refusals();
     if (stopping_.load()) continue;
-    if (options_.max_tasks_per_interpreter != 0 &&
-        ++since_recycle >= options_.max_tasks_per_interpreter) {
+    if (task_limit != 0 && ++since_recycle >= task_limit) {
       since_recycle = 0;
+      task_limit = draw_limit();
       if (!recycle(w, false)) return;
     } else if (over_soft_limit(*w->host->state())) {
       since_recycle = 0;
+      task_limit = draw_limit();
       if (!recycle(w, true)) return;
     }
   }

@@ -15,6 +15,8 @@
 
 #include <spdlog/async.h>
 #include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/dist_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -64,6 +66,8 @@ struct log_registry {
   std::mutex mu;
   std::shared_ptr<spdlog::details::thread_pool> pool;
   spdlog::sink_ptr sink;
+  std::shared_ptr<spdlog::sinks::dist_sink_mt> dist;
+  static constexpr const char* pattern = "[%Y-%m-%d %H:%M:%S.%e] [%n] [%^%l%$] %v";
   std::unordered_map<std::string, std::shared_ptr<spdlog::logger>> loggers;
   spdlog::level::level_enum level = spdlog::level::warn;
   std::shared_ptr<barrier_sink> barrier;
@@ -83,7 +87,13 @@ struct log_registry {
     // 8192 queued lines, one background thread. Full queue: the oldest line is dropped rather
     // than blocking the logging thread (which may hold a GIL).
     pool = std::make_shared<spdlog::details::thread_pool>(8192, 1);
-    sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+    // Every logger writes through one distributing sink, so log_to_file() can move all of
+    // them at once, while they log.
+    dist = std::make_shared<spdlog::sinks::dist_sink_mt>();
+    auto err = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+    err->set_pattern(pattern);
+    dist->add_sink(err);
+    sink = dist;
     barrier = std::make_shared<barrier_sink>();
     barrier_logger = std::make_shared<spdlog::async_logger>(
         "isola.log-barrier", barrier, pool, spdlog::async_overflow_policy::block);
@@ -119,7 +129,7 @@ std::shared_ptr<spdlog::logger> logger(std::string_view part) {
   auto l = std::make_shared<spdlog::async_logger>(name, r.sink, r.pool,
                                                   spdlog::async_overflow_policy::overrun_oldest);
   l->set_level(r.level);
-  l->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%n] [%^%l%$] %v");
+  l->set_pattern(log_registry::pattern);
   l->flush_on(spdlog::level::err);
   // Another library may already have registered the name; ours stays usable either way.
   try {
@@ -160,6 +170,19 @@ void flush_logs() {
   for (auto& l : all) l->flush();
   r.barrier_logger->flush();
   r.barrier->wait_past(seen, std::chrono::seconds(2));
+}
+
+void log_to_file(const std::string& path) {
+  auto& r = registry();
+  spdlog::sink_ptr file;
+  try {
+    file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path);
+  } catch (const spdlog::spdlog_ex& e) {
+    throw std::runtime_error("cannot open the log file '" + path + "': " + e.what() +
+                             "; check that its folder exists and is writable");
+  }
+  file->set_pattern(log_registry::pattern);
+  r.dist->set_sinks({file});
 }
 
 }  // namespace isola

@@ -183,6 +183,26 @@ bool background_program::wait_for_stdout(const std::string& text, int limit_seco
   return false;
 }
 
+bool background_program::wait_for_stderr(const std::string& text, int limit_seconds) const {
+  const double deadline = now_seconds() + limit_seconds;
+  while (now_seconds() < deadline) {
+    if (err_so_far().find(text) != std::string::npos) return true;
+    if (!running()) return err_so_far().find(text) != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+bool background_program::running() const { return !reaped_ && !exited_zombie(); }
+
+// Whether it has ended (left for wait() to reap: WNOWAIT).
+bool background_program::exited_zombie() const {
+  siginfo_t info{};
+  info.si_pid = 0;
+  return ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid == pid_;
+}
+
 void background_program::send_signal(int signal) const { kill(pid_, signal); }
 
 program_result background_program::wait(int limit_seconds) {

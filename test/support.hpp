@@ -121,11 +121,17 @@ class background_program {
   std::string err_so_far() const;
   /// Waits until its stdout holds `text`, at most limit_seconds; false if it did not.
   bool wait_for_stdout(const std::string& text, int limit_seconds = 60) const;
+  /// The same for stderr; false at once if the program has ended without writing it.
+  bool wait_for_stderr(const std::string& text, int limit_seconds = 60) const;
+  /// Whether it is still running (not ended, not reaped).
+  bool running() const;
+  int pid() const noexcept { return pid_; }
   void send_signal(int signal) const;
   /// Waits for it to end (killing it after limit_seconds) and collects what it wrote.
   program_result wait(int limit_seconds = default_limit_seconds);
 
  private:
+  bool exited_zombie() const;
   std::string dir_;
   int pid_ = -1;
   bool reaped_ = false;

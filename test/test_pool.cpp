@@ -1072,6 +1072,35 @@ TEST_CASE("max_tasks_per_interpreter replaces the interpreter after N tasks", "[
   CHECK(rt().live_interpreters() == before + 1);  // the replaced ones ended
 }
 
+TEST_CASE("max_tasks_jitter draws each interpreter's limit from N .. N + jitter", "[pool]") {
+  isola::pool_options o;
+  o.size = 1;
+  o.max_tasks_per_interpreter = 2;
+  o.max_tasks_jitter = 3;
+  o.init_code =
+      "count = 0\n"
+      "def tick():\n"
+      "    global count\n"
+      "    count += 1\n"
+      "    return count\n";
+  isola::pool p(o);
+  // The count an interpreter reaches before its replacement is its limit: 2 to 5.
+  std::vector<std::int64_t> counts;
+  for (int i = 0; i < 80; ++i) counts.push_back(p.submit("__main__:tick").get().as_int());
+  std::vector<std::int64_t> limits;
+  for (std::size_t i = 0; i + 1 < counts.size(); ++i) {
+    if (counts[i + 1] == 1) limits.push_back(counts[i]);
+  }
+  REQUIRE(limits.size() >= 10);
+  for (auto l : limits) {
+    CHECK(l >= 2);
+    CHECK(l <= 5);
+  }
+  // Not all the same (the chance that 10 or more draws agree is below 1e-5).
+  CHECK(std::adjacent_find(limits.begin(), limits.end(), std::not_equal_to<>()) != limits.end());
+  CHECK(p.stats().interpreters.at(0).recycled == limits.size());
+}
+
 TEST_CASE("a recycled interpreter whose init fails: its queued tasks fail, the pool says why", "[pool][concurrent]") {
   // When init fails in a replacement interpreter (recycling or a broken-interpreter
   // replacement), the slot is marked dead and what only it could run fails: no future is left

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include <spdlog/logger.h>
@@ -19,6 +20,10 @@ std::shared_ptr<spdlog::logger> logger(std::string_view part);
 /// naming the accepted levels for an unknown name.
 void set_log_level(std::string_view level);
 void set_log_level(spdlog::level::level_enum level);
+
+/// Sends every isola logger's lines to `path` (appended) instead of stderr, from now on.
+/// Throws std::runtime_error naming the file when it cannot be opened.
+void log_to_file(const std::string& path);
 
 /// Writes out every isola logger's queued lines and waits until they are written (at most 2
 /// s): call it before ending the process with _exit() or std::quick_exit().

@@ -48,6 +48,10 @@ struct pool_options {
   std::chrono::milliseconds grace_period{2000};
   /// Replace an interpreter with a fresh one after this many tasks; 0 means never.
   std::size_t max_tasks_per_interpreter = 0;
+  /// Adds a random 0..max_tasks_jitter to each interpreter's max_tasks_per_interpreter, drawn
+  /// again at each replacement (gunicorn's max_requests_jitter), so that interpreters started
+  /// together are not replaced together.
+  std::size_t max_tasks_jitter = 0;
   /// Soft memory limit, in bytes; 0 means none. After a task, an interpreter that holds more
   /// (see memory_usage) is ended and replaced by a fresh one, as uWSGI's reload-on-rss does
   /// for a worker process, counted in interpreter_stats::recycled_for_memory. The hard limit

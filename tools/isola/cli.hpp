@@ -47,6 +47,7 @@ void add_run_command(CLI::App& app, dispatch& d);
 void add_map_command(CLI::App& app, dispatch& d);
 void add_bench_command(CLI::App& app, dispatch& d);
 void add_compat_command(CLI::App& app, dispatch& d);
+void add_serve_command(CLI::App& app, dispatch& d);
 
 /// CLI11's help layout, except that a command may spell out its usage line itself: run's
 /// "script.py [ARGS...]" are not CLI11 options (they go to the script untouched), and bench's

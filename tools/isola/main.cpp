@@ -1,5 +1,5 @@
 // The `isola` command line: parses the arguments with CLI11, hands over to one subcommand
-// (info, run, map, bench) and maps the outcome to exit statuses: 0 ok, 1 the work failed, 2 usage.
+// (info, run, map, bench, compat, serve) and maps the outcome to exit statuses: 0 ok, 1 the work failed, 2 usage.
 #include "tools/isola/cli.hpp"
 
 #include <isola/log.hpp>
@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   add_map_command(app, d);
   add_bench_command(app, d);
   add_compat_command(app, d);
+  add_serve_command(app, d);
   for (auto* sub : app.get_subcommands({})) sub->group("Commands");
   // Unknown words and options at the top level, and what follows a "--", stay on the root
   // (remaining()) instead of a generic CLI11 error. Set after the subcommands, which would
