@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -1084,12 +1085,22 @@ std::string listening_text(const tcp::acceptor& a) {
 
 }  // namespace
 
-int run(const config::serve_config& given) {
+namespace {
+
+/// CPython 3.12.0-3.12.3 crash in Py_Finalize after an own-GIL interpreter called a C function
+/// with keyword arguments (gh-119213), which nearly every web application does. A server has
+/// nothing left to do once it has stopped, so on those versions it ends without finalizing.
+bool finalize_crashes() {
+  const auto v = runtime::python_version();
+  return v.starts_with("3.12.") && v.size() > 5 && v[5] >= '0' && v[5] <= '3' &&
+         (v.size() == 6 || !std::isdigit(static_cast<unsigned char>(v[6])));
+}
+
+int serve_until_stopped(const config::serve_config& given) {
   config::serve_config cfg = given;
   if (cfg.workers == 0) cfg.workers = std::max(1u, std::thread::hardware_concurrency());
   if (cfg.bind.empty()) cfg.bind.push_back(config::parse_bind("127.0.0.1:8000", "--bind"));
 
-  runtime rt;
   auto s = std::make_shared<server_state>(cfg);
   const auto t0 = clock::now();
   try {
@@ -1234,6 +1245,30 @@ int run(const config::serve_config& given) {
   // Finalizing CPython would wait for a thread still stuck in C code.
   if (runtime::abandoned_interpreters() > 0) cli::exit_leaving_stuck_interpreters(exit_status);
   return exit_status;
+}
+
+[[noreturn]] void exit_without_finalizing(int status) {
+  log()->info("exiting without finalizing CPython {}: it can crash there (gh-119213, fixed in "
+              "3.12.4)",
+              runtime::python_version());
+  std::fflush(stdout);
+  std::fflush(stderr);
+  flush_logs();
+  std::_Exit(status);
+}
+
+}  // namespace
+
+int run(const config::serve_config& cfg) {
+  runtime rt;
+  if (!finalize_crashes()) return serve_until_stopped(cfg);
+  int status = 1;
+  try {
+    status = serve_until_stopped(cfg);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "isola: {}\n", e.what());
+  }
+  exit_without_finalizing(status);
 }
 
 }  // namespace isola::serve
