@@ -49,6 +49,7 @@
 #include <fmt/core.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <unistd.h>
 
@@ -1100,6 +1101,13 @@ int serve_until_stopped(const config::serve_config& given) {
   config::serve_config cfg = given;
   if (cfg.workers == 0) cfg.workers = std::max(1u, std::thread::hardware_concurrency());
   if (cfg.bind.empty()) cfg.bind.push_back(config::parse_bind("127.0.0.1:8000", "--bind"));
+
+  // Each connection is a descriptor: take the hard limit, as servers do (often 1024 soft).
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   auto s = std::make_shared<server_state>(cfg);
   const auto t0 = clock::now();
