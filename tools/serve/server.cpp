@@ -124,7 +124,7 @@ std::string percent_decode(std::string_view in) {
   std::string out;
   out.reserve(in.size());
   for (std::size_t i = 0; i < in.size(); ++i) {
-    if (in[i] == '%' && i + 2 < in.size() + 0 && hex(in[i + 1]) >= 0 && hex(in[i + 2]) >= 0) {
+    if (in[i] == '%' && i + 2 < in.size() && hex(in[i + 1]) >= 0 && hex(in[i + 2]) >= 0) {
       out += static_cast<char>(hex(in[i + 1]) * 16 + hex(in[i + 2]));
       i += 2;
     } else {
@@ -500,7 +500,7 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
     }
 
     if (!out_) out_ = channel(channel_depth);
-    auto env = environ(r, req);
+    auto env = environ(r);
     auto done = std::make_shared<outcome>();
     auto app = s_->app.load();
     task_options opts;
@@ -848,7 +848,7 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
     co_return std::pair{true, sent};
   }
 
-  isola::dict environ(const request_info& r, const http::request<http::buffer_body>& req) {
+  isola::dict environ(const request_info& r) {
     isola::dict env;
     env.items.reserve(16 + r.headers.size());
     auto add = [&env](std::string k, std::string v) {
@@ -903,7 +903,6 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
         }
       }
     }
-    (void)req;
     for (auto& [k, v] : http_vars) add(std::move(k), latin1_to_utf8(v));
     add("SERVER_NAME", latin1_to_utf8(server_name));
     add("SERVER_PORT", server_port);
