@@ -79,23 +79,26 @@ CLI::Option* add_size_option(CLI::App& app, const std::string& name, std::size_t
 }
 }  // namespace
 
+std::optional<extension_policy> parse_extension_policy(std::string_view text) {
+  if (text == "strict") return extension_policy::strict;
+  if (text == "shared-gil") return extension_policy::shared_gil;
+  if (text == "unsafe") return extension_policy::unsafe;
+  if (text == "auto") return extension_policy::automatic;
+  return std::nullopt;
+}
+
 CLI::Option* add_extensions_option(CLI::App& app, extension_policy& policy) {
-  const std::map<std::string, extension_policy> names{
-      {"strict", extension_policy::strict},
-      {"shared-gil", extension_policy::shared_gil},
-      {"unsafe", extension_policy::unsafe},
-      {"auto", extension_policy::automatic}};
   return app
       .add_option_function<std::string>(
           "--extensions",
-          [&policy, names](const std::string& text) {
-            auto it = names.find(text);
-            if (it == names.end()) {
+          [&policy](const std::string& text) {
+            const auto parsed = parse_extension_policy(text);
+            if (!parsed) {
               throw CLI::ValidationError(
                   "--extensions", "'" + text + "' is not an extension policy; use strict, "
                                   "shared-gil, unsafe or auto (see docs/extensions.md)");
             }
-            policy = it->second;
+            policy = *parsed;
           },
                   "What to do with an extension module that does not support per-interpreter "
                   "GILs: strict (refuse it at import, the default), shared-gil (run every "

@@ -6,8 +6,10 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -83,6 +85,10 @@ struct memory_limits {
 /// Adds --memory-limit SIZE and --max-memory-per-interpreter SIZE (sizes as isola::parse_size
 /// reads them: 512M, 1G; anything else is a usage error that says so).
 void add_memory_options(CLI::App& app, memory_limits& limits);
+
+/// An extension policy by its command-line name (strict, shared-gil, unsafe, auto); nullopt for
+/// any other text.
+std::optional<extension_policy> parse_extension_policy(std::string_view text);
 
 /// Adds --extensions strict|shared-gil|unsafe|auto storing into `policy` (see
 /// docs/extensions.md).

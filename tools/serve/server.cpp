@@ -11,6 +11,7 @@
 // instead of filling memory.
 #include "tools/serve/server.hpp"
 
+#include "tools/isola/cli.hpp"
 #include "tools/isola/pool_support.hpp"
 #include "tools/serve/access_log.hpp"
 #include "tools/serve/metrics.hpp"
@@ -197,31 +198,19 @@ struct unique_fd {
 
 // ---- the application's interpreters ----------------------------------------------------
 
+/// The WSGI side as the module _isola_serve, then the application loaded by it.
 std::string helper_init(const config::serve_config& cfg) {
   auto repr = [](const std::string& s) { return value(s).repr(); };
-  return fmt::format(
-      "import sys as _s, types as _t\n"
-      "_m = _t.ModuleType('_isola_serve')\n"
-      "exec(compile({0}, '<isola serve>', 'exec'), _m.__dict__)\n"
-      "_s.modules['_isola_serve'] = _m\n"
-      "del _s, _t, _m\n"
-      "import _isola_serve\n"
-      "_isola_serve.load({1}, {2}, {3})\n",
-      repr(embedded::wsgi_helper), repr(cfg.app), repr(std::string("isola/") + ISOLA_VERSION),
-      "False");  // one request at a time per interpreter
-}
-
-extension_policy policy_of(const std::string& name) {
-  if (name == "unsafe") return extension_policy::unsafe;
-  if (name == "shared-gil") return extension_policy::shared_gil;
-  if (name == "auto") return extension_policy::automatic;
-  return extension_policy::strict;
+  return cli::helper_module_init("_isola_serve", embedded::wsgi_helper) +
+         fmt::format("import _isola_serve\n_isola_serve.load({}, {}, False)\n", repr(cfg.app),
+                     repr(std::string("isola/") + ISOLA_VERSION));  // False: not multithreaded
 }
 
 std::shared_ptr<pool> make_pool(const config::serve_config& cfg) {
   pool_options o;
   o.size = cfg.workers;
-  const auto policy = policy_of(cfg.extensions);
+  // validate() has checked the name.
+  const auto policy = cli::parse_extension_policy(cfg.extensions).value_or(extension_policy::strict);
   o.interpreter =
       policy == extension_policy::shared_gil ? interpreter_config::shared_gil()
                                              : interpreter_config::isolated();
