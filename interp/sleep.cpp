@@ -2,7 +2,7 @@
 // time.sleep, but a worker's sleep waits on a condition variable that interrupt() signals, so
 // a timeout or cancel() ends `time.sleep(100)` at once instead of after 100 s; a sleep on the
 // interpreter's other threads waits on one that ending the interpreter signals when it raises
-// SystemExit in them.
+// SystemExit in them, and that isola._interrupt_thread signals for the thread it interrupts.
 #include "lib/python.hpp"
 
 #include "lib/interrupt.hpp"
@@ -40,20 +40,26 @@ PyObject* sleep(PyObject*, PyObject* arg) {
   interrupt_slot* slot = current_interrupt_slot();
   std::shared_ptr<interp_state> state;
   if (slot == nullptr) state = find_interp(PyInterpreterState_GetID(PyInterpreterState_Get()));
-  Py_BEGIN_ALLOW_THREADS
-  if (slot != nullptr) {
-    std::unique_lock lock(slot->mu);
-    slot->cv.wait_until(lock, deadline, [&] { return slot->interrupted; });
-  } else if (state != nullptr) {
-    std::unique_lock lock(state->mu);
-    const auto wakeups = state->sleep_wakeups;
-    state->sleep_cv.wait_until(lock, deadline, [&] {
-      return state->sleeps_interrupted || state->sleep_wakeups != wakeups;
-    });
-  } else {
-    std::this_thread::sleep_until(deadline);
+  for (;;) {
+    bool ended = true;
+    Py_BEGIN_ALLOW_THREADS
+    if (slot != nullptr) {
+      std::unique_lock lock(slot->mu);
+      slot->cv.wait_until(lock, deadline, [&] { return slot->interrupted; });
+    } else if (state != nullptr) {
+      std::unique_lock lock(state->mu);
+      const auto wakeups = state->sleep_wakeups;
+      state->sleep_cv.wait_until(lock, deadline, [&] {
+        return state->sleeps_interrupted || state->sleep_wakeups != wakeups;
+      });
+      // Woken for another thread's interrupt (nudge_sleeps): sleep on.
+      ended = state->sleeps_interrupted || clock::now() >= deadline;
+    } else {
+      std::this_thread::sleep_until(deadline);
+    }
+    Py_END_ALLOW_THREADS
+    if (ended || PyThreadState_Get()->async_exc != nullptr) break;
   }
-  Py_END_ALLOW_THREADS
   // A pending interrupt (async exception) is raised by the eval loop right after we return.
   Py_RETURN_NONE;
 }

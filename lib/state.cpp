@@ -131,6 +131,14 @@ void wake_sleeps(interp_state& s) noexcept {
   s.sleep_cv.notify_all();
 }
 
+void nudge_sleeps(interp_state& s) noexcept {
+  {
+    std::lock_guard lock(s.mu);
+    ++s.sleep_wakeups;
+  }
+  s.sleep_cv.notify_all();
+}
+
 std::shared_ptr<interp_state> find_interp(std::int64_t id) {
   auto& rt = runtime();
   std::lock_guard lock(rt.mu);

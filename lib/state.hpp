@@ -147,6 +147,11 @@ void stop_waits(interp_state& s) noexcept;
 /// return at once: called when ending the interpreter interrupts the threads it left running.
 void wake_sleeps(interp_state& s) noexcept;
 
+/// Wakes every isola time.sleep of the interpreter's non-worker threads so that each looks
+/// again: one with an exception pending (PyThreadState_SetAsyncExc) returns, the others sleep
+/// on. Called after an interrupt aimed at one thread (isola._interrupt_thread).
+void nudge_sleeps(interp_state& s) noexcept;
+
 /// The state of a live (or abandoned) interpreter, or the main one, by its id; nullptr if
 /// none.
 std::shared_ptr<interp_state> find_interp(std::int64_t id);

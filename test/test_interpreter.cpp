@@ -373,6 +373,42 @@ TEST_CASE("time.sleep keeps its contract", "[interpreter]") {
   CHECK(in.get_global("done") == value(isola::make_list(1)));
 }
 
+TEST_CASE("isola._interrupt_thread interrupts one thread, even asleep; the others sleep on",
+          "[interpreter]") {
+  isola::interpreter in;
+  in.exec(R"(
+import isola, threading, time
+outcome = {}
+ready = threading.Barrier(3)
+def sleeper(name, seconds):
+    ready.wait()
+    t0 = time.monotonic()
+    try:
+        time.sleep(seconds)
+        outcome[name] = ('slept', time.monotonic() - t0)
+    except isola.TaskTimeout:
+        outcome[name] = ('interrupted', time.monotonic() - t0)
+target = threading.Thread(target=sleeper, args=('target', 60))
+other = threading.Thread(target=sleeper, args=('other', 0.5))
+target.start(); other.start()
+ready.wait()
+time.sleep(0.1)
+found = isola._interrupt_thread(target.ident, 'isola.TaskTimeout')
+target.join(); other.join()
+cleared = isola._interrupt_thread(threading.get_ident(), None)
+)");
+  CHECK(in.eval("found").as_bool());
+  CHECK(in.eval("outcome['target'][0]").as_str() == "interrupted");
+  CHECK(in.eval("outcome['target'][1] < 30").as_bool());  // woken, not after its 60 s
+  // The other sleeper was woken by the same notification and went back to sleep.
+  CHECK(in.eval("outcome['other'][0]").as_str() == "slept");
+  CHECK(in.eval("outcome['other'][1] >= 0.5").as_bool());
+  CHECK_FALSE(in.eval("isola._interrupt_thread(1, 'isola.TaskTimeout')").as_bool());
+  auto e = python_error_of([&] { in.exec("isola._interrupt_thread(1, 'NoSuchError')"); });
+  REQUIRE(e);
+  CHECK(e->type_name() == "ValueError");
+}
+
 TEST_CASE("close() ends the interpreter; what comes after is interpreter_closed", "[interpreter]") {
   auto before = rt().live_interpreters();
   isola::interpreter in;

@@ -213,6 +213,7 @@ TEST_CASE("isola serve: a WSGI app over HTTP/1.1, keep-alive, pipelining, PEP 33
   // PATH_INFO is decoded and latin-1: b'\xc3\xa9' arrives as two code points.
   CHECK(contains(r.body, "\"PATH_INFO\": \"/env/a b/\\u00c3\\u00a9\""));
   CHECK(contains(r.body, "\"QUERY_STRING\": \"x=1&y=%20\""));
+  CHECK(contains(r.body, "\"wsgi.multithread\": false"));
   CHECK(contains(r.body, "\"RAW_URI\": \"/env/a%20b/%C3%A9?x=1&y=%20\""));
   CHECK(contains(r.body, "\"REQUEST_METHOD\": \"GET\""));
   CHECK(contains(r.body, "\"SERVER_PROTOCOL\": \"HTTP/1.1\""));
@@ -271,7 +272,9 @@ TEST_CASE("isola serve: a WSGI app over HTTP/1.1, keep-alive, pipelining, PEP 33
 
 TEST_CASE("isola serve: request bodies whole, chunked, with 100-continue, and streamed",
           "[serve]") {
-  served s({});
+  // --threads 1: a pool task per request; above 1: the interpreters' serve loops.
+  const std::string threads = GENERATE(as<std::string>{}, "1", "4");
+  served s({"--threads", threads});
   client c(s.port);
   const std::string small(1000, 'x');
   c.send(fmt::format("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nContent-Type: "
@@ -335,7 +338,9 @@ TEST_CASE("isola serve: request bodies whole, chunked, with 100-continue, and st
 
 TEST_CASE("isola serve: streamed responses, file_wrapper, write(), exc_info, close()",
           "[serve]") {
-  served s({});
+  // --threads 1: a pool task per request; above 1: the interpreters' serve loops.
+  const std::string threads = GENERATE(as<std::string>{}, "1", "4");
+  served s({"--threads", threads});
   temp_dir d;
   client c(s.port);
   // Small: one piece with a Content-Length. Large: chunked as it is produced.
@@ -442,7 +447,9 @@ TEST_CASE("isola serve: malformed and oversized requests, slow and vanishing cli
 
 TEST_CASE("isola serve: an application's bugs are answered 500 and named in the log",
           "[serve]") {
-  served s({});
+  // --threads 1: a pool task per request; above 1: the interpreters' serve loops.
+  const std::string threads = GENERATE(as<std::string>{}, "1", "4");
+  served s({"--threads", threads});
   struct bug {
     std::string path;
     std::string logged;
@@ -472,20 +479,25 @@ TEST_CASE("isola serve: an application's bugs are answered 500 and named in the 
 
 TEST_CASE("isola serve: --timeout interrupts a request's Python code; the interpreter serves on",
           "[serve]") {
-  served s({"--timeout", "1", "-w", "1"});
+  const std::string threads = GENERATE(as<std::string>{}, "1", "4");
+  served s({"--timeout", "1", "-w", "1", "--threads", threads});
+  const auto first = get(s.port, "/whoami").body;
   auto r = get(s.port, "/spin");
   CHECK(r.status == 503);
   CHECK(contains(r.body, "--timeout"));
-  const auto before = get(s.port, "/whoami").body;
+  // A sleep is interrupted too (isola's time.sleep wakes for the interrupt).
+  r = get(s.port, "/slow?s=100");
+  CHECK(r.status == 503);
   CHECK(get(s.port, "/").body == "Hello, World!");
-  CHECK(get(s.port, "/whoami").body == before);  // the same interpreter
+  CHECK(get(s.port, "/whoami").body == first);  // the same interpreter
   auto out = s.stop();
   CHECK(contains(out.err, "ran longer than 1 s (--timeout)"));
 }
 
 TEST_CASE("isola serve: a request stuck in C code past --timeout: 503, the interpreter replaced",
           "[serve]") {
-  served s({"--timeout", "1", "-w", "1"});
+  const std::string threads = GENERATE(as<std::string>{}, "1", "4");
+  served s({"--timeout", "1", "-w", "1", "--threads", threads});
   const auto before = get(s.port, "/whoami").body;
   auto r = get(s.port, "/stuck");
   CHECK(r.status == 503);
@@ -498,10 +510,55 @@ TEST_CASE("isola serve: a request stuck in C code past --timeout: 503, the inter
   CHECK(contains(out.err, "did not stop when interrupted"));
 }
 
-TEST_CASE("isola serve: SIGTERM drains, SIGHUP reloads without refusing a request",
+TEST_CASE("isola serve: --threads runs requests side by side in one interpreter; "
+          "--max-requests recycles it",
           "[serve]") {
   {
-    served s({"--graceful-timeout", "20"});
+    served s({"-w", "1", "--threads", "4"});
+    auto r = get(s.port, "/env");
+    CHECK(contains(r.body, "\"wsgi.multithread\": true"));
+    // Four requests that each wait for the other three: they can only all succeed if one
+    // interpreter runs them at once, on four threads.
+    std::vector<std::string> bodies(4);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < 4; ++i) {
+      clients.emplace_back([&, i] { bodies[i] = get(s.port, "/meet?n=4").body; });
+    }
+    for (auto& t : clients) t.join();
+    std::vector<std::string> interpreters, threads;
+    for (const auto& b : bodies) {
+      INFO(b);
+      REQUIRE(b.starts_with("met "));
+      const auto words = b.substr(4);
+      interpreters.push_back(words.substr(0, words.find(' ')));
+      threads.push_back(words.substr(words.find(' ') + 1));
+    }
+    CHECK(std::count(interpreters.begin(), interpreters.end(), interpreters[0]) == 4);
+    std::sort(threads.begin(), threads.end());
+    CHECK(std::unique(threads.begin(), threads.end()) == threads.end());
+    check_validator_quiet(s);
+    CHECK(s.stop().exit_code == 0);
+  }
+  {
+    served s({"-w", "1", "--threads", "2", "--max-requests", "5"});
+    std::vector<std::string> seen;
+    for (int i = 0; i < 12; ++i) {
+      auto r = get(s.port, "/whoami");
+      INFO(r.body << last_lines(s.p->err_so_far()));
+      REQUIRE(r.status == 200);
+      if (std::find(seen.begin(), seen.end(), r.body) == seen.end()) seen.push_back(r.body);
+    }
+    CHECK(seen.size() >= 2);  // replaced after about five requests (each of two threads may
+                              // have taken one more)
+    CHECK(s.stop().exit_code == 0);
+  }
+}
+
+TEST_CASE("isola serve: SIGTERM drains, SIGHUP reloads without refusing a request",
+          "[serve]") {
+  const std::string threads = GENERATE(as<std::string>{}, "1", "4");
+  {
+    served s({"--graceful-timeout", "20", "--threads", threads});
     std::string slow_body;
     std::thread t([&] { slow_body = get(s.port, "/slow?s=1.5").body; });
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -515,7 +572,7 @@ TEST_CASE("isola serve: SIGTERM drains, SIGHUP reloads without refusing a reques
     CHECK(contains(out.err, "draining"));
   }
   {
-    served s({});
+    served s({"--threads", threads});
     const auto before = get(s.port, "/whoami").body;
     std::atomic<bool> stop{false};
     std::atomic<int> ok{0}, failed{0};

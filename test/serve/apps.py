@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from urllib.parse import parse_qs
 from wsgiref.validate import validator
@@ -134,6 +135,20 @@ def slow(environ, start_response):
 @validator
 def whoami(environ, start_response):
     return _text(start_response, f'{isola.interpreter_id()} {os.getpid()}')
+
+
+_meetings = {}
+_meetings_lock = threading.Lock()
+
+
+@validator
+def meet(environ, start_response):
+    """Waits until n requests (?n=) are here at once: only threads of one interpreter meet."""
+    n = int(_q(environ)['n'])
+    with _meetings_lock:
+        barrier = _meetings.setdefault(n, threading.Barrier(n))
+    barrier.wait(timeout=30)
+    return _text(start_response, f'met {isola.interpreter_id()} {threading.get_ident()}')
 
 
 def spin(environ, start_response):

@@ -9,6 +9,9 @@
 // A large or chunked request body streams the other way through a per-request channel that
 // wsgi.input reads. Both channels are bounded: a slow client slows the application down
 // instead of filling memory.
+// With --threads above 1, each interpreter runs _isola_serve.serve_loop instead (one long
+// pool task), whose handler threads take requests from a channel all the loops share; the
+// outcome then comes back through the response channel as a tuple (see `application`).
 #include "tools/serve/server.hpp"
 
 #include "tools/isola/cli.hpp"
@@ -202,8 +205,9 @@ struct unique_fd {
 std::string helper_init(const config::serve_config& cfg) {
   auto repr = [](const std::string& s) { return value(s).repr(); };
   return cli::helper_module_init("_isola_serve", embedded::wsgi_helper) +
-         fmt::format("import _isola_serve\n_isola_serve.load({}, {}, False)\n", repr(cfg.app),
-                     repr(std::string("isola/") + ISOLA_VERSION));  // False: not multithreaded
+         fmt::format("import _isola_serve\n_isola_serve.load({}, {}, {})\n", repr(cfg.app),
+                     repr(std::string("isola/") + ISOLA_VERSION),
+                     cfg.threads > 1 ? "True" : "False");  // wsgi.multithread
 }
 
 std::shared_ptr<pool> make_pool(const config::serve_config& cfg) {
@@ -222,11 +226,132 @@ std::shared_ptr<pool> make_pool(const config::serve_config& cfg) {
   if (!cfg.max_memory_per_interpreter.empty()) {
     o.max_memory_per_interpreter = parse_size(cfg.max_memory_per_interpreter);
   }
-  o.max_tasks_per_interpreter = cfg.max_requests;
-  o.max_tasks_jitter = cfg.max_requests_jitter;
+  if (cfg.threads > 1) {
+    o.max_tasks_per_interpreter = 1;  // a serve loop that returns is followed by a fresh one
+  } else {
+    o.max_tasks_per_interpreter = cfg.max_requests;
+    o.max_tasks_jitter = cfg.max_requests_jitter;
+  }
   o.init_code = helper_init(cfg);
   return std::make_shared<pool>(std::move(o));
 }
+
+/// The application's interpreters: a pool that runs _isola_serve.handle once per request
+/// (--threads 1), or, with --threads above 1, one _isola_serve.serve_loop per interpreter,
+/// whose handler threads take requests from a channel all the loops share. A loop that
+/// returns (--max-requests, the soft memory limit) or fails (its interpreter got stuck and
+/// was replaced) is started again in its slot's fresh interpreter until the channel closes.
+class application : public std::enable_shared_from_this<application> {
+ public:
+  /// How long a serve loop's watchdog may go without re-arming its pool deadline before the
+  /// pool declares the interpreter stuck (_isola_serve.HEARTBEAT).
+  static constexpr std::chrono::seconds heartbeat{1};
+
+  static std::shared_ptr<application> start(const config::serve_config& cfg) {
+    auto app = std::shared_ptr<application>(new application(cfg));
+    if (app->threaded()) {
+      for (std::size_t i = 0; i < app->workers_->size(); ++i) app->run_loop(static_cast<int>(i));
+    }
+    return app;
+  }
+
+  pool& workers() noexcept { return *workers_; }
+  const std::shared_ptr<pool>& workers_ptr() const noexcept { return workers_; }
+  bool threaded() const noexcept { return cfg_.threads > 1; }
+  /// --threads above 1: where requests go, as (environ, body, in_id, out_id).
+  channel& requests() noexcept { return requests_; }
+
+  /// Requests already handed over finish; then the interpreters end (bounded).
+  void shutdown() {
+    if (requests_) requests_.close();  // the loops drain it, then return
+    workers_->shutdown();
+  }
+
+  /// --threads above 1: a request that ran in `slot` for busy_ns, as the pool counts its tasks
+  /// with --threads 1 (interpreter metrics).
+  void count(std::int64_t slot, std::int64_t busy_ns, bool ok, bool timed_out) {
+    if (slot < 0 || static_cast<std::size_t>(slot) >= counters_.size()) return;
+    auto& c = counters_[static_cast<std::size_t>(slot)];
+    (ok ? c.done : c.failed).fetch_add(1, std::memory_order_relaxed);
+    if (timed_out) c.timed_out.fetch_add(1, std::memory_order_relaxed);
+    c.busy_ns.fetch_add(busy_ns, std::memory_order_relaxed);
+  }
+
+  /// The pool's figures; with --threads above 1, per request rather than per serve loop.
+  pool_stats stats() const {
+    auto st = workers_->stats();
+    if (!threaded()) return st;
+    for (auto& i : st.interpreters) {
+      if (i.shared_gil_lane || i.index >= counters_.size()) continue;
+      const auto& c = counters_[i.index];
+      i.tasks_done = c.done.load(std::memory_order_relaxed);
+      i.tasks_failed = c.failed.load(std::memory_order_relaxed);
+      i.tasks_timed_out = c.timed_out.load(std::memory_order_relaxed);
+      i.busy = std::chrono::nanoseconds(c.busy_ns.load(std::memory_order_relaxed));
+    }
+    return st;
+  }
+
+ private:
+  struct slot_counters {
+    std::atomic<std::uint64_t> done{0}, failed{0}, timed_out{0};
+    std::atomic<std::int64_t> busy_ns{0};
+  };
+
+  explicit application(const config::serve_config& cfg)
+      : cfg_(cfg), workers_(make_pool(cfg)), counters_(workers_->size()) {
+    if (threaded()) requests_ = channel(std::max<std::size_t>(64, 4 * cfg.workers * cfg.threads));
+  }
+
+  std::size_t draw_limit() {
+    if (cfg_.max_requests == 0 || cfg_.max_requests_jitter == 0) return cfg_.max_requests;
+    std::lock_guard lock(rng_mu_);
+    return cfg_.max_requests +
+           std::uniform_int_distribution<std::size_t>(0, cfg_.max_requests_jitter)(rng_);
+  }
+
+  void run_loop(int slot) {
+    std::size_t soft = 0;
+    if (!cfg_.max_memory_per_interpreter.empty()) soft = parse_size(cfg_.max_memory_per_interpreter);
+    std::vector<value> args{value(std::int64_t{slot}),
+                            value(static_cast<std::int64_t>(requests_.id())),
+                            value(static_cast<std::int64_t>(cfg_.threads)),
+                            value(static_cast<std::int64_t>(draw_limit())), value(cfg_.timeout),
+                            value(static_cast<std::int64_t>(soft))};
+    task_options opts;
+    opts.interpreter_index = slot;
+    std::weak_ptr<application> weak = weak_from_this();
+    workers_->async_submit(
+        "_isola_serve:serve_loop", std::move(args),
+        [weak, slot](std::exception_ptr e, value) {
+          auto self = weak.lock();
+          if (!self) return;
+          if (e) {
+            try {
+              std::rethrow_exception(e);
+            } catch (const isola::error& err) {
+              if (err.code() == errc::shut_down) return;  // the pool is ending
+              log()->error("interpreter {}: {}", slot, err.what());
+            } catch (const python_error& err) {
+              log()->error("interpreter {}: the serve loop failed: {}", slot,
+                           err.traceback().empty() ? err.what() : err.traceback());
+            } catch (const std::exception& err) {
+              log()->error("interpreter {}: the serve loop failed: {}", slot, err.what());
+            }
+          }
+          // Requests accepted before the channel closed are still served.
+          if (!self->requests_.closed() || self->requests_.size() > 0) self->run_loop(slot);
+        },
+        opts);
+  }
+
+  config::serve_config cfg_;
+  std::shared_ptr<pool> workers_;
+  channel requests_;
+  std::vector<slot_counters> counters_;
+  std::mutex rng_mu_;
+  std::minstd_rand rng_{std::random_device{}()};
+};
 
 // ---- server state ----------------------------------------------------------------------
 
@@ -237,7 +362,7 @@ struct connection_handle {
 struct server_state {
   config::serve_config cfg;
   asio::io_context io;
-  std::atomic<std::shared_ptr<pool>> app;
+  std::atomic<std::shared_ptr<application>> app;
   metrics stats;
   access_log alog;
   std::atomic<bool> draining{false};
@@ -497,7 +622,30 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
     std::vector<value> args{value(std::move(env)), value(isola::bytes{std::move(body)}),
                             value(in ? static_cast<std::int64_t>(in.id()) : std::int64_t{-1}),
                             value(static_cast<std::int64_t>(out_.id()))};
-    submit(app, std::move(args), opts, done);
+    // --threads above 1: a stuck request's interpreter is replaced by the pool, which cannot
+    // answer it; this timer does, once the pool has had time to give up on it.
+    auto expired = std::make_shared<bool>(false);
+    std::optional<asio::steady_timer> guard;
+    if (app && app->threaded()) {
+      app = co_await hand_over(std::move(app), std::move(args));
+      if (app && s_->cfg.timeout > 0) {
+        guard.emplace(stream_.get_executor());
+        guard->expires_after(seconds(s_->cfg.timeout) + 2 * application::heartbeat +
+                             pool_options{}.grace_period);
+        guard->async_wait([expired, out = out_](const boost::system::error_code& ec) mutable {
+          if (ec) return;
+          *expired = true;
+          out.close();
+        });
+      }
+      if (!app) {
+        done->error = std::make_exception_ptr(
+            error(errc::shut_down, "the server is stopping: no interpreter takes requests"));
+        out_.try_send(message(value("done")));
+      }
+    } else {
+      submit(app->workers_ptr(), std::move(args), opts, done);
+    }
 
     // The response: the head and chunks of a streamed one, then "done".
     int status = 0;
@@ -513,6 +661,11 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
       }
       const value* v = m.as_value();
       if (v != nullptr && v->type() == kind::str) {  // "done": the outcome is in `done`
+        finished = true;
+        break;
+      }
+      if (v != nullptr && v->type() == kind::tuple && app && app->threaded() &&
+          take_reply(*app, v->as_tuple().items, *done)) {
         finished = true;
         break;
       }
@@ -563,6 +716,15 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
         broken = true;
         out_.close();  // the application's next send fails: it stops and its iterable closes
       }
+    }
+    if (guard) guard->cancel();
+    if (*expired && !finished) {
+      done->error = std::make_exception_ptr(error(
+          errc::timeout, "the request did not stop after its timeout; its interpreter was "
+                         "replaced"));
+      finished = true;
+      if (!streaming) broken = false;
+      out_ = channel();
     }
     if (broken) out_ = channel();  // a fresh one for the next request, if there is one
 
@@ -679,6 +841,40 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
     co_return keep;
   }
 
+  /// --threads above 1: the request goes into the serve loops' channel. A reload may close
+  /// it between load() and the send: the request then goes to the application that replaced
+  /// it. Returns the application that took it, or nullptr once the server is stopping.
+  asio::awaitable<std::shared_ptr<application>> hand_over(std::shared_ptr<application> app,
+                                                          std::vector<value> args) {
+    while (app) {
+      message m(value(isola::tuple{args}));
+      auto [ec] = co_await app->requests().async_send(std::move(m), tuple_token);
+      if (!ec) co_return app;
+      auto fresh = s_->app.load();
+      if (fresh == app) break;
+      app = std::move(fresh);
+    }
+    co_return nullptr;
+  }
+
+  /// --threads above 1: a serve loop's reply, ('done', slot, busy_ns, result) or ('error',
+  /// slot, busy_ns, type, message, traceback, timed_out), into `done`. False if `t` is not one.
+  static bool take_reply(application& app, const std::vector<value>& t, outcome& done) {
+    if (t.size() == 4 && t[0].type() == kind::str && t[0].as_str() == "done") {
+      app.count(t[1].as_int(), t[2].as_int(), true, false);
+      done.result = t[3];
+      return true;
+    }
+    if (t.size() == 7 && t[0].type() == kind::str && t[0].as_str() == "error") {
+      const bool timed_out = t[6].type() == kind::boolean && t[6].as_bool();
+      app.count(t[1].as_int(), t[2].as_int(), false, timed_out);
+      done.error = std::make_exception_ptr(
+          python_error(t[3].as_str(), t[4].as_str(), t[5].as_str()));
+      return true;
+    }
+    return false;
+  }
+
   void submit(const std::shared_ptr<pool>& app, std::vector<value> args, task_options opts,
               std::shared_ptr<outcome> done) {
     auto finish = [done, out = out_](std::exception_ptr e, value v) mutable {
@@ -696,7 +892,7 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
         } catch (const isola::error& err) {
           if (err.code() == errc::shut_down) {
             if (auto fresh = s->app.load()) {
-              fresh->async_submit("_isola_serve:handle", std::move(args),
+              fresh->workers().async_submit("_isola_serve:handle", std::move(args),
                                   asio::bind_executor(ex, std::move(finish)), opts);
               return;
             }
@@ -1100,7 +1296,7 @@ int serve_until_stopped(const config::serve_config& given) {
   auto s = std::make_shared<server_state>(cfg);
   const auto t0 = clock::now();
   try {
-    s->app.store(make_pool(cfg));
+    s->app.store(application::start(cfg));
   } catch (const python_error& e) {
     throw std::runtime_error(fmt::format("cannot load the application '{}': {}: {}{}{}", cfg.app,
                                          e.type_name(), e.message(),
@@ -1169,7 +1365,7 @@ int serve_until_stopped(const config::serve_config& given) {
       log()->info("SIGHUP: loading {} into fresh interpreters", cfg.app);
       reloader = std::thread([s, &cfg] {
         try {
-          auto fresh = make_pool(cfg);
+          auto fresh = application::start(cfg);
           auto old = s->app.exchange(fresh);
           s->stats.reloaded();
           log()->info("reloaded {}: new requests go to the fresh interpreters; the old ones end "

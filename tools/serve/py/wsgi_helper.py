@@ -13,10 +13,17 @@
 #   body: the server sends it with sendfile(2) and closes the fd.
 # wsgi.input reads the request body given here, or, for large and chunked bodies, the chunks
 # the server sends through the channel in_id as they arrive from the client (bounded memory).
+#
+# With --threads above 1, serve_loop runs in each interpreter instead, for as long as the
+# interpreter serves: its handler threads take requests from a channel shared by all the
+# interpreters and answer each through its out channel (see serve_loop).
 
 import io
 import os
 import sys
+import threading
+import time
+import traceback
 
 import isola
 
@@ -150,7 +157,7 @@ def _resolve(module, path, spec):
     return obj
 
 
-def load(spec, server_software, multithread):
+def load(spec, server_software, multithread=False):
     """Imports the application named by spec ("module:app", "module:factory()" or
     "module:factory(args)", or "module", meaning module:application) once."""
     global _app
@@ -295,3 +302,150 @@ def _as_file(wrapper):
     if not stat.S_ISREG(st.st_mode):
         return None
     return ('file', os.dup(fd), offset, max(st.st_size - offset, 0))
+
+
+# ---- --threads above 1 ------------------------------------------------------------------
+
+POLL = 0.25       # how often idle handler threads look for a stop, and the watchdog wakes
+HEARTBEAT = 1.0   # the pool's deadline for this interpreter's watchdog; see serve_loop
+
+
+def _type_name(t):
+    return t.__qualname__ if t.__module__ == 'builtins' else f'{t.__module__}.{t.__qualname__}'
+
+
+class _Loop:
+    def __init__(self, slot, requests_id, threads, limit, timeout, soft_limit):
+        self.slot = slot
+        self.requests = isola.Channel(id=requests_id)
+        self.limit = limit
+        self.timeout = timeout
+        self.soft_limit = soft_limit
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.taken = 0        # requests taken (or being waited for) by the handler threads
+        self.stopping = False
+        self.running = {}     # handler thread ident -> [deadline, interrupted]
+        self.alive = threads
+
+    def reserve(self):
+        """A handler thread may take one more request: False once the loop stops."""
+        with self.lock:
+            if self.stopping or (self.limit and self.taken >= self.limit):
+                return False
+            self.taken += 1
+            return True
+
+    def unreserve(self):
+        with self.lock:
+            self.taken -= 1
+
+    def stop(self):
+        with self.lock:
+            self.stopping = True
+            self.changed.notify_all()
+
+    def handler(self):
+        me = threading.get_ident()
+        try:
+            while self.reserve():
+                try:
+                    request = self.requests.recv(timeout=POLL)
+                except TimeoutError:
+                    self.unreserve()
+                    continue
+                except isola.ChannelClosed:  # the server drains or reloads
+                    self.unreserve()
+                    self.stop()
+                    break
+                self.serve_one(me, request)
+                if self.soft_limit:
+                    held = isola._memory_held()
+                    if held is not None and held > self.soft_limit:
+                        self.stop()
+        finally:
+            with self.lock:
+                self.alive -= 1
+                self.changed.notify_all()
+
+    def serve_one(self, me, request):
+        environ, body, in_id, out_id = request
+        out = isola.Channel(id=out_id)
+        reply = None
+        t0 = time.monotonic_ns()
+        try:
+            with self.lock:
+                deadline = time.monotonic() + self.timeout if self.timeout else None
+                self.running[me] = [deadline, False]
+            try:
+                result = handle(environ, body, in_id, out_id)
+                reply = ('done', self.slot, time.monotonic_ns() - t0, result)
+            finally:
+                with self.lock:
+                    self.running.pop(me, None)
+                isola._interrupt_thread(me, None)  # an interrupt that came too late
+        except BaseException as e:  # noqa: B902 - the request's outcome, whatever it is
+            # (SystemExit too: the application's sys.exit() fails its request only. When the
+            # interpreter ends, this thread's next recv fails and it stops.)
+            if reply is None:
+                reply = ('error', self.slot, time.monotonic_ns() - t0, _type_name(type(e)),
+                         str(e), ''.join(traceback.format_exception(e)),
+                         isinstance(e, isola.TaskTimeout))
+        try:
+            out.send(reply)
+        except isola.ChannelClosed:  # the client went away
+            pass
+
+    def watch(self):
+        """The pool task's own thread: interrupts requests that run past --timeout, and
+        re-arms this task's deadline at least every HEARTBEAT seconds. A handler stuck in C
+        code that holds the GIL stops this thread too; the deadline then passes and the pool
+        replaces the interpreter, as it does for a stuck request with --threads 1."""
+        while True:
+            try:
+                if self.timeout:
+                    isola._set_deadline(HEARTBEAT)
+                with self.lock:
+                    if self.alive == 0:
+                        return
+                    now = time.monotonic()
+                    wait = POLL
+                    for ident, entry in self.running.items():
+                        deadline, interrupted = entry
+                        if deadline is None or interrupted:
+                            continue
+                        if deadline <= now:
+                            entry[1] = True
+                            isola._interrupt_thread(ident, 'isola.TaskTimeout')
+                        else:
+                            wait = min(wait, deadline - now)
+                    self.changed.wait(wait)
+            except isola.TaskTimeout:
+                pass  # this thread waited over HEARTBEAT for the GIL, but got it: not stuck
+
+
+def serve_loop(slot, requests_id, threads, limit, timeout, soft_limit):
+    """With --threads above 1, this interpreter's part of the server (a pool task that runs
+    while the interpreter serves). `threads` handler threads take requests from the channel
+    requests_id, shared by every interpreter, so a request goes to an interpreter with a free
+    thread. Each request is (environ, body, in_id, out_id) as for handle(), and its outcome
+    goes to out_id as ('done', slot, busy_ns, result) or ('error', slot, busy_ns, type,
+    message, traceback, timed_out). Returns, once its requests have finished, after `limit`
+    requests (0: no limit), when the interpreter holds more than soft_limit bytes (0: no
+    limit) or when the channel closes; the server then replaces the interpreter."""
+    loop = _Loop(slot, requests_id, threads, limit, timeout, soft_limit)
+    workers = [threading.Thread(target=loop.handler, name=f'isola-serve-{slot}-{i}')
+               for i in range(threads)]
+    started = 0
+    try:
+        for w in workers:
+            w.start()
+            started += 1
+    finally:
+        # loop.alive counted them all; a thread that started may have finished already.
+        with loop.lock:
+            loop.alive -= threads - started
+    loop.watch()
+    for w in workers[:started]:
+        w.join()
+    return loop.taken
