@@ -52,6 +52,9 @@ bool abandon_interp(const std::shared_ptr<interp_state>& s, const std::string& w
     std::erase_if(rt.live, [&](const auto& p) { return p == s; });
     rt.abandoned.push_back(s);
   }
+  // Its other threads must not take items from channels that live code shares with it: they
+  // would hold them while they wait for the GIL the stuck thread keeps.
+  stop_waits(*s);
   logger("isola.interp")
       ->critical("[interp {}] abandoning {}: {}; its thread is left running and ends the "
                  "interpreter if it ever returns; until then CPython cannot be finalized",

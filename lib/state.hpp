@@ -112,7 +112,8 @@ void unregister_interp(const interp_state* s);
 
 /// Gives up on an interpreter whose code did not stop when interrupted (stuck in C code, or
 /// threads that ignore SystemExit): it leaves the live list (the runtime no longer waits for
-/// it) and joins the abandoned list, and `why` is logged at critical level. Idempotent;
+/// it) and joins the abandoned list, its threads' channel waits end and new ones are refused
+/// (stop_waits), and `why` is logged at critical level. Idempotent;
 /// returns false if it was already abandoned or has ended.
 bool abandon_interp(const std::shared_ptr<interp_state>& s, const std::string& why);
 /// Number of interpreters abandoned and not ended.
