@@ -301,6 +301,10 @@ class pool_impl : public std::enable_shared_from_this<pool_impl> {
   void unwatch_task_locked(const pool_task* t);
   std::mutex wd_mu_;
   std::condition_variable wd_cv_;
+  /// When the watchdog will wake by itself (max: only when notified); min while it is awake
+  /// and will read deadlines_ again before it sleeps. Guarded by wd_mu_.
+  std::chrono::steady_clock::time_point wd_sleeping_until_ =
+      std::chrono::steady_clock::time_point::min();
   std::multimap<std::chrono::steady_clock::time_point, deadline_entry> deadlines_;
   bool wd_stop_ = false;
   std::thread watchdog_;

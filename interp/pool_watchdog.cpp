@@ -16,8 +16,11 @@ namespace isola::detail {
 
 void pool_impl::watch_locked(std::chrono::steady_clock::time_point when, deadline_entry e) {
   if (auto t = e.task.lock()) t->watched = true;
-  auto it = deadlines_.emplace(when, std::move(e));
-  if (it == deadlines_.begin()) wd_cv_.notify_one();
+  deadlines_.emplace(when, std::move(e));
+  // Only a deadline before the one the watchdog sleeps until needs it awake. A task's entry is
+  // usually erased long before its deadline, so waking it for each task, whenever the map was
+  // empty, would cost a wake-up and two context switches a task.
+  if (when < wd_sleeping_until_) wd_cv_.notify_one();
 }
 
 void pool_impl::unwatch_task_locked(const pool_task* t) {
@@ -66,13 +69,19 @@ void pool_impl::watchdog_main() {
   std::unique_lock lock(wd_mu_);
   while (!wd_stop_) {
     if (deadlines_.empty()) {
+      wd_sleeping_until_ = std::chrono::steady_clock::time_point::max();
       wd_cv_.wait(lock);
+      wd_sleeping_until_ = std::chrono::steady_clock::time_point::min();  // it looks again
       continue;
     }
     // A copy: wait_until keeps reading its argument while the lock is released, and run_task
-    // may erase (free) the entry meanwhile.
+    // may erase (free) the entry meanwhile. An entry erased meanwhile leaves it to wake at its
+    // time, find nothing due and sleep again until the next.
     const auto when = deadlines_.begin()->first;
-    if (wd_cv_.wait_until(lock, when) != std::cv_status::timeout) continue;
+    wd_sleeping_until_ = when;
+    const auto woke = wd_cv_.wait_until(lock, when);
+    wd_sleeping_until_ = std::chrono::steady_clock::time_point::min();
+    if (woke != std::cv_status::timeout) continue;
     auto first = deadlines_.begin();
     if (first == deadlines_.end() || first->first > std::chrono::steady_clock::now()) continue;
     deadline_entry e = first->second;

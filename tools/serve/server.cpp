@@ -877,14 +877,17 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
 
   void submit(const std::shared_ptr<pool>& app, std::vector<value> args, task_options opts,
               std::shared_ptr<outcome> done) {
-    auto finish = [done, out = out_](std::exception_ptr e, value v) mutable {
+    auto ex = s_->io.get_executor();
+    // Runs on an I/O thread. The send's own completion is bound there too: a handler without
+    // an executor would be posted to Asio's system thread pool, waking one of its threads for
+    // every request.
+    auto finish = [done, out = out_, ex](std::exception_ptr e, value v) mutable {
       done->error = std::move(e);
       done->result = std::move(v);
-      out.async_send(message(value("done")), [](boost::system::error_code) {});
+      out.async_send(message(value("done")), asio::bind_executor(ex, [](boost::system::error_code) {}));
     };
     // A reload may retire the pool between load() and submit: the task is then refused with
     // errc::shut_down and goes to the pool that replaced it.
-    auto ex = s_->io.get_executor();
     auto retry = [s = s_, args, opts, finish, ex](std::exception_ptr e, value v) mutable {
       if (e) {
         try {
