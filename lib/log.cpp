@@ -110,6 +110,12 @@ struct log_registry {
       l->flush();
       spdlog::drop(name);
     }
+    // The background thread writes the queued lines, flushes the sinks and lets go of the
+    // loggers its messages hold: join it (the pool's destructor; the loggers hold the pool
+    // weakly) before the loggers and sinks are destroyed here.
+    pool.reset();
+    loggers.clear();
+    barrier_logger.reset();
   }
   const pid_t owner_pid = ::getpid();
 };
