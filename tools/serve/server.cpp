@@ -244,7 +244,7 @@ std::shared_ptr<pool> make_pool(const config::serve_config& cfg) {
 class application : public std::enable_shared_from_this<application> {
  public:
   /// How long a serve loop's watchdog may go without re-arming its pool deadline before the
-  /// pool declares the interpreter stuck (_isola_serve.HEARTBEAT).
+  /// pool declares the interpreter stuck (serve_loop's `heartbeat`).
   static constexpr std::chrono::seconds heartbeat{1};
 
   static std::shared_ptr<application> start(const config::serve_config& cfg) {
@@ -301,6 +301,9 @@ class application : public std::enable_shared_from_this<application> {
   explicit application(const config::serve_config& cfg)
       : cfg_(cfg), workers_(make_pool(cfg)), counters_(workers_->size()) {
     if (threaded()) requests_ = channel(std::max<std::size_t>(64, 4 * cfg.workers * cfg.threads));
+    if (!cfg.max_memory_per_interpreter.empty()) {
+      soft_limit_ = parse_size(cfg.max_memory_per_interpreter);
+    }
   }
 
   std::size_t draw_limit() {
@@ -311,13 +314,12 @@ class application : public std::enable_shared_from_this<application> {
   }
 
   void run_loop(int slot) {
-    std::size_t soft = 0;
-    if (!cfg_.max_memory_per_interpreter.empty()) soft = parse_size(cfg_.max_memory_per_interpreter);
     std::vector<value> args{value(std::int64_t{slot}),
                             value(static_cast<std::int64_t>(requests_.id())),
                             value(static_cast<std::int64_t>(cfg_.threads)),
                             value(static_cast<std::int64_t>(draw_limit())), value(cfg_.timeout),
-                            value(static_cast<std::int64_t>(soft))};
+                            value(static_cast<std::int64_t>(soft_limit_)),
+                            value(std::chrono::duration<double>(heartbeat).count())};
     task_options opts;
     opts.interpreter_index = slot;
     std::weak_ptr<application> weak = weak_from_this();
@@ -349,6 +351,7 @@ class application : public std::enable_shared_from_this<application> {
   std::shared_ptr<pool> workers_;
   channel requests_;
   std::vector<slot_counters> counters_;
+  std::size_t soft_limit_ = 0;  ///< --max-memory-per-interpreter in bytes (0: none)
   std::mutex rng_mu_;
   std::minstd_rand rng_{std::random_device{}()};
 };

@@ -307,7 +307,6 @@ def _as_file(wrapper):
 # ---- --threads above 1 ------------------------------------------------------------------
 
 POLL = 0.25       # how often idle handler threads look for a stop, and the watchdog wakes
-HEARTBEAT = 1.0   # the pool's deadline for this interpreter's watchdog; see serve_loop
 
 
 def _type_name(t):
@@ -315,12 +314,17 @@ def _type_name(t):
 
 
 class _Loop:
-    def __init__(self, slot, requests_id, threads, limit, timeout, soft_limit):
+    def __init__(self, slot, requests_id, threads, limit, timeout, soft_limit, heartbeat):
         self.slot = slot
         self.requests = isola.Channel(id=requests_id)
         self.limit = limit
         self.timeout = timeout
         self.soft_limit = soft_limit
+        self.heartbeat = heartbeat
+        # Set once the watchdog has armed its first deadline. Until then no handler takes a
+        # request: one stuck in C code would keep the watchdog (still starting the other
+        # threads) from ever arming it, and the pool would never replace the interpreter.
+        self.armed = threading.Event()
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.taken = 0        # requests taken (or being waited for) by the handler threads
@@ -348,6 +352,10 @@ class _Loop:
     def handler(self):
         me = threading.get_ident()
         try:
+            # Timed: the watchdog sets it where isola.TaskTimeout may arrive, which could cut
+            # set() short of its notify.
+            while not self.armed.wait(POLL):
+                pass
             while self.reserve():
                 try:
                     request = self.requests.recv(timeout=POLL)
@@ -398,13 +406,14 @@ class _Loop:
 
     def watch(self):
         """The pool task's own thread: interrupts requests that run past --timeout, and
-        re-arms this task's deadline at least every HEARTBEAT seconds. A handler stuck in C
+        re-arms this task's deadline at least every `heartbeat` seconds. A handler stuck in C
         code that holds the GIL stops this thread too; the deadline then passes and the pool
         replaces the interpreter, as it does for a stuck request with --threads 1."""
         while True:
             try:
                 if self.timeout:
-                    isola._set_deadline(HEARTBEAT)
+                    isola._set_deadline(self.heartbeat)
+                self.armed.set()
                 with self.lock:
                     if self.alive == 0:
                         return
@@ -421,10 +430,10 @@ class _Loop:
                             wait = min(wait, deadline - now)
                     self.changed.wait(wait)
             except isola.TaskTimeout:
-                pass  # this thread waited over HEARTBEAT for the GIL, but got it: not stuck
+                pass  # this thread waited over `heartbeat` for the GIL, but got it: not stuck
 
 
-def serve_loop(slot, requests_id, threads, limit, timeout, soft_limit):
+def serve_loop(slot, requests_id, threads, limit, timeout, soft_limit, heartbeat):
     """With --threads above 1, this interpreter's part of the server (a pool task that runs
     while the interpreter serves). `threads` handler threads take requests from the channel
     requests_id, shared by every interpreter, so a request goes to an interpreter with a free
@@ -432,8 +441,11 @@ def serve_loop(slot, requests_id, threads, limit, timeout, soft_limit):
     goes to out_id as ('done', slot, busy_ns, result) or ('error', slot, busy_ns, type,
     message, traceback, timed_out). Returns, once its requests have finished, after `limit`
     requests (0: no limit), when the interpreter holds more than soft_limit bytes (0: no
-    limit) or when the channel closes; the server then replaces the interpreter."""
-    loop = _Loop(slot, requests_id, threads, limit, timeout, soft_limit)
+    limit) or when the channel closes; the server then replaces the interpreter. With a
+    timeout, this thread re-arms the pool task's deadline every `heartbeat` seconds; if a
+    handler stuck in C code keeps the GIL longer, the deadline passes and the pool replaces the
+    interpreter."""
+    loop = _Loop(slot, requests_id, threads, limit, timeout, soft_limit, heartbeat)
     workers = [threading.Thread(target=loop.handler, name=f'isola-serve-{slot}-{i}')
                for i in range(threads)]
     started = 0
