@@ -81,6 +81,14 @@ struct served {
   int port = 0;
 };
 
+/// The port `isola serve --metrics-bind 127.0.0.1:0` serves its metrics on (it prints it).
+int metrics_port(const served& s) {
+  const auto err = s.p->err_so_far();
+  const std::string marker = "Metrics at: http://127.0.0.1:";
+  REQUIRE(contains(err, marker));
+  return std::stoi(err.substr(err.find(marker) + marker.size()));
+}
+
 struct reply {
   int status = 0;
   std::map<std::string, std::string> headers;  ///< lower-case names
@@ -497,7 +505,7 @@ TEST_CASE("isola serve: --timeout interrupts a request's Python code; the interp
 namespace {
 
 void stuck_request_is_answered_and_interpreter_replaced(const std::string& threads) {
-  served s({"--timeout", "1", "-w", "1", "--threads", threads});
+  served s({"--timeout", "1", "-w", "1", "--threads", threads, "--metrics-bind", "127.0.0.1:0"});
   const auto before = get(s.port, "/whoami").body;
   auto r = get(s.port, "/stuck");
   CHECK(r.status == 503);
@@ -505,6 +513,13 @@ void stuck_request_is_answered_and_interpreter_replaced(const std::string& threa
   const auto after = get(s.port, "/whoami").body;
   CHECK(after != before);  // a fresh interpreter serves
   CHECK(get(s.port, "/").body == "Hello, World!");
+  // The stuck request counts as a timeout of its interpreter slot, and as one of its requests.
+  const auto m = get(metrics_port(s), "/metrics").body;
+  INFO(m);
+  const std::string slot = "{interpreter=\"0\",lane=\"own-gil\"}";
+  CHECK(contains(m, "isola_serve_interpreter_timeouts_total" + slot + " 1\n"));
+  CHECK(contains(m, "isola_serve_interpreter_requests_total" + slot + " 4\n"));
+  CHECK(contains(m, "isola_serve_timeouts_total 1\n"));
   auto out = s.stop();
   CHECK(out.exit_code == 0);
   CHECK(contains(out.err, "did not stop when interrupted"));
@@ -675,11 +690,7 @@ TEST_CASE("isola serve: config file, flags over it, --check-config, errors that 
 
 TEST_CASE("isola serve: Prometheus metrics", "[serve]") {
   served s({"--metrics-bind", "127.0.0.1:0"});
-  // The metrics port is printed too.
-  const auto err = s.p->err_so_far();
-  const std::string marker = "Metrics at: http://127.0.0.1:";
-  REQUIRE(contains(err, marker));
-  const int mport = std::stoi(err.substr(err.find(marker) + marker.size()));
+  const int mport = metrics_port(s);
   for (int i = 0; i < 5; ++i) get(s.port, "/");
   get(s.port, "/raises");
   auto m = get(mport, "/metrics");

@@ -284,9 +284,11 @@ class application : public std::enable_shared_from_this<application> {
     for (auto& i : st.interpreters) {
       if (i.shared_gil_lane || i.index >= counters_.size()) continue;
       const auto& c = counters_[i.index];
+      // A request stuck in C code never reports back: the pool replaced its interpreter,
+      // which it counts as a broken serve loop.
       i.tasks_done = c.done.load(std::memory_order_relaxed);
-      i.tasks_failed = c.failed.load(std::memory_order_relaxed);
-      i.tasks_timed_out = c.timed_out.load(std::memory_order_relaxed);
+      i.tasks_failed = c.failed.load(std::memory_order_relaxed) + i.replaced_broken;
+      i.tasks_timed_out = c.timed_out.load(std::memory_order_relaxed) + i.replaced_broken;
       i.busy = std::chrono::nanoseconds(c.busy_ns.load(std::memory_order_relaxed));
     }
     return st;

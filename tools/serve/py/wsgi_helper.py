@@ -457,7 +457,11 @@ def serve_loop(slot, requests_id, threads, limit, timeout, soft_limit, heartbeat
         # loop.alive counted them all; a thread that started may have finished already.
         with loop.lock:
             loop.alive -= threads - started
-    loop.watch()
+    try:
+        loop.watch()
+    finally:  # (it returns once every handler has ended; if it fails, they must end too)
+        loop.stop()
+        loop.armed.set()
     for w in workers[:started]:
         w.join()
     return loop.taken
