@@ -6,6 +6,8 @@
 
 #include "tools/build_info.hpp"
 
+#include <Python.h>
+
 #include <catch2/catch.hpp>
 
 #include <boost/asio.hpp>
@@ -551,6 +553,46 @@ TEST_CASE("isola serve --threads 4: a request stuck in C code as a fresh interpr
   auto out = s.stop();
   CHECK(out.exit_code == 0);
   CHECK(contains(out.err, "did not stop when interrupted"));
+}
+
+TEST_CASE("isola serve --threads 4: a request busy in C code within --timeout keeps its "
+          "interpreter",
+          "[serve]") {
+  if (PY_VERSION_HEX < 0x030D0000) {
+    WARN("skipped: the app holds the GIL through ctypes, and CPython 3.12's _ctypes cannot be "
+         "imported in an own-GIL interpreter (single-phase init)");
+    return;
+  }
+  // /hold keeps the GIL in one C call for 3.5 s: longer than the serve loop's heartbeat and
+  // the pool's grace period together (3 s), well within --timeout.
+  served s({"--timeout", "20", "-w", "1", "--threads", "4"});
+  const auto before = get(s.port, "/whoami").body;
+  auto r = get(s.port, "/hold?s=3.5");
+  CHECK(r.status == 200);
+  CHECK(r.body == "held");
+  CHECK(get(s.port, "/whoami").body == before);  // not replaced
+  auto out = s.stop();
+  CHECK(out.exit_code == 0);
+  CHECK(!contains(out.err, "stuck"));
+}
+
+TEST_CASE("isola serve --threads 2: a request that waited for a free thread still gets its "
+          "whole --timeout",
+          "[serve]") {
+  // Ten requests of 1.5 s on two threads: the last two wait 6 s for a thread, then run within
+  // their 2 s timeout. No interpreter is stuck, so none of them is answered 503.
+  served s({"--timeout", "2", "-w", "1", "--threads", "2"});
+  std::vector<reply> replies(10);
+  std::vector<std::thread> clients;
+  for (std::size_t i = 0; i < replies.size(); ++i) {
+    clients.emplace_back([&, i] { replies[i] = get(s.port, "/slow?s=1.5"); });
+  }
+  for (auto& t : clients) t.join();
+  for (const auto& r : replies) {
+    CHECK(r.status == 200);
+    CHECK(r.body == "slept");
+  }
+  CHECK(s.stop().exit_code == 0);
 }
 
 TEST_CASE("isola serve: --threads runs requests side by side in one interpreter; "

@@ -163,6 +163,14 @@ def stuck(environ, start_response):
     return _text(start_response, 'never')
 
 
+def hold(environ, start_response):
+    """?s=SECONDS in one C call that keeps the GIL (libc's usleep through ctypes.PyDLL): busy
+    in C code, not stuck."""
+    import ctypes
+    ctypes.PyDLL(None).usleep(int(float(_q(environ)['s']) * 1e6))
+    return _text(start_response, 'held')
+
+
 def raises(environ, start_response):
     raise ValueError('boom from the app')
 

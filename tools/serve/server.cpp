@@ -243,8 +243,9 @@ std::shared_ptr<pool> make_pool(const config::serve_config& cfg) {
 /// was replaced) is started again in its slot's fresh interpreter until the channel closes.
 class application : public std::enable_shared_from_this<application> {
  public:
-  /// How long a serve loop's watchdog may go without re-arming its pool deadline before the
-  /// pool declares the interpreter stuck (serve_loop's `heartbeat`).
+  /// How long past the earliest deadline of its requests (or, with none running, past
+  /// now + --timeout) a serve loop's watchdog may go without re-arming its pool deadline
+  /// before the pool declares the interpreter stuck (serve_loop's `heartbeat`).
   static constexpr std::chrono::seconds heartbeat{1};
 
   static std::shared_ptr<application> start(const config::serve_config& cfg) {
@@ -260,6 +261,11 @@ class application : public std::enable_shared_from_this<application> {
   bool threaded() const noexcept { return cfg_.threads > 1; }
   /// --threads above 1: where requests go, as (environ, body, in_id, out_id).
   channel& requests() noexcept { return requests_; }
+  /// --threads above 1: how many interpreters the pool has replaced as stuck (their requests
+  /// get no answer from them).
+  std::uint64_t stuck_replaced() const noexcept {
+    return stuck_replaced_.load(std::memory_order_acquire);
+  }
 
   /// Requests already handed over finish; then the interpreters end (bounded).
   void shutdown() {
@@ -335,6 +341,9 @@ class application : public std::enable_shared_from_this<application> {
               std::rethrow_exception(e);
             } catch (const isola::error& err) {
               if (err.code() == errc::shut_down) return;  // the pool is ending
+              if (err.code() == errc::timeout) {  // stuck, and replaced
+                self->stuck_replaced_.fetch_add(1, std::memory_order_release);
+              }
               log()->error("interpreter {}: {}", slot, err.what());
             } catch (const python_error& err) {
               log()->error("interpreter {}: the serve loop failed: {}", slot,
@@ -354,8 +363,44 @@ class application : public std::enable_shared_from_this<application> {
   channel requests_;
   std::vector<slot_counters> counters_;
   std::size_t soft_limit_ = 0;  ///< --max-memory-per-interpreter in bytes (0: none)
+  std::atomic<std::uint64_t> stuck_replaced_{0};
   std::mutex rng_mu_;
   std::minstd_rand rng_{std::random_device{}()};
+};
+
+/// --threads above 1: a request whose interpreter the pool replaced as stuck gets no answer
+/// from it, and the pool cannot tell which requests it had taken. This timer answers it (503):
+/// it fires after the request's --timeout plus the time the pool takes to give up on a stuck
+/// interpreter, and closes the response channel if an interpreter was replaced as stuck since
+/// the request was handed over. Otherwise the request is still queued, or running in a live
+/// interpreter that interrupts it at its own timeout, and the timer waits on. It runs on the
+/// connection's strand, like the request's coroutine.
+struct request_guard {
+  template <typename Executor>
+  request_guard(Executor ex, std::shared_ptr<application> a, std::uint64_t stuck_before,
+                std::shared_ptr<bool> expired, channel out)
+      : timer(ex), app(std::move(a)), stuck_before(stuck_before), expired(std::move(expired)),
+        out(std::move(out)) {}
+
+  static void arm(const std::shared_ptr<request_guard>& g, asio::steady_timer::duration period) {
+    g->timer.expires_after(period);
+    g->timer.async_wait([g, period](const boost::system::error_code& ec) {
+      if (ec || g->done) return;
+      if (g->app->stuck_replaced() == g->stuck_before) {
+        arm(g, period);
+        return;
+      }
+      *g->expired = true;
+      g->out.close();
+    });
+  }
+
+  asio::steady_timer timer;
+  std::shared_ptr<application> app;
+  std::uint64_t stuck_before;
+  std::shared_ptr<bool> expired;
+  channel out;
+  bool done = false;  ///< the request has its outcome
 };
 
 // ---- server state ----------------------------------------------------------------------
@@ -627,21 +672,16 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
     std::vector<value> args{value(std::move(env)), value(isola::bytes{std::move(body)}),
                             value(in ? static_cast<std::int64_t>(in.id()) : std::int64_t{-1}),
                             value(static_cast<std::int64_t>(out_.id()))};
-    // --threads above 1: a stuck request's interpreter is replaced by the pool, which cannot
-    // answer it; this timer does, once the pool has had time to give up on it.
     auto expired = std::make_shared<bool>(false);
-    std::optional<asio::steady_timer> guard;
+    std::shared_ptr<request_guard> guard;
     if (app && app->threaded()) {
+      const auto stuck_before = app->stuck_replaced();
       app = co_await hand_over(std::move(app), std::move(args));
       if (app && s_->cfg.timeout > 0) {
-        guard.emplace(stream_.get_executor());
-        guard->expires_after(seconds(s_->cfg.timeout) + 2 * application::heartbeat +
-                             pool_options{}.grace_period);
-        guard->async_wait([expired, out = out_](const boost::system::error_code& ec) mutable {
-          if (ec) return;
-          *expired = true;
-          out.close();
-        });
+        guard = std::make_shared<request_guard>(stream_.get_executor(), app, stuck_before,
+                                                expired, out_);
+        request_guard::arm(guard, seconds(s_->cfg.timeout) + 2 * application::heartbeat +
+                                      pool_options{}.grace_period);
       }
       if (!app) {
         done->error = std::make_exception_ptr(
@@ -722,7 +762,10 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
         out_.close();  // the application's next send fails: it stops and its iterable closes
       }
     }
-    if (guard) guard->cancel();
+    if (guard) {
+      guard->done = true;
+      guard->timer.cancel();
+    }
     if (*expired && !finished) {
       done->error = std::make_exception_ptr(error(
           errc::timeout, "the request did not stop after its timeout; its interpreter was "

@@ -405,32 +405,38 @@ class _Loop:
             pass
 
     def watch(self):
-        """The pool task's own thread: interrupts requests that run past --timeout, and
-        re-arms this task's deadline at least every `heartbeat` seconds. A handler stuck in C
-        code that holds the GIL stops this thread too; the deadline then passes and the pool
-        replaces the interpreter, as it does for a stuck request with --threads 1."""
+        """The pool task's own thread: interrupts requests that run past --timeout, and keeps
+        re-arming this task's deadline. A handler may keep the GIL (in C code) until its
+        request's deadline, and a request taken later until its own, so the deadline is the
+        earliest of those plus `heartbeat`. A handler that holds the GIL past it, stuck in C
+        code, stops this thread from re-arming it; the deadline passes and the pool replaces
+        the interpreter, as it does for a stuck request with --threads 1."""
         while True:
             try:
-                if self.timeout:
-                    isola._set_deadline(self.heartbeat)
-                self.armed.set()
                 with self.lock:
                     if self.alive == 0:
                         return
                     now = time.monotonic()
                     wait = POLL
+                    latest = now + self.timeout  # a request taken from now on
                     for ident, entry in self.running.items():
                         deadline, interrupted = entry
-                        if deadline is None or interrupted:
+                        if deadline is None:
                             continue
-                        if deadline <= now:
-                            entry[1] = True
+                        if not interrupted and deadline <= now:
+                            entry[1] = interrupted = True
                             isola._interrupt_thread(ident, 'isola.TaskTimeout')
+                        if interrupted:
+                            latest = now  # it should stop at once
                         else:
+                            latest = min(latest, deadline)
                             wait = min(wait, deadline - now)
+                    if self.timeout:
+                        isola._set_deadline(latest - now + self.heartbeat)
+                    self.armed.set()
                     self.changed.wait(wait)
             except isola.TaskTimeout:
-                pass  # this thread waited over `heartbeat` for the GIL, but got it: not stuck
+                pass  # this thread waited past its deadline for the GIL, but got it: not stuck
 
 
 def serve_loop(slot, requests_id, threads, limit, timeout, soft_limit, heartbeat):
