@@ -16,6 +16,15 @@
 
 #include <fmt/core.h>
 
+#include <malloc.h>
+
+#if PY_VERSION_HEX < 0x030D0000
+// Exported by CPython 3.12's libpython (pycore_pymem.h): swaps a domain's allocator for
+// CPython's default one and gives back the one it replaced.
+extern "C" int _PyMem_SetDefaultAllocator(PyMemAllocatorDomain domain,
+                                          PyMemAllocatorEx* old_alloc);
+#endif
+
 namespace isola {
 
 std::size_t parse_size(std::string_view text) {
@@ -282,6 +291,160 @@ void wrap(PyMemAllocatorDomain which, domain& d) {
   PyMem_SetAllocator(which, &hook);
 }
 
+// ---- trailer hooks (the raw domain on CPython 3.12) --------------------------------------------
+#if PY_VERSION_HEX < 0x030D0000 && !defined(Py_DEBUG)
+//
+// CPython 3.12 creates every interpreter with a call (_Py_ClearStandardStreamEncoding, from
+// init_sys_streams) that swaps the process-wide raw allocator for its default one and back,
+// while other interpreters run on other threads. What they allocate in that window comes
+// straight from malloc, and what they free in it goes straight to free. Blocks with a header
+// in front would be corrupted both ways. These hooks hand out malloc's own blocks and keep
+// their owner in a trailer at the end of the block's usable size, with a check word that
+// tells them from blocks malloc gave out during a swap. The next allocator must be malloc
+// (CPython's default raw allocator), which install() checks. They ignore their context
+// argument: a call made during a swap may read CPython's (NULL) with these functions.
+
+struct trailer {
+  context* owner;
+  std::uintptr_t check;  ///< trailer_magic ^ block address ^ owner
+};
+constexpr std::size_t trailer_size = sizeof(trailer);
+constexpr std::uintptr_t trailer_magic = 0x69736f6c61a110c8ULL;
+
+std::uintptr_t trailer_check(const void* p, const context* c) noexcept {
+  return trailer_magic ^ reinterpret_cast<std::uintptr_t>(p) ^ reinterpret_cast<std::uintptr_t>(c);
+}
+
+char* trailer_at(void* p, std::size_t usable) noexcept {
+  return static_cast<char*>(p) + usable - trailer_size;
+}
+
+// The context that owns p, or nullptr for a block these hooks did not stamp.
+context* trailer_owner(void* p, std::size_t usable) noexcept {
+  if (usable < trailer_size) return nullptr;
+  trailer t;
+  std::memcpy(&t, trailer_at(p, usable), trailer_size);
+  return t.check == trailer_check(p, t.owner) ? t.owner : nullptr;
+}
+
+void trailer_clear(void* p, std::size_t usable) noexcept {
+  const trailer t{nullptr, 0};
+  std::memcpy(trailer_at(p, usable), &t, trailer_size);
+}
+
+// A new block (or nullptr) for which c was charged `total`: the charge becomes its usable
+// size, and the trailer names c.
+void* trailer_stamp(context* c, void* p, std::size_t total) noexcept {
+  if (p == nullptr) {
+    uncharge(c, total);
+    return nullptr;
+  }
+  const std::size_t usable = malloc_usable_size(p);
+  if (usable > total) charge(c, usable - total, false);
+  const trailer t{c, trailer_check(p, c)};
+  std::memcpy(trailer_at(p, usable), &t, trailer_size);
+  return p;
+}
+
+void* trailer_malloc(void*, std::size_t n) {
+  const auto& next = raw_domain.next;
+  if (n > std::numeric_limits<std::size_t>::max() - trailer_size) return nullptr;
+  const std::size_t total = n + trailer_size;
+  context* c = current_for_alloc();
+  if (!charge(c, total, true)) return nullptr;
+  return trailer_stamp(c, next.malloc(next.ctx, total), total);
+}
+
+void* trailer_calloc(void*, std::size_t nelem, std::size_t elsize) {
+  const auto& next = raw_domain.next;
+  if (elsize != 0 && nelem > (std::numeric_limits<std::size_t>::max() - trailer_size) / elsize) {
+    return nullptr;
+  }
+  const std::size_t total = nelem * elsize + trailer_size;
+  context* c = current_for_alloc();
+  if (!charge(c, total, true)) return nullptr;
+  return trailer_stamp(c, next.calloc(next.ctx, 1, total), total);
+}
+
+void trailer_free(void*, void* ptr) {
+  if (ptr == nullptr) return;
+  const auto& next = raw_domain.next;
+  const std::size_t usable = malloc_usable_size(ptr);
+  if (context* owner = trailer_owner(ptr, usable)) {
+    trailer_clear(ptr, usable);  // malloc may give the block out again during a swap
+    uncharge(owner, usable);
+  }
+  next.free(next.ctx, ptr);
+}
+
+// As block_realloc: the block moves to the resizing interpreter's count; shrinks are never
+// refused. A block malloc gave out during a swap is counted from here on.
+void* trailer_realloc(void*, void* ptr, std::size_t n) {
+  if (ptr == nullptr) return trailer_malloc(nullptr, n);
+  const auto& next = raw_domain.next;
+  if (n > std::numeric_limits<std::size_t>::max() - trailer_size) return nullptr;
+  const std::size_t total = n + trailer_size;
+  const std::size_t old_usable = malloc_usable_size(ptr);
+  context* const old_owner = trailer_owner(ptr, old_usable);
+  context* c = current_for_alloc();
+  // What c is charged for the block until the outcome is known.
+  std::size_t charged = 0;
+  if (c == old_owner) {
+    if (total > old_usable && !charge(c, total - old_usable, true)) return nullptr;
+    charged = std::max(total, old_usable);
+  } else {
+    if (!charge(c, total, old_owner == nullptr || total > old_usable)) return nullptr;
+    charged = total;
+  }
+  if (old_owner != nullptr) trailer_clear(ptr, old_usable);
+  void* p = next.realloc(next.ctx, ptr, total);
+  if (p == nullptr) {  // ptr is unchanged: restore its trailer and the counts
+    if (old_owner != nullptr) {
+      const trailer t{old_owner, trailer_check(ptr, old_owner)};
+      std::memcpy(trailer_at(ptr, old_usable), &t, trailer_size);
+    }
+    uncharge(c, c == old_owner ? charged - old_usable : charged);
+    return nullptr;
+  }
+  if (old_owner != nullptr && old_owner != c) uncharge(old_owner, old_usable);
+  if (c == old_owner) {
+    // c held old_usable before; it now holds the new block's usable size.
+    const std::size_t usable = malloc_usable_size(p);
+    if (usable > charged) charge(c, usable - charged, false);
+    if (usable < charged) uncharge(c, charged - usable);
+    const trailer t{c, trailer_check(p, c)};
+    std::memcpy(trailer_at(p, usable), &t, trailer_size);
+    return p;
+  }
+  return trailer_stamp(c, p, total);
+}
+
+// Whether the raw domain's allocator is CPython's default one (malloc). Called once, before
+// any interpreter runs.
+bool raw_is_default() {
+  PyMemAllocatorEx current{}, def{};
+  _PyMem_SetDefaultAllocator(PYMEM_DOMAIN_RAW, &current);
+  PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &def);
+  PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &current);
+  return current.ctx == def.ctx && current.malloc == def.malloc &&
+         current.calloc == def.calloc && current.realloc == def.realloc &&
+         current.free == def.free;
+}
+#endif  // CPython 3.12
+
+void wrap_raw() {
+#if PY_VERSION_HEX < 0x030D0000 && !defined(Py_DEBUG)
+  if (raw_is_default()) {
+    PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &raw_domain.next);
+    PyMemAllocatorEx hook{&raw_domain, trailer_malloc, trailer_calloc, trailer_realloc,
+                          trailer_free};
+    PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &hook);
+    return;
+  }
+#endif
+  wrap(PYMEM_DOMAIN_RAW, raw_domain);
+}
+
 // ---- arena hooks -------------------------------------------------------------------------------
 
 // pymalloc's arena size on 64-bit builds of 3.12 and 3.13 (ARENA_BITS 20): how an arena is
@@ -340,7 +503,7 @@ bool enabled() noexcept { return installed.load(std::memory_order_acquire); }
 
 void install(bool object_domains_use_malloc) {
   if (installed.exchange(true)) return;
-  wrap(PYMEM_DOMAIN_RAW, raw_domain);
+  wrap_raw();
   if (object_domains_use_malloc) {
     wrap(PYMEM_DOMAIN_MEM, mem_domain);
     wrap(PYMEM_DOMAIN_OBJ, obj_domain);

@@ -327,6 +327,34 @@ TEST_CASE("interpreters allocating at once keep exact counts", "[memory][concurr
   }
 }
 
+TEST_CASE("interpreters created while another allocates large blocks keep the heap and the "
+          "counts whole",
+          "[memory][concurrent]") {
+  // CPython 3.12 swaps the process-wide raw allocator for its default one and back while it
+  // creates an interpreter (_Py_ClearStandardStreamEncoding). Blocks another interpreter
+  // allocates or frees meanwhile bypass isola's hooks; the hooks must take them either way.
+  isola::interpreter busy;
+  const auto base = held(busy);
+  std::atomic<bool> stop{false};
+  std::atomic<int> rounds{0};
+  std::thread allocating([&] {
+    while (!stop) {
+      // Blocks over 512 bytes come from the raw domain; resizing exercises realloc.
+      busy.exec("for _ in range(2000):\n    b = bytearray(700)\n    b += bytes(900)\ndel b");
+      ++rounds;
+    }
+  });
+  for (int i = 0; i < 40; ++i) {
+    isola::interpreter fresh;
+    CHECK(fresh.eval("len(bytes(1000))").as_int() == 1000);
+  }
+  stop = true;
+  allocating.join();
+  CHECK(rounds > 0);
+  INFO(base << " -> " << held(busy));
+  CHECK(std::abs(held(busy) - base) < 8 * mib);
+}
+
 TEST_CASE("with accounting off, memory() says so and a limit is refused", "[memory]") {
   auto r = isola_test::run_child({"no-accounting"});
   INFO(r.describe());
