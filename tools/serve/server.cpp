@@ -675,8 +675,8 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
     auto expired = std::make_shared<bool>(false);
     std::shared_ptr<request_guard> guard;
     if (app && app->threaded()) {
-      const auto stuck_before = app->stuck_replaced();
-      app = co_await hand_over(std::move(app), std::move(args));
+      std::uint64_t stuck_before = 0;
+      app = co_await hand_over(std::move(app), std::move(args), stuck_before);
       if (app && s_->cfg.timeout > 0) {
         guard = std::make_shared<request_guard>(stream_.get_executor(), app, stuck_before,
                                                 expired, out_);
@@ -891,10 +891,13 @@ class connection : public std::enable_shared_from_this<connection<Stream>> {
 
   /// --threads above 1: the request goes into the serve loops' channel. A reload may close
   /// it between load() and the send: the request then goes to the application that replaced
-  /// it. Returns the application that took it, or nullptr once the server is stopping.
+  /// it. Returns the application that took it, or nullptr once the server is stopping;
+  /// `stuck_before` is that application's stuck_replaced() from just before the send.
   asio::awaitable<std::shared_ptr<application>> hand_over(std::shared_ptr<application> app,
-                                                          std::vector<value> args) {
+                                                          std::vector<value> args,
+                                                          std::uint64_t& stuck_before) {
     while (app) {
+      stuck_before = app->stuck_replaced();  // of the application that takes the request
       message m(value(isola::tuple{args}));
       auto [ec] = co_await app->requests().async_send(std::move(m), tuple_token);
       if (!ec) co_return app;

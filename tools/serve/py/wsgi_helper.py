@@ -448,9 +448,9 @@ def serve_loop(slot, requests_id, threads, limit, timeout, soft_limit, heartbeat
     message, traceback, timed_out). Returns, once its requests have finished, after `limit`
     requests (0: no limit), when the interpreter holds more than soft_limit bytes (0: no
     limit) or when the channel closes; the server then replaces the interpreter. With a
-    timeout, this thread re-arms the pool task's deadline every `heartbeat` seconds; if a
-    handler stuck in C code keeps the GIL longer, the deadline passes and the pool replaces the
-    interpreter."""
+    timeout, this thread keeps the pool task's deadline `heartbeat` seconds past the earliest
+    deadline of its requests (_Loop.watch); if a handler stuck in C code keeps the GIL
+    longer, the deadline passes and the pool replaces the interpreter."""
     loop = _Loop(slot, requests_id, threads, limit, timeout, soft_limit, heartbeat)
     workers = [threading.Thread(target=loop.handler, name=f'isola-serve-{slot}-{i}')
                for i in range(threads)]
