@@ -16,9 +16,9 @@
 
 #include <fmt/core.h>
 
+#if PY_VERSION_HEX < 0x030D0000
 #include <malloc.h>
 
-#if PY_VERSION_HEX < 0x030D0000
 // Exported by CPython 3.12's libpython (pycore_pymem.h): swaps a domain's allocator for
 // CPython's default one and gives back the one it replaced.
 extern "C" int _PyMem_SetDefaultAllocator(PyMemAllocatorDomain domain,
@@ -301,7 +301,7 @@ void wrap(PyMemAllocatorDomain which, domain& d) {
 // in front would be corrupted both ways. These hooks hand out malloc's own blocks and keep
 // their owner in a trailer at the end of the block's usable size, with a check word that
 // tells them from blocks malloc gave out during a swap. The next allocator must be malloc
-// (CPython's default raw allocator), which install() checks. They ignore their context
+// (CPython's default raw allocator), which wrap_raw() checks. They ignore their context
 // argument: a call made during a swap may read CPython's (NULL) with these functions.
 
 struct trailer {
@@ -327,8 +327,9 @@ context* trailer_owner(void* p, std::size_t usable) noexcept {
   return t.check == trailer_check(p, t.owner) ? t.owner : nullptr;
 }
 
-void trailer_clear(void* p, std::size_t usable) noexcept {
-  const trailer t{nullptr, 0};
+// Stamps p as c's (nullptr: as no one's, for a block given back to malloc).
+void trailer_write(void* p, std::size_t usable, context* c) noexcept {
+  const trailer t{c, c == nullptr ? 0 : trailer_check(p, c)};
   std::memcpy(trailer_at(p, usable), &t, trailer_size);
 }
 
@@ -341,8 +342,7 @@ void* trailer_stamp(context* c, void* p, std::size_t total) noexcept {
   }
   const std::size_t usable = malloc_usable_size(p);
   if (usable > total) charge(c, usable - total, false);
-  const trailer t{c, trailer_check(p, c)};
-  std::memcpy(trailer_at(p, usable), &t, trailer_size);
+  trailer_write(p, usable, c);
   return p;
 }
 
@@ -371,7 +371,7 @@ void trailer_free(void*, void* ptr) {
   const auto& next = raw_domain.next;
   const std::size_t usable = malloc_usable_size(ptr);
   if (context* owner = trailer_owner(ptr, usable)) {
-    trailer_clear(ptr, usable);  // malloc may give the block out again during a swap
+    trailer_write(ptr, usable, nullptr);  // malloc may give the block out again during a swap
     uncharge(owner, usable);
   }
   next.free(next.ctx, ptr);
@@ -396,13 +396,10 @@ void* trailer_realloc(void*, void* ptr, std::size_t n) {
     if (!charge(c, total, old_owner == nullptr || total > old_usable)) return nullptr;
     charged = total;
   }
-  if (old_owner != nullptr) trailer_clear(ptr, old_usable);
+  if (old_owner != nullptr) trailer_write(ptr, old_usable, nullptr);
   void* p = next.realloc(next.ctx, ptr, total);
   if (p == nullptr) {  // ptr is unchanged: restore its trailer and the counts
-    if (old_owner != nullptr) {
-      const trailer t{old_owner, trailer_check(ptr, old_owner)};
-      std::memcpy(trailer_at(ptr, old_usable), &t, trailer_size);
-    }
+    if (old_owner != nullptr) trailer_write(ptr, old_usable, old_owner);
     uncharge(c, c == old_owner ? charged - old_usable : charged);
     return nullptr;
   }
@@ -412,8 +409,7 @@ void* trailer_realloc(void*, void* ptr, std::size_t n) {
     const std::size_t usable = malloc_usable_size(p);
     if (usable > charged) charge(c, usable - charged, false);
     if (usable < charged) uncharge(c, charged - usable);
-    const trailer t{c, trailer_check(p, c)};
-    std::memcpy(trailer_at(p, usable), &t, trailer_size);
+    trailer_write(p, usable, c);
     return p;
   }
   return trailer_stamp(c, p, total);
